@@ -1,0 +1,347 @@
+//! The rules a frame must pass before it is stored. Each broken rule has its own [`InvalidFrame`] variant, so
+//! the gateway learns exactly what to fix and metrics can count each kind.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use crate::{Frame, FrameKey, Level, SampleEncoding};
+
+/// Longest device or sensor id, in bytes: ids are keys in PostgreSQL and Elasticsearch, not payloads.
+pub const MAX_ID_BYTES: usize = 128;
+/// Lowest accepted sample rate: below this nothing audible (or vibrational of interest) is left.
+pub const MIN_SAMPLE_RATE_HZ: u32 = 1_000;
+/// Highest accepted sample rate: the ceiling of professional audio converters.
+pub const MAX_SAMPLE_RATE_HZ: u32 = 192_000;
+/// Most interleaved channels in one frame: microphone arrays on gateways have up to 16.
+pub const MAX_CHANNELS: u32 = 16;
+
+/// Limits that depend on the deployment rather than on physics.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How far in the future a capture time may lie: gateway clocks drift, but a frame from next week is a
+    /// broken clock, and storing it would corrupt every time-based view.
+    pub max_clock_skew: Duration,
+    /// How old a frame may be: gateways buffer through LTE outages and send late, but not forever.
+    pub max_frame_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_clock_skew: Duration::from_secs(300),
+            max_frame_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Every field of a frame as the gateway sent it, before any check.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub device_id: String,
+    pub sensor_id: String,
+    pub stream_epoch: u64,
+    pub seq: u64,
+    /// `None` when the gateway sent no (or an unrepresentable) capture time.
+    pub captured_at: Option<SystemTime>,
+    pub sample_rate_hz: u32,
+    pub channels: u32,
+    /// `None` when the encoding is unspecified or unknown; the wire value is kept for the error message.
+    pub encoding: Result<SampleEncoding, i32>,
+    pub samples: Bytes,
+}
+
+/// Why a frame is refused. Refusal is final: the same frame sent again is refused again.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidFrame {
+    #[error("device_id must be 1..={MAX_ID_BYTES} bytes, got {0}")]
+    InvalidDeviceId(usize),
+    #[error("sensor_id must be 1..={MAX_ID_BYTES} bytes, got {0}")]
+    InvalidSensorId(usize),
+    #[error("{field} {value} exceeds 2^63-1")]
+    SequenceOutOfRange { field: &'static str, value: u64 },
+    #[error("captured_at is missing or not a valid timestamp")]
+    MissingCaptureTime,
+    #[error(
+        "captured_at is {ahead:?} ahead of server time, more than the allowed skew of {allowed:?}"
+    )]
+    CaptureTimeInFuture { ahead: Duration, allowed: Duration },
+    #[error("captured_at is {age:?} old, older than the maximum frame age of {allowed:?}")]
+    CaptureTimeTooOld { age: Duration, allowed: Duration },
+    #[error("sample_rate_hz {0} outside {MIN_SAMPLE_RATE_HZ}..={MAX_SAMPLE_RATE_HZ}")]
+    SampleRateOutOfRange(u32),
+    #[error("channels {0} outside 1..={MAX_CHANNELS}")]
+    ChannelsOutOfRange(u32),
+    #[error("encoding {0} is unspecified or unsupported")]
+    UnsupportedEncoding(i32),
+    #[error(
+        "samples hold {len} bytes, not a positive multiple of {frame_bytes} ({encoding} × {channels} channels)"
+    )]
+    PayloadLengthMismatch {
+        len: usize,
+        frame_bytes: usize,
+        encoding: &'static str,
+        channels: u32,
+    },
+    #[error("sample {index} is not finite")]
+    NonFiniteSample { index: usize },
+}
+
+impl RawFrame {
+    /// Checks every rule, cheapest first, and computes the frame's level on the way (the one pass over the
+    /// samples serves both the finiteness check and the level).
+    pub fn validate(self, limits: &Limits, now: SystemTime) -> Result<Frame, InvalidFrame> {
+        check_id(&self.device_id).map_err(InvalidFrame::InvalidDeviceId)?;
+        check_id(&self.sensor_id).map_err(InvalidFrame::InvalidSensorId)?;
+        let stream_epoch = to_i64("stream_epoch", self.stream_epoch)?;
+        let seq = to_i64("seq", self.seq)?;
+        let captured_at = self.captured_at.ok_or(InvalidFrame::MissingCaptureTime)?;
+        check_capture_time(captured_at, limits, now)?;
+        if !(MIN_SAMPLE_RATE_HZ..=MAX_SAMPLE_RATE_HZ).contains(&self.sample_rate_hz) {
+            return Err(InvalidFrame::SampleRateOutOfRange(self.sample_rate_hz));
+        }
+        let channels = u16::try_from(self.channels)
+            .ok()
+            .filter(|c| (1..=MAX_CHANNELS).contains(&u32::from(*c)))
+            .ok_or(InvalidFrame::ChannelsOutOfRange(self.channels))?;
+        let encoding = self.encoding.map_err(InvalidFrame::UnsupportedEncoding)?;
+        let frame_bytes = encoding.bytes_per_sample() * usize::from(channels);
+        if self.samples.is_empty() || self.samples.len() % frame_bytes != 0 {
+            return Err(InvalidFrame::PayloadLengthMismatch {
+                len: self.samples.len(),
+                frame_bytes,
+                encoding: encoding.as_str(),
+                channels: self.channels,
+            });
+        }
+        let level = measure(encoding, &self.samples)?;
+        Ok(Frame {
+            key: FrameKey {
+                device_id: self.device_id,
+                sensor_id: self.sensor_id,
+                stream_epoch,
+                seq,
+            },
+            captured_at,
+            sample_rate_hz: self.sample_rate_hz,
+            channels,
+            encoding,
+            samples: self.samples,
+            level,
+        })
+    }
+}
+
+fn check_id(id: &str) -> Result<(), usize> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        Err(id.len())
+    } else {
+        Ok(())
+    }
+}
+
+fn to_i64(field: &'static str, value: u64) -> Result<i64, InvalidFrame> {
+    i64::try_from(value).map_err(|_| InvalidFrame::SequenceOutOfRange { field, value })
+}
+
+fn check_capture_time(
+    captured_at: SystemTime,
+    limits: &Limits,
+    now: SystemTime,
+) -> Result<(), InvalidFrame> {
+    match captured_at.duration_since(now) {
+        Ok(ahead) if ahead > limits.max_clock_skew => Err(InvalidFrame::CaptureTimeInFuture {
+            ahead,
+            allowed: limits.max_clock_skew,
+        }),
+        Ok(_) => Ok(()),
+        Err(behind) if behind.duration() > limits.max_frame_age => {
+            Err(InvalidFrame::CaptureTimeTooOld {
+                age: behind.duration(),
+                allowed: limits.max_frame_age,
+            })
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// One pass over the samples: rejects non-finite floats and sums what the level needs.
+fn measure(encoding: SampleEncoding, bytes: &[u8]) -> Result<Level, InvalidFrame> {
+    let mut sum_squares = 0.0f64;
+    let mut peak = 0.0f64;
+    let count;
+    match encoding {
+        SampleEncoding::PcmS16le => {
+            count = bytes.len() / 2;
+            for b in bytes.chunks_exact(2) {
+                let v = f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0;
+                sum_squares += v * v;
+                peak = peak.max(v.abs());
+            }
+        }
+        SampleEncoding::F32le => {
+            count = bytes.len() / 4;
+            for (index, b) in bytes.chunks_exact(4).enumerate() {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if !v.is_finite() {
+                    return Err(InvalidFrame::NonFiniteSample { index });
+                }
+                let v = f64::from(v);
+                sum_squares += v * v;
+                peak = peak.max(v.abs());
+            }
+        }
+    }
+    Ok(Level::from_sums(sum_squares, peak, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{encode_f32le, encode_pcm_s16le};
+
+    fn good(now: SystemTime) -> RawFrame {
+        let tone: Vec<f32> = (0..1600).map(|i| 0.5 * (i as f32 * 0.1).sin()).collect();
+        RawFrame {
+            device_id: "gw-1".into(),
+            sensor_id: "mic-0".into(),
+            stream_epoch: 7,
+            seq: 42,
+            captured_at: Some(now),
+            sample_rate_hz: 16_000,
+            channels: 1,
+            encoding: Ok(SampleEncoding::PcmS16le),
+            samples: Bytes::from(encode_pcm_s16le(&tone)),
+        }
+    }
+
+    fn check(edit: impl FnOnce(&mut RawFrame)) -> Result<Frame, InvalidFrame> {
+        let now = SystemTime::now();
+        let mut raw = good(now);
+        edit(&mut raw);
+        raw.validate(&Limits::default(), now)
+    }
+
+    #[test]
+    fn a_good_frame_passes_with_its_level() {
+        let frame = check(|_| {}).expect("valid");
+        assert_eq!(frame.key.seq, 42);
+        assert_eq!(frame.sample_count(), 1600);
+        // A sine at amplitude 0.5: RMS 0.354 → −9.0 dBFS, peak ≈ −6 dBFS, crest ≈ √2.
+        assert!(
+            (frame.level.rms_dbfs + 9.03).abs() < 0.1,
+            "{:?}",
+            frame.level
+        );
+        assert!(
+            (frame.level.peak_dbfs + 6.02).abs() < 0.1,
+            "{:?}",
+            frame.level
+        );
+        assert!((frame.level.crest_factor - std::f32::consts::SQRT_2).abs() < 0.02);
+    }
+
+    #[test]
+    fn silence_has_a_finite_floor() {
+        let frame = check(|f| f.samples = Bytes::from(vec![0u8; 3200])).expect("valid");
+        assert_eq!(frame.level.rms_dbfs, Level::FLOOR_DBFS);
+        assert_eq!(frame.level.crest_factor, 0.0);
+    }
+
+    #[test]
+    fn each_rule_has_its_own_error() {
+        assert_eq!(
+            check(|f| f.device_id.clear()).unwrap_err(),
+            InvalidFrame::InvalidDeviceId(0)
+        );
+        assert_eq!(
+            check(|f| f.sensor_id = "x".repeat(129)).unwrap_err(),
+            InvalidFrame::InvalidSensorId(129)
+        );
+        assert!(matches!(
+            check(|f| f.seq = u64::MAX).unwrap_err(),
+            InvalidFrame::SequenceOutOfRange { field: "seq", .. }
+        ));
+        assert!(matches!(
+            check(|f| f.stream_epoch = 1 << 63).unwrap_err(),
+            InvalidFrame::SequenceOutOfRange {
+                field: "stream_epoch",
+                ..
+            }
+        ));
+        assert_eq!(
+            check(|f| f.captured_at = None).unwrap_err(),
+            InvalidFrame::MissingCaptureTime
+        );
+        assert!(matches!(
+            check(|f| f.captured_at = f.captured_at.map(|t| t + Duration::from_secs(3600)))
+                .unwrap_err(),
+            InvalidFrame::CaptureTimeInFuture { .. }
+        ));
+        assert!(matches!(
+            check(|f| f.captured_at = f.captured_at.map(|t| t - Duration::from_secs(30 * 86_400)))
+                .unwrap_err(),
+            InvalidFrame::CaptureTimeTooOld { .. }
+        ));
+        assert_eq!(
+            check(|f| f.sample_rate_hz = 999).unwrap_err(),
+            InvalidFrame::SampleRateOutOfRange(999)
+        );
+        assert_eq!(
+            check(|f| f.sample_rate_hz = 192_001).unwrap_err(),
+            InvalidFrame::SampleRateOutOfRange(192_001)
+        );
+        assert_eq!(
+            check(|f| f.channels = 0).unwrap_err(),
+            InvalidFrame::ChannelsOutOfRange(0)
+        );
+        assert_eq!(
+            check(|f| f.channels = 17).unwrap_err(),
+            InvalidFrame::ChannelsOutOfRange(17)
+        );
+        assert_eq!(
+            check(|f| f.encoding = Err(0)).unwrap_err(),
+            InvalidFrame::UnsupportedEncoding(0)
+        );
+        assert!(matches!(
+            check(|f| f.samples = Bytes::from_static(&[1, 2, 3])).unwrap_err(),
+            InvalidFrame::PayloadLengthMismatch {
+                len: 3,
+                frame_bytes: 2,
+                ..
+            }
+        ));
+        assert!(matches!(
+            check(|f| f.samples = Bytes::new()).unwrap_err(),
+            InvalidFrame::PayloadLengthMismatch { len: 0, .. }
+        ));
+        // Stereo PCM needs multiples of 4 bytes.
+        assert!(matches!(
+            check(|f| {
+                f.channels = 2;
+                f.samples = Bytes::from(vec![0u8; 6]);
+            })
+            .unwrap_err(),
+            InvalidFrame::PayloadLengthMismatch { frame_bytes: 4, .. }
+        ));
+        let mut floats = vec![0.1f32; 100];
+        floats[37] = f32::NAN;
+        assert_eq!(
+            check(|f| {
+                f.encoding = Ok(SampleEncoding::F32le);
+                f.samples = Bytes::from(encode_f32le(&floats));
+            })
+            .unwrap_err(),
+            InvalidFrame::NonFiniteSample { index: 37 }
+        );
+    }
+
+    #[test]
+    fn limits_are_inclusive_at_the_edges() {
+        assert!(check(|f| f.sample_rate_hz = MIN_SAMPLE_RATE_HZ).is_ok());
+        assert!(check(|f| f.sample_rate_hz = MAX_SAMPLE_RATE_HZ).is_ok());
+        assert!(check(|f| f.channels = MAX_CHANNELS).is_ok());
+        assert!(check(|f| f.device_id = "d".repeat(MAX_ID_BYTES)).is_ok());
+        assert!(check(|f| f.seq = i64::MAX as u64).is_ok());
+    }
+}

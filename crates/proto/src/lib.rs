@@ -1,0 +1,17 @@
+//! The gRPC contract, generated from `proto/` at build time, and the conversions between its messages and the
+//! domain types of the core crates. Nothing generated is committed.
+
+mod conversions;
+
+/// Version 1 of the gateway → ingest contract.
+pub mod ingest {
+    pub mod v1 {
+        #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("auscult.ingest.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every auscult proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("auscult_descriptor");
+
+pub use conversions::{encoding_to_proto, reject_reason, system_time_to_timestamp, to_raw_frame};
