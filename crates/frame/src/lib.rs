@@ -12,7 +12,6 @@ mod validate;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 pub use codec::{decode_interleaved, encode_f32le, encode_pcm_s16le};
 pub use level::Level;
@@ -78,17 +77,14 @@ pub struct Frame {
     pub samples: Bytes,
     /// Loudness summary, computed during validation because validation reads every sample anyway.
     pub level: Level,
+    /// SHA-256 of `samples`: stored beside them so that a resend can be told apart from a different frame
+    /// reusing the same key, and so that anyone can verify storage end to end (`sha256(samples)` in SQL).
+    pub samples_sha256: [u8; 32],
 }
 
 impl Frame {
     /// Number of sample frames (samples per channel).
     pub fn sample_count(&self) -> usize {
         self.samples.len() / (self.encoding.bytes_per_sample() * usize::from(self.channels))
-    }
-
-    /// SHA-256 of the encoded samples: stored beside them so that a resend can be told apart from a different
-    /// frame reusing the same key, and so that anyone can verify storage end to end.
-    pub fn checksum(&self) -> [u8; 32] {
-        Sha256::digest(&self.samples).into()
     }
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use crate::{Frame, FrameKey, Level, SampleEncoding};
 
@@ -115,6 +116,7 @@ impl RawFrame {
             });
         }
         let level = measure(encoding, &self.samples)?;
+        let samples_sha256 = Sha256::digest(&self.samples).into();
         Ok(Frame {
             key: FrameKey {
                 device_id: self.device_id,
@@ -128,6 +130,7 @@ impl RawFrame {
             encoding,
             samples: self.samples,
             level,
+            samples_sha256,
         })
     }
 }

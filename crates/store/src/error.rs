@@ -1,0 +1,44 @@
+//! What can go wrong talking to the store. Variants exist where a caller branches on them.
+
+/// An error from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {}", describe(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("could not get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("invalid database url: {0}")]
+    InvalidUrl(tokio_postgres::Error),
+    #[error("invalid pool configuration: {0}")]
+    PoolConfig(String),
+    #[error("database schema is at version {found}, this build needs {needed}: run `auscult migrate`")]
+    SchemaBehind { found: i32, needed: i32 },
+    #[error("database schema is at version {found}, newer than this build knows ({known}): upgrade this binary")]
+    SchemaAhead { found: i32, known: i32 },
+    #[error("device {0:?} already exists")]
+    DeviceExists(String),
+    #[error("no device {0:?}")]
+    UnknownDevice(String),
+    #[error("device id must be 1..=128 bytes, got {0}")]
+    InvalidDeviceId(usize),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed (connection trouble, not a logic error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Db(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// tokio-postgres displays server errors as just "db error"; operators need the server's message.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{}: {}", db.severity(), db.message()),
+        (None, Some(source)) => format!("{error}: {source}"),
+        (None, None) => error.to_string(),
+    }
+}

@@ -1,0 +1,191 @@
+//! Storing frames: one transaction per batch, with the work rows that stored frames create.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::SystemTime,
+};
+
+use auscult_frame::{Frame, FrameKey};
+use tracing::instrument;
+
+use crate::StoreError;
+
+/// The NOTIFY channel that wakes listeners when frames (and their jobs) were committed. The payload is the
+/// number of new frames; listeners must not rely on it, the jobs table is the truth.
+pub const FRAMES_CHANNEL: &str = "auscult_frames";
+
+/// What happened to one frame of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Newly stored by this batch.
+    Stored,
+    /// The same frame (same key, same samples) was already stored: a resend.
+    Duplicate,
+    /// A different frame is stored under the same key: the gateway reused a sequence number.
+    Conflict,
+}
+
+/// Stores a batch of frames in one transaction, together with one analysis job and one search-outbox row per
+/// new frame and a single NOTIFY; returns one outcome per input frame, in order. Nothing is durable, and no
+/// outcome may be acknowledged, before this returns `Ok`.
+#[instrument(skip_all, fields(frames = frames.len()))]
+pub async fn insert_frames(
+    client: &mut tokio_postgres::Client,
+    frames: &[&Frame],
+    received_at: SystemTime,
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    // A key repeated inside one batch is inserted once; the repeats are judged against the first.
+    let mut first_of: HashMap<&FrameKey, usize> = HashMap::with_capacity(frames.len());
+    let unique: Vec<&Frame> = frames
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *first_of.entry(&f.key).or_insert(*i) == *i)
+        .map(|(_, f)| *f)
+        .collect();
+
+    let tx = client.transaction().await?;
+    let inserted = insert_unique(&tx, &unique, received_at).await?;
+    let existing = if inserted.len() < unique.len() {
+        let missing: Vec<&Frame> = unique.iter().filter(|f| !inserted.contains(&f.key)).copied().collect();
+        stored_checksums(&tx, &missing).await?
+    } else {
+        HashMap::new()
+    };
+    if !inserted.is_empty() {
+        tx.execute("SELECT pg_notify($1, $2)", &[&FRAMES_CHANNEL, &inserted.len().to_string()]).await?;
+    }
+    tx.commit().await?;
+
+    let outcome_of_first = |f: &Frame| {
+        if inserted.contains(&f.key) {
+            InsertOutcome::Stored
+        } else if existing.get(&f.key) == Some(&f.samples_sha256) {
+            InsertOutcome::Duplicate
+        } else {
+            InsertOutcome::Conflict
+        }
+    };
+    Ok(frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let first_index = first_of[&f.key];
+            let first = frames[first_index];
+            let first_outcome = outcome_of_first(first);
+            if i == first_index {
+                first_outcome
+            } else if first_outcome == InsertOutcome::Conflict || first.samples_sha256 != f.samples_sha256 {
+                InsertOutcome::Conflict
+            } else {
+                InsertOutcome::Duplicate
+            }
+        })
+        .collect())
+}
+
+/// One statement for the whole batch: arrays in, `unnest` into rows, conflicting keys skipped, and the jobs and
+/// outbox rows of exactly the frames that were new.
+async fn insert_unique(
+    tx: &tokio_postgres::Transaction<'_>,
+    frames: &[&Frame],
+    received_at: SystemTime,
+) -> Result<HashSet<FrameKey>, StoreError> {
+    let device_ids: Vec<&str> = frames.iter().map(|f| f.key.device_id.as_str()).collect();
+    let sensor_ids: Vec<&str> = frames.iter().map(|f| f.key.sensor_id.as_str()).collect();
+    let epochs: Vec<i64> = frames.iter().map(|f| f.key.stream_epoch).collect();
+    let seqs: Vec<i64> = frames.iter().map(|f| f.key.seq).collect();
+    let captured: Vec<SystemTime> = frames.iter().map(|f| f.captured_at).collect();
+    let rates: Vec<i32> = frames.iter().map(|f| i32::try_from(f.sample_rate_hz).unwrap_or(i32::MAX)).collect();
+    let channels: Vec<i16> = frames.iter().map(|f| i16::try_from(f.channels).unwrap_or(i16::MAX)).collect();
+    let encodings: Vec<&str> = frames.iter().map(|f| f.encoding.as_str()).collect();
+    let samples: Vec<&[u8]> = frames.iter().map(|f| f.samples.as_ref()).collect();
+    let digests: Vec<&[u8]> = frames.iter().map(|f| f.samples_sha256.as_slice()).collect();
+    let rms: Vec<f32> = frames.iter().map(|f| f.level.rms_dbfs).collect();
+    let peak: Vec<f32> = frames.iter().map(|f| f.level.peak_dbfs).collect();
+    let crest: Vec<f32> = frames.iter().map(|f| f.level.crest_factor).collect();
+    let rows = tx
+        .query(
+            "WITH input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[],
+                                     $6::int4[], $7::int2[], $8::text[], $9::bytea[], $10::bytea[],
+                                     $11::float4[], $12::float4[], $13::float4[])
+                    AS t(device_id, sensor_id, stream_epoch, seq, captured_at, sample_rate_hz, channels,
+                         encoding, samples, samples_sha256, rms_dbfs, peak_dbfs, crest_factor)
+            ), inserted AS (
+                INSERT INTO frames (device_id, sensor_id, stream_epoch, seq, captured_at, received_at,
+                                    sample_rate_hz, channels, encoding, samples, samples_sha256,
+                                    rms_dbfs, peak_dbfs, crest_factor)
+                SELECT device_id, sensor_id, stream_epoch, seq, captured_at, $14, sample_rate_hz, channels,
+                       encoding, samples, samples_sha256, rms_dbfs, peak_dbfs, crest_factor
+                FROM input
+                ON CONFLICT ON CONSTRAINT frames_key DO NOTHING
+                RETURNING id, device_id, sensor_id, stream_epoch, seq
+            ), jobs AS (
+                INSERT INTO analysis_jobs (frame_id) SELECT id FROM inserted
+            ), outbox AS (
+                INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', id FROM inserted
+            )
+            SELECT device_id, sensor_id, stream_epoch, seq FROM inserted",
+            &[
+                &device_ids,
+                &sensor_ids,
+                &epochs,
+                &seqs,
+                &captured,
+                &rates,
+                &channels,
+                &encodings,
+                &samples,
+                &digests,
+                &rms,
+                &peak,
+                &crest,
+                &received_at,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(FrameKey {
+                device_id: row.try_get(0)?,
+                sensor_id: row.try_get(1)?,
+                stream_epoch: row.try_get(2)?,
+                seq: row.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// The stored checksums of frames whose keys already existed.
+async fn stored_checksums(
+    tx: &tokio_postgres::Transaction<'_>,
+    frames: &[&Frame],
+) -> Result<HashMap<FrameKey, [u8; 32]>, StoreError> {
+    let device_ids: Vec<&str> = frames.iter().map(|f| f.key.device_id.as_str()).collect();
+    let sensor_ids: Vec<&str> = frames.iter().map(|f| f.key.sensor_id.as_str()).collect();
+    let epochs: Vec<i64> = frames.iter().map(|f| f.key.stream_epoch).collect();
+    let seqs: Vec<i64> = frames.iter().map(|f| f.key.seq).collect();
+    let rows = tx
+        .query(
+            "SELECT f.device_id, f.sensor_id, f.stream_epoch, f.seq, f.samples_sha256
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS k(device_id, sensor_id, stream_epoch, seq)
+             JOIN frames f USING (device_id, sensor_id, stream_epoch, seq)",
+            &[&device_ids, &sensor_ids, &epochs, &seqs],
+        )
+        .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key = FrameKey {
+            device_id: row.try_get(0)?,
+            sensor_id: row.try_get(1)?,
+            stream_epoch: row.try_get(2)?,
+            seq: row.try_get(3)?,
+        };
+        let digest: &[u8] = row.try_get(4)?;
+        // The column has a length check; anything else cannot be our digest and counts as a conflict.
+        if let Ok(digest) = <[u8; 32]>::try_from(digest) {
+            out.insert(key, digest);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,17 @@
+//! PostgreSQL, the source of truth: the connection pool, the embedded schema migrations, and the queries every
+//! service runs. Query functions take a client or transaction so that callers decide transaction boundaries.
+
+mod devices;
+mod error;
+mod frames;
+mod migrations;
+mod pool;
+
+pub use devices::{DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens};
+pub use error::StoreError;
+pub use frames::{FRAMES_CHANNEL, InsertOutcome, insert_frames};
+pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
+pub use pool::{Pool, connect_pool};
+
+/// Re-exported so that callers name one `Client` type without depending on the pool crate themselves.
+pub use deadpool_postgres::{Client, Transaction};

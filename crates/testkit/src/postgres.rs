@@ -1,0 +1,193 @@
+//! A throwaway PostgreSQL cluster: `initdb` into a temporary directory, a free port, fsync on, stopped and
+//! deleted on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use tempfile::TempDir;
+use tracing::{debug, warn};
+
+use crate::{TestkitError, free_port};
+
+/// A running PostgreSQL server owned by this value.
+#[derive(Debug)]
+pub struct PostgresServer {
+    dir: TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// `initdb` refuses to run as root, so as root everything runs as this user.
+    run_as: Option<String>,
+}
+
+impl PostgresServer {
+    /// Creates and starts a cluster. Blocks for about a second; call it from `spawn_blocking` in async code
+    /// that must stay responsive.
+    pub fn start() -> Result<Self, TestkitError> {
+        let bin = find_bin_dir()?;
+        let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
+        let dir = tempfile::Builder::new().prefix("auscult-pg-").tempdir()?;
+        if let Some(user) = &run_as {
+            chown_to(dir.path(), user)?;
+        }
+        let data = dir.path().join("data");
+        run(
+            &bin,
+            run_as.as_deref(),
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-A".as_ref(),
+                "trust".as_ref(),
+                "-E".as_ref(),
+                "UTF8".as_ref(),
+                "--locale=C".as_ref(),
+                // Only skips syncing initdb's own files; the server below runs with fsync on.
+                "--no-sync".as_ref(),
+            ],
+        )?;
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let options = format!(
+                "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on \
+                 -c max_connections=300 -c shared_buffers=256MB -c max_wal_size=2GB",
+                dir.path().display()
+            );
+            let log = dir.path().join("server.log");
+            let started = run(
+                &bin,
+                run_as.as_deref(),
+                "pg_ctl",
+                &[
+                    "start".as_ref(),
+                    "-w".as_ref(),
+                    "-t".as_ref(),
+                    "60".as_ref(),
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "-l".as_ref(),
+                    log.as_os_str(),
+                    "-o".as_ref(),
+                    options.as_ref(),
+                ],
+            );
+            match started {
+                Ok(_) => {
+                    debug!(port, "throwaway postgres started");
+                    return Ok(Self { dir, bin, port, run_as });
+                }
+                Err(e) => {
+                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                    warn!(port, "postgres did not start, retrying on another port: {e}\n{tail}");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| TestkitError::Command {
+            command: "pg_ctl start".into(),
+            detail: "no attempt made".into(),
+        }))
+    }
+
+    /// The port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection URL for the `postgres` database as superuser `postgres`.
+    pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// A connection URL for database `database`.
+    pub fn url_for(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server the hard way, as a crash would: for tests of recovery. [`Drop`] does the same.
+    fn stop(&self) {
+        let data = self.dir.path().join("data");
+        let stopped = run(
+            &self.bin,
+            self.run_as.as_deref(),
+            "pg_ctl",
+            &["stop".as_ref(), "-w".as_ref(), "-m".as_ref(), "immediate".as_ref(), "-D".as_ref(), data.as_os_str()],
+        );
+        if let Err(e) = stopped {
+            warn!("could not stop throwaway postgres: {e}");
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`, or `$AUSCULT_PG_BIN`.
+fn find_bin_dir() -> Result<PathBuf, TestkitError> {
+    if let Some(dir) = std::env::var_os("AUSCULT_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let root = Path::new("/usr/lib/postgresql");
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
+        .map_err(|_| TestkitError::PostgresNotInstalled(root.display().to_string()))?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, bin)| bin).ok_or_else(|| TestkitError::PostgresNotInstalled(root.display().to_string()))
+}
+
+fn chown_to(path: &Path, user: &str) -> Result<(), TestkitError> {
+    let found = nix::unistd::User::from_name(user).map_err(|e| TestkitError::Command {
+        command: format!("look up user {user}"),
+        detail: e.to_string(),
+    })?;
+    let user = found.ok_or_else(|| TestkitError::Command {
+        command: format!("look up user {user}"),
+        detail: "no such user (the postgresql package creates it)".into(),
+    })?;
+    std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))?;
+    Ok(())
+}
+
+fn run(bin: &Path, run_as: Option<&str>, program: &str, args: &[&std::ffi::OsStr]) -> Result<Output, TestkitError> {
+    let program_path = bin.join(program);
+    let mut command = match run_as {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(&program_path);
+            c
+        }
+        None => Command::new(&program_path),
+    };
+    command.args(args);
+    let output = command.output().map_err(|e| TestkitError::Command {
+        command: program_path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(TestkitError::Command {
+            command: program.to_owned(),
+            detail: format!(
+                "{}: {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        })
+    }
+}
