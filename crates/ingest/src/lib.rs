@@ -1,0 +1,202 @@
+//! The ingest service: gateways stream microphone frames in, ingest validates them, stores them in PostgreSQL
+//! in batched transactions, and acknowledges each frame only after its transaction committed. A frame
+//! acknowledged is never lost; a frame sent twice is stored once.
+//!
+//! Reading order: [`run`] wires everything; `grpc` authenticates streams; `stream` runs one stream with its
+//! flow control; `writer` batches frames from all streams into transactions; `ack` builds acknowledgements.
+
+mod ack;
+mod grpc;
+mod metrics;
+mod settings;
+mod stream;
+mod writer;
+
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use auscult_proto::ingest::v1::ingest_server::IngestServer;
+use auscult_telemetry::Readiness;
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+pub use settings::{InvalidSetting, Settings, TlsSettings};
+
+/// What stops the service from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Settings(#[from] InvalidSetting),
+    #[error("store: {0}")]
+    Store(#[from] auscult_store::StoreError),
+    #[error("reading TLS file {path}: {source}")]
+    TlsFile { path: String, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] auscult_telemetry::TelemetryError),
+}
+
+/// The sockets the service serves on, bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// How often the database is checked for readiness.
+const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs ingest until `shutdown` is cancelled, then shuts down in order: report NOT_SERVING, stop reading new
+/// frames, commit and acknowledge what is in flight (within `shutdown_grace`), close the streams with
+/// UNAVAILABLE, stop the server, and let the writers drain the queue.
+pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) -> Result<(), IngestError> {
+    settings.validate()?;
+    let metrics_handle = auscult_telemetry::metrics_handle()?;
+    metrics::describe();
+    let pool = auscult_store::connect_pool(&settings.database.url, settings.database.pool_size, "auscult-ingest")?;
+    let tasks = TaskTracker::new();
+    let streams = TaskTracker::new();
+    let abort_writers = CancellationToken::new();
+    let submit = writer::spawn_writers(&settings.batch, pool.clone(), &tasks, abort_writers.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_not_serving::<IngestServer<grpc::IngestService>>().await;
+    let readiness = Readiness::default();
+    tasks.spawn(watch_readiness(pool.clone(), health.clone(), readiness.clone(), shutdown.clone()));
+    tasks.spawn({
+        let (metrics_handle, readiness, stop) = (metrics_handle, readiness.clone(), shutdown.clone());
+        async move {
+            if let Err(e) = auscult_telemetry::serve_admin(listeners.admin, metrics_handle, readiness, stop).await {
+                warn!("admin endpoint stopped: {e}");
+            }
+        }
+    });
+
+    let service = grpc::IngestService {
+        pool: pool.clone(),
+        limits: settings.frame_limits(),
+        submit,
+        service_budget: Arc::new(Semaphore::new(settings.flow.max_inflight_bytes)),
+        stream_budget_bytes: settings.flow.max_stream_inflight_bytes,
+        streams: streams.clone(),
+        shutdown: shutdown.clone(),
+        next_stream_id: AtomicU64::new(0),
+    };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(auscult_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(settings.flow.max_streams_per_connection))
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20));
+    if let Some(tls) = &settings.tls {
+        server = server.tls_config(tls_config(tls)?)?;
+    }
+    let addr = listeners.grpc.local_addr().ok();
+    let incoming = TcpListenerStream::new(listeners.grpc).map(|conn| {
+        // Acknowledgements are small: without NODELAY, Nagle's algorithm would hold them back.
+        conn.and_then(|c| c.set_nodelay(true).map(|()| c))
+    });
+    info!(?addr, tls = settings.tls.is_some(), "ingest serving");
+
+    let stop_accepting = {
+        let (shutdown, health, streams) = (shutdown.clone(), health.clone(), streams.clone());
+        async move {
+            shutdown.cancelled().await;
+            info!("shutting down: finishing in-flight frames");
+            health.set_not_serving::<IngestServer<grpc::IngestService>>().await;
+            streams.close();
+            streams.wait().await;
+        }
+    };
+    let serve = server
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            IngestServer::new(service)
+                .max_decoding_message_size(settings.limits.max_message_bytes)
+                .max_encoding_message_size(4 << 20),
+        )
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
+
+    let grace = settings.shutdown_grace;
+    let served = tokio::select! {
+        served = serve => served,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!("streams did not finish within the shutdown grace period");
+            Ok(())
+        }
+    };
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        warn!("writers did not drain within the shutdown grace period; unacknowledged frames will be resent");
+        abort_writers.cancel();
+        tasks.wait().await;
+    }
+    pool.close();
+    info!("ingest stopped");
+    served.map_err(IngestError::from)
+}
+
+/// Reports SERVING while the database answers and its schema is the one this build expects.
+async fn watch_readiness(
+    pool: auscult_store::Pool,
+    health: tonic_health::server::HealthReporter,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut last = None;
+    loop {
+        let ready = match pool.get().await {
+            Ok(client) => match auscult_store::check_schema(&**client).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if last.as_ref() != Some(&ready) {
+            match &ready {
+                Ok(()) => {
+                    info!("database ready");
+                    health.set_serving::<IngestServer<grpc::IngestService>>().await;
+                }
+                Err(problem) => {
+                    warn!("not ready: {problem}");
+                    health.set_not_serving::<IngestServer<grpc::IngestService>>().await;
+                }
+            }
+            readiness.set(ready.is_ok());
+            last = Some(ready);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                readiness.set(false);
+                return;
+            }
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+        }
+    }
+}
+
+fn tls_config(tls: &TlsSettings) -> Result<ServerTlsConfig, IngestError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| IngestError::TlsFile { path: path.display().to_string(), source })
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_path)?, read(&tls.key_path)?));
+    if let Some(ca) = &tls.client_ca_path {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}

@@ -1,0 +1,31 @@
+//! Names of the ingest service's Prometheus metrics, with their descriptions registered once at start.
+
+pub const FRAMES_RECEIVED_TOTAL: &str = "auscult_ingest_frames_received_total";
+pub const FRAMES_REJECTED_TOTAL: &str = "auscult_ingest_frames_rejected_total";
+pub const FRAMES_STORED_TOTAL: &str = "auscult_ingest_frames_stored_total";
+pub const FRAMES_DUPLICATE_TOTAL: &str = "auscult_ingest_frames_duplicate_total";
+pub const BYTES_STORED_TOTAL: &str = "auscult_ingest_sample_bytes_stored_total";
+pub const BATCH_COMMIT_SECONDS: &str = "auscult_ingest_batch_commit_seconds";
+pub const BATCH_SIZE_FRAMES: &str = "auscult_ingest_batch_size_frames";
+pub const BATCH_FAILURES_TOTAL: &str = "auscult_ingest_batch_failures_total";
+pub const STREAMS_ACTIVE: &str = "auscult_ingest_streams_active";
+pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
+pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
+pub const INFLIGHT_BYTES: &str = "auscult_ingest_inflight_bytes";
+
+/// Registers help texts so that `/metrics` explains itself.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(FRAMES_RECEIVED_TOTAL, "Frames received from gateways, valid or not.");
+    describe_counter!(FRAMES_REJECTED_TOTAL, "Frames rejected, by reason.");
+    describe_counter!(FRAMES_STORED_TOTAL, "Frames newly stored (committed).");
+    describe_counter!(FRAMES_DUPLICATE_TOTAL, "Resent frames that were already stored.");
+    describe_counter!(BYTES_STORED_TOTAL, "Bytes of audio samples newly stored.");
+    describe_histogram!(BATCH_COMMIT_SECONDS, metrics::Unit::Seconds, "Time to insert and commit one batch.");
+    describe_histogram!(BATCH_SIZE_FRAMES, "Frames per committed batch.");
+    describe_counter!(BATCH_FAILURES_TOTAL, "Batches whose transaction failed.");
+    describe_gauge!(STREAMS_ACTIVE, "Gateway streams currently open.");
+    describe_counter!(STREAMS_ENDED_TOTAL, "Gateway streams ended, by gRPC code.");
+    describe_counter!(AUTH_FAILURES_TOTAL, "Streams refused by authentication or authorisation, by reason.");
+    describe_gauge!(INFLIGHT_BYTES, metrics::Unit::Bytes, "Sample bytes received but not yet committed.");
+}

@@ -1,0 +1,198 @@
+//! Typed settings: defaults, then an optional TOML file, then `AUSCULT__…` environment variables
+//! (e.g. `AUSCULT__DATABASE__URL`, `AUSCULT__BATCH__MAX_FRAMES`). Validated at start so that a bad value fails
+//! fast with the name of its key.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Everything the ingest service can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where gateways connect (gRPC).
+    pub listen_addr: SocketAddr,
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub admin_addr: SocketAddr,
+    pub database: DatabaseSettings,
+    pub batch: BatchSettings,
+    pub limits: LimitSettings,
+    pub flow: FlowSettings,
+    pub tls: Option<TlsSettings>,
+    /// How long shutdown may take to commit and acknowledge in-flight frames before giving up on them (they are
+    /// not lost: unacknowledged frames are resent by their gateways).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// PostgreSQL connection URL. Never logged: it may hold a password.
+    pub url: String,
+    /// Connections in the pool: the writers' plus a few for authentication and health checks.
+    pub pool_size: usize,
+}
+
+/// When a batch is committed: whichever bound is reached first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSettings {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+    /// How long the first frame of a batch may wait for company: the floor of acknowledgement latency.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Transactions in flight at once: while one waits for its commit to reach disk, the next one is built.
+    pub writers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// How far in the future a frame's capture time may be.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// How old a frame may be (gateways send late after outages).
+    #[serde(with = "humantime_serde")]
+    pub max_frame_age: Duration,
+}
+
+/// Bounds on memory held by frames that are received but not yet committed. When a bound is reached, ingest
+/// stops reading from the stream, and HTTP/2 flow control slows the gateway down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowSettings {
+    /// Across all streams.
+    pub max_inflight_bytes: usize,
+    /// Per stream, so that one fast gateway cannot take the whole budget.
+    pub max_stream_inflight_bytes: usize,
+    /// Concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+/// Serve TLS; with `client_ca_path`, also require client certificates signed by that CA (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub client_ca_path: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            database: DatabaseSettings::default(),
+            batch: BatchSettings::default(),
+            limits: LimitSettings::default(),
+            flow: FlowSettings::default(),
+            tls: None,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: "postgres://postgres@127.0.0.1:5432/auscult".into(), pool_size: 8 }
+    }
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self { max_frames: 256, max_bytes: 8 << 20, max_delay: Duration::from_millis(5), writers: 3 }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        let frame = auscult_frame::Limits::default();
+        Self { max_message_bytes: 1 << 20, max_clock_skew: frame.max_clock_skew, max_frame_age: frame.max_frame_age }
+    }
+}
+
+impl Default for FlowSettings {
+    fn default() -> Self {
+        Self { max_inflight_bytes: 256 << 20, max_stream_inflight_bytes: 16 << 20, max_streams_per_connection: 64 }
+    }
+}
+
+/// A setting that makes no sense, named by its key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {key}: {problem}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub problem: String,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, config::ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder
+            .add_source(config::Environment::with_prefix("AUSCULT").prefix_separator("__").separator("__"))
+            .build()?
+            .try_deserialize()
+    }
+
+    /// Checks relations between settings that types cannot express.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let fail = |key, problem: String| Err(InvalidSetting { key, problem });
+        if self.batch.max_frames == 0 {
+            return fail("batch.max_frames", "must be at least 1".into());
+        }
+        if self.batch.writers == 0 {
+            return fail("batch.writers", "must be at least 1".into());
+        }
+        if self.database.pool_size <= self.batch.writers {
+            return fail(
+                "database.pool_size",
+                format!("must exceed batch.writers ({}) to leave connections for authentication", self.batch.writers),
+            );
+        }
+        if !(1024..=64 << 20).contains(&self.limits.max_message_bytes) {
+            return fail("limits.max_message_bytes", "must be between 1 KiB and 64 MiB".into());
+        }
+        if self.flow.max_stream_inflight_bytes < self.limits.max_message_bytes {
+            return fail("flow.max_stream_inflight_bytes", "must be at least limits.max_message_bytes".into());
+        }
+        if self.flow.max_inflight_bytes < self.flow.max_stream_inflight_bytes {
+            return fail("flow.max_inflight_bytes", "must be at least flow.max_stream_inflight_bytes".into());
+        }
+        if u32::try_from(self.flow.max_inflight_bytes).is_err() {
+            return fail("flow.max_inflight_bytes", "must be below 4 GiB".into());
+        }
+        Ok(())
+    }
+
+    /// The frame validation limits.
+    pub fn frame_limits(&self) -> auscult_frame::Limits {
+        auscult_frame::Limits { max_clock_skew: self.limits.max_clock_skew, max_frame_age: self.limits.max_frame_age }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let mut settings = Settings::default();
+        settings.flow.max_stream_inflight_bytes = 10;
+        let error = settings.validate().unwrap_err();
+        assert_eq!(error.key, "flow.max_stream_inflight_bytes");
+    }
+}

@@ -1,0 +1,190 @@
+//! The batch writer: frames from every stream meet in one queue and are committed in batches, one transaction
+//! each, by a few writer tasks. Batching across streams is what makes durability affordable: the cost of a
+//! commit (an fsync) is shared by every frame in it.
+//!
+//! Writers share the queue's receiver: one writer gathers the next batch while the others wait for their
+//! commits, so the disk always has a commit in flight. A frame's memory budget (its permits) is released only
+//! after its batch is committed and its outcome sent back to its stream.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use auscult_frame::{Frame, FrameKey};
+use auscult_store::{InsertOutcome, Pool, StoreError};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{metrics as m, settings::BatchSettings};
+
+/// Identifies the stream a frame came from, so outcomes go back to it.
+pub type StreamId = u64;
+
+/// A validated frame waiting for its batch.
+#[derive(Debug)]
+pub struct PendingFrame {
+    pub frame: Frame,
+    pub stream: StreamId,
+    pub reply: mpsc::UnboundedSender<BatchReply>,
+    /// Memory budget held until the frame is committed (or its batch failed).
+    #[expect(dead_code, reason = "held only so that dropping it returns the budget")]
+    pub permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// What a stream learns about its frames in one batch.
+#[derive(Debug)]
+pub enum BatchReply {
+    /// The batch committed; the outcome of each of this stream's frames.
+    Committed(Vec<(FrameKey, InsertOutcome)>),
+    /// The batch failed; none of these frames is known to be stored.
+    Failed { frames: usize, error: Arc<StoreError> },
+}
+
+/// Where streams submit frames.
+pub type Submitter = mpsc::UnboundedSender<PendingFrame>;
+
+/// Starts `settings.writers` writer tasks on `pool`; they run until the submitter is dropped and the queue is
+/// empty (so shutdown commits everything already submitted), or until `abort` is cancelled.
+pub fn spawn_writers(
+    settings: &BatchSettings,
+    pool: Pool,
+    tracker: &tokio_util::task::TaskTracker,
+    abort: CancellationToken,
+) -> Submitter {
+    let (submit, queue) = mpsc::unbounded_channel();
+    let queue = Arc::new(Mutex::new(queue));
+    for writer in 0..settings.writers {
+        let queue = Arc::clone(&queue);
+        let pool = pool.clone();
+        let settings = settings.clone();
+        let abort = abort.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                () = write_batches(writer, &settings, &pool, &queue) => {}
+                () = abort.cancelled() => warn!(writer, "writer aborted with frames possibly uncommitted"),
+            }
+        });
+    }
+    submit
+}
+
+async fn write_batches(
+    writer: usize,
+    settings: &BatchSettings,
+    pool: &Pool,
+    queue: &Mutex<mpsc::UnboundedReceiver<PendingFrame>>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            gather(&mut queue, settings).await
+        };
+        let Some(batch) = batch else { return };
+        let frames = batch.len();
+        let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
+        let span = info_span!("batch", writer, frames, bytes);
+        let ok = commit(pool, batch).instrument(span).await;
+        if ok {
+            failures = 0;
+        } else {
+            // Back off so that a database outage does not turn into a hot loop of failing transactions.
+            failures = failures.saturating_add(1);
+            tokio::time::sleep(Duration::from_millis(50u64 << failures.min(6))).await;
+        }
+    }
+}
+
+/// Waits for a first frame, then gathers more until a bound is reached or `max_delay` has passed. `None` once
+/// the queue is closed and empty.
+async fn gather(
+    queue: &mut mpsc::UnboundedReceiver<PendingFrame>,
+    settings: &BatchSettings,
+) -> Option<Vec<PendingFrame>> {
+    let first = queue.recv().await?;
+    let deadline = tokio::time::Instant::now() + settings.max_delay;
+    let mut bytes = first.frame.samples.len();
+    let mut batch = vec![first];
+    while batch.len() < settings.max_frames && bytes < settings.max_bytes {
+        let next = match queue.try_recv() {
+            Ok(next) => next,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(next)) => next,
+                Ok(None) | Err(_) => break,
+            },
+        };
+        bytes += next.frame.samples.len();
+        batch.push(next);
+    }
+    Some(batch)
+}
+
+/// Commits one batch and tells each stream what became of its frames. Returns whether the commit succeeded.
+async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
+    let started = Instant::now();
+    let result = async {
+        let mut client = pool.get().await?;
+        let frames: Vec<&Frame> = batch.iter().map(|p| &p.frame).collect();
+        auscult_store::insert_frames(&mut client, &frames, SystemTime::now()).await
+    }
+    .await;
+    let elapsed = started.elapsed();
+
+    let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!(m::INFLIGHT_BYTES).decrement(bytes as f64);
+    let mut by_stream: HashMap<StreamId, (mpsc::UnboundedSender<BatchReply>, Vec<(FrameKey, InsertOutcome)>)> =
+        HashMap::new();
+    match result {
+        Ok(outcomes) => {
+            metrics::histogram!(m::BATCH_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+            #[allow(clippy::cast_precision_loss)]
+            metrics::histogram!(m::BATCH_SIZE_FRAMES).record(batch.len() as f64);
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                record_outcome(&pending.frame, outcome);
+                by_stream
+                    .entry(pending.stream)
+                    .or_insert_with(|| (pending.reply.clone(), Vec::new()))
+                    .1
+                    .push((pending.frame.key, outcome));
+                // The rest of `pending`, samples and permits, drops here: the memory is free again.
+            }
+            debug!(elapsed_ms = elapsed.as_millis(), "batch committed");
+            for (reply, frames) in by_stream.into_values() {
+                // A stream that went away no longer needs its acknowledgements; its frames are stored.
+                let _ = reply.send(BatchReply::Committed(frames));
+            }
+            true
+        }
+        Err(error) => {
+            metrics::counter!(m::BATCH_FAILURES_TOTAL).increment(1);
+            warn!(frames = batch.len(), "batch failed, its streams will be asked to resend: {error}");
+            let error = Arc::new(error);
+            let mut counts: HashMap<StreamId, (mpsc::UnboundedSender<BatchReply>, usize)> = HashMap::new();
+            for pending in batch {
+                counts.entry(pending.stream).or_insert_with(|| (pending.reply.clone(), 0)).1 += 1;
+            }
+            for (reply, frames) in counts.into_values() {
+                let _ = reply.send(BatchReply::Failed { frames, error: Arc::clone(&error) });
+            }
+            false
+        }
+    }
+}
+
+fn record_outcome(frame: &Frame, outcome: InsertOutcome) {
+    match outcome {
+        InsertOutcome::Stored => {
+            metrics::counter!(m::FRAMES_STORED_TOTAL).increment(1);
+            metrics::counter!(m::BYTES_STORED_TOTAL).increment(frame.samples.len() as u64);
+        }
+        InsertOutcome::Duplicate => metrics::counter!(m::FRAMES_DUPLICATE_TOTAL).increment(1),
+        InsertOutcome::Conflict => {
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "conflicting_duplicate").increment(1);
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Telemetry shared by every auscult binary: one tracing setup (human-readable on a terminal, JSON lines in
+//! containers), one Prometheus recorder, and the admin HTTP endpoint that serves `/metrics`, `/livez` and
+//! `/readyz`.
+
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// What can fail setting telemetry up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("could not install the metrics recorder: {0}")]
+    Recorder(String),
+    #[error("admin endpoint failed: {0}")]
+    Admin(#[from] std::io::Error),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// `AUSCULT_LOG_FORMAT=json|text`; otherwise text.
+    pub fn from_env() -> Self {
+        match std::env::var("AUSCULT_LOG_FORMAT").as_deref() {
+            Ok("json") => Self::Json,
+            _ => Self::Text,
+        }
+    }
+}
+
+/// Installs the global tracing subscriber. Filtering follows `RUST_LOG` (default `info`, or
+/// `default_filter`). Safe to call more than once: later calls do nothing.
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(true).with_writer(std::io::stderr)).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+    };
+}
+
+/// Seconds buckets for latency histograms: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets for counts per batch.
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle). Histograms whose
+/// names end in `_seconds` get latency buckets, those ending in `_frames` count buckets.
+pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_frames".into()), COUNT_BUCKETS))
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Whether the service is ready for traffic, as `/readyz` reports it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `/metrics` (Prometheus text), `/livez` (always 200 while the process runs) and `/readyz` (200 when
+/// ready, 503 otherwise) until `shutdown` is cancelled.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), TelemetryError> {
+    let app = Router::new()
+        .route("/metrics", get(|State((handle, _)): State<(PrometheusHandle, Readiness)>| async move { handle.render() }))
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State((_, ready)): State<(PrometheusHandle, Readiness)>| async move {
+                if ready.get() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+            }),
+        )
+        .with_state((metrics, readiness));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
