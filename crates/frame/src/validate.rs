@@ -168,34 +168,45 @@ fn check_capture_time(
     }
 }
 
-/// One pass over the samples: rejects non-finite floats and sums what the level needs.
+/// One pass over the samples: rejects non-finite floats and sums what the level needs. PCM is summed in
+/// integers, which the compiler vectorises: this runs for every frame on the ingest hot path.
 fn measure(encoding: SampleEncoding, bytes: &[u8]) -> Result<Level, InvalidFrame> {
-    let mut sum_squares = 0.0f64;
-    let mut peak = 0.0f64;
-    let count;
     match encoding {
         SampleEncoding::PcmS16le => {
-            count = bytes.len() / 2;
+            let mut sum_squares = 0u64;
+            let mut peak = 0u32;
             for b in bytes.chunks_exact(2) {
-                let v = f64::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0;
-                sum_squares += v * v;
-                peak = peak.max(v.abs());
+                let v = i32::from(i16::from_le_bytes([b[0], b[1]]));
+                sum_squares += u64::from((v * v).unsigned_abs());
+                peak = peak.max(v.unsigned_abs());
             }
+            let full_scale = 32768.0f64;
+            #[allow(clippy::cast_precision_loss)]
+            let sum_squares = sum_squares as f64 / (full_scale * full_scale);
+            Ok(Level::from_sums(
+                sum_squares,
+                f64::from(peak) / full_scale,
+                bytes.len() / 2,
+            ))
         }
         SampleEncoding::F32le => {
-            count = bytes.len() / 4;
+            let mut sum_squares = 0.0f64;
+            let mut peak = 0.0f32;
             for (index, b) in bytes.chunks_exact(4).enumerate() {
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 if !v.is_finite() {
                     return Err(InvalidFrame::NonFiniteSample { index });
                 }
-                let v = f64::from(v);
-                sum_squares += v * v;
+                sum_squares += f64::from(v) * f64::from(v);
                 peak = peak.max(v.abs());
             }
+            Ok(Level::from_sums(
+                sum_squares,
+                f64::from(peak),
+                bytes.len() / 4,
+            ))
         }
     }
-    Ok(Level::from_sums(sum_squares, peak, count))
 }
 
 #[cfg(test)]

@@ -65,7 +65,11 @@ pub enum GatewayError {
     #[error("ingest refused the stream ({code:?}): {message}")]
     Refused { code: Code, message: String },
     #[error("could not reach ingest at {endpoint} for {waited:?}: {last_error}")]
-    Unreachable { endpoint: String, waited: Duration, last_error: String },
+    Unreachable {
+        endpoint: String,
+        waited: Duration,
+        last_error: String,
+    },
     #[error(transparent)]
     Source(#[from] SourceError),
 }
@@ -119,7 +123,11 @@ impl Summary {
     pub fn frames_per_s(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         #[allow(clippy::cast_precision_loss)]
-        if secs > 0.0 { self.acked as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.acked as f64 / secs
+        } else {
+            0.0
+        }
     }
 }
 
@@ -162,7 +170,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Self {
-        Self { config, progress: Arc::default(), events: None }
+        Self {
+            config,
+            progress: Arc::default(),
+            events: None,
+        }
     }
 
     /// Sends [`Event`]s to `events` as they happen.
@@ -179,8 +191,9 @@ impl Gateway {
     /// Streams every frame of `source` until each is acknowledged or rejected.
     pub async fn run(&self, mut source: impl FrameSource) -> Result<Summary, GatewayError> {
         let endpoint = self.endpoint()?;
-        let auth: MetadataValue<_> =
-            format!("Bearer {}", self.config.token).parse().map_err(|_| GatewayError::Token)?;
+        let auth: MetadataValue<_> = format!("Bearer {}", self.config.token)
+            .parse()
+            .map_err(|_| GatewayError::Token)?;
         let started = Instant::now();
         let summary = Summary::new().map_err(|e| GatewayError::Endpoint {
             endpoint: self.config.endpoint.clone(),
@@ -220,25 +233,35 @@ impl Gateway {
             connections += 1;
             backoff = Duration::from_millis(50);
             self.emit(Event::Connected);
-            let outcome = self.stream_once(IngestClient::new(channel), &auth, &mut source, &mut run).await;
+            let outcome = self
+                .stream_once(IngestClient::new(channel), &auth, &mut source, &mut run)
+                .await;
             last_connected = Instant::now();
             match outcome {
                 Ok(()) => {}
                 Err(StreamEnd::Fatal(error)) => return Err(error),
                 Err(StreamEnd::Broken(reason)) => {
-                    info!(unacked = run.unacked.len(), "stream broken, reconnecting: {reason}");
+                    info!(
+                        unacked = run.unacked.len(),
+                        "stream broken, reconnecting: {reason}"
+                    );
                     self.emit(Event::Disconnected(reason));
                 }
             }
         }
         run.summary.elapsed = started.elapsed();
-        run.summary.ack_p50 = Duration::from_micros(run.summary.ack_latency_us.value_at_quantile(0.5));
-        run.summary.ack_p99 = Duration::from_micros(run.summary.ack_latency_us.value_at_quantile(0.99));
+        run.summary.ack_p50 =
+            Duration::from_micros(run.summary.ack_latency_us.value_at_quantile(0.5));
+        run.summary.ack_p99 =
+            Duration::from_micros(run.summary.ack_latency_us.value_at_quantile(0.99));
         Ok(run.summary)
     }
 
     fn endpoint(&self) -> Result<Endpoint, GatewayError> {
-        let invalid = |detail: String| GatewayError::Endpoint { endpoint: self.config.endpoint.clone(), detail };
+        let invalid = |detail: String| GatewayError::Endpoint {
+            endpoint: self.config.endpoint.clone(),
+            detail,
+        };
         let mut endpoint = Endpoint::from_shared(self.config.endpoint.clone())
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
@@ -248,7 +271,9 @@ impl Gateway {
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(4 << 20));
         if let Some(tls) = &self.config.tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| invalid(e.to_string()))?;
         }
         Ok(endpoint)
     }
@@ -267,7 +292,11 @@ impl Gateway {
         let mut request = Request::new(ReceiverStream::new(rx));
         request.metadata_mut().insert("authorization", auth.clone());
         // Ingest answers with headers right after authentication, before reading any frame.
-        let mut acks = client.stream_frames(request).await.map_err(classify)?.into_inner();
+        let mut acks = client
+            .stream_frames(request)
+            .await
+            .map_err(classify)?
+            .into_inner();
         let mut tx = Some(tx);
         let mut resend: std::collections::VecDeque<Key> = run.unacked.keys().cloned().collect();
         let mut new_on_this_stream = 0u64;
@@ -279,7 +308,11 @@ impl Gateway {
             let can_send = tx.is_some()
                 && run.unacked.len() < self.config.window
                 && (!resend.is_empty() || !run.source_done);
-            let due = if resend.is_empty() { run.next_due(self.config.rate) } else { None };
+            let due = if resend.is_empty() {
+                run.next_due(self.config.rate)
+            } else {
+                None
+            };
             tokio::select! {
                 biased;
                 message = acks.message() => match message {
@@ -326,10 +359,15 @@ impl Gateway {
         for range in &ack.durable {
             let from = (range.sensor_id.clone(), range.stream_epoch, range.first_seq);
             let to = (range.sensor_id.clone(), range.stream_epoch, range.last_seq);
-            let keys: Vec<Key> = run.unacked.range(from..=to).map(|(k, _)| k.clone()).collect();
+            let keys: Vec<Key> = run
+                .unacked
+                .range(from..=to)
+                .map(|(k, _)| k.clone())
+                .collect();
             for key in keys {
                 if let Some(entry) = run.unacked.remove(&key) {
-                    let micros = u64::try_from(now.duration_since(entry.sent_at).as_micros()).unwrap_or(u64::MAX);
+                    let micros = u64::try_from(now.duration_since(entry.sent_at).as_micros())
+                        .unwrap_or(u64::MAX);
                     let _ = run.summary.ack_latency_us.record(micros.max(1));
                     acked += 1;
                 }
@@ -339,7 +377,11 @@ impl Gateway {
         run.summary.duplicates += u64::from(ack.duplicates);
         self.progress.acked.fetch_add(acked, Ordering::Relaxed);
         for rejection in ack.rejected {
-            let key = (rejection.sensor_id.clone(), rejection.stream_epoch, rejection.seq);
+            let key = (
+                rejection.sensor_id.clone(),
+                rejection.stream_epoch,
+                rejection.seq,
+            );
             if run.unacked.remove(&key).is_some() {
                 run.summary.rejected += 1;
                 self.progress.rejected.fetch_add(1, Ordering::Relaxed);
@@ -395,9 +437,13 @@ enum StreamEnd {
 /// Statuses that resending cannot cure end the run; everything else is a broken link.
 fn classify(status: tonic::Status) -> StreamEnd {
     match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied | Code::ResourceExhausted | Code::InvalidArgument => {
-            StreamEnd::Fatal(GatewayError::Refused { code: status.code(), message: status.message().to_owned() })
-        }
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::InvalidArgument => StreamEnd::Fatal(GatewayError::Refused {
+            code: status.code(),
+            message: status.message().to_owned(),
+        }),
         _ => StreamEnd::Broken(format!("{:?}: {}", status.code(), status.message())),
     }
 }

@@ -18,7 +18,10 @@ pub enum SourceError {
     #[error("{path}: no WAV files found")]
     Empty { path: String },
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A finite sequence of frames.
@@ -67,7 +70,9 @@ impl SyntheticSource {
 
     /// The encoded samples of frame `seq` of sensor `sensor`.
     pub fn samples(&self, sensor: usize, seq: u64) -> Vec<u8> {
-        let mut rng = SplitMix64(self.seed ^ (sensor as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.rotate_left(32));
+        let mut rng = SplitMix64(
+            self.seed ^ (sensor as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.rotate_left(32),
+        );
         #[allow(clippy::cast_precision_loss)]
         let hz = 120.0 * (sensor % 16 + 1) as f32;
         #[allow(clippy::cast_precision_loss)]
@@ -109,7 +114,9 @@ impl FrameSource for SyntheticSource {
         }
         let (seq, sensor) = (self.next / sensors, self.next % sensors);
         self.next += 1;
-        Ok(Some(self.frame(usize::try_from(sensor).unwrap_or_default(), seq)))
+        Ok(Some(
+            self.frame(usize::try_from(sensor).unwrap_or_default(), seq),
+        ))
     }
 
     fn total(&self) -> u64 {
@@ -127,11 +134,21 @@ pub struct PreparedSource {
 impl PreparedSource {
     /// Takes every frame of `source` now.
     pub fn drain(mut source: impl FrameSource) -> Result<Self, SourceError> {
-        let mut frames = std::collections::VecDeque::with_capacity(usize::try_from(source.total()).unwrap_or(0));
+        let mut frames =
+            std::collections::VecDeque::with_capacity(usize::try_from(source.total()).unwrap_or(0));
         while let Some(frame) = source.next_frame()? {
             frames.push_back(frame);
         }
-        Ok(Self { total: frames.len() as u64, frames })
+        Ok(Self {
+            total: frames.len() as u64,
+            frames,
+        })
+    }
+
+    /// Keeps only the first `len` frames.
+    pub fn truncate(&mut self, len: usize) {
+        self.frames.truncate(len);
+        self.total = self.frames.len() as u64;
     }
 
     /// The frames, in order.
@@ -180,18 +197,39 @@ struct Clip {
 
 impl WavSource {
     /// `paths` are WAV files or folders (searched recursively, in name order).
-    pub fn new(identity: Identity, paths: &[PathBuf], frames_per_sensor: u64, frame_seconds: f64) -> Result<Self, SourceError> {
+    pub fn new(
+        identity: Identity,
+        paths: &[PathBuf],
+        frames_per_sensor: u64,
+        frame_seconds: f64,
+    ) -> Result<Self, SourceError> {
         let mut files = Vec::new();
         for path in paths {
             collect_wavs(path, &mut files)?;
         }
         if files.is_empty() {
             return Err(SourceError::Empty {
-                path: paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                path: paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
-        let sensors = (0..identity.sensors.len()).map(|i| SensorCursor { file_index: i % files.len(), clip: None }).collect();
-        Ok(Self { identity, files, frames_per_sensor, frame_seconds, sensors, next: 0 })
+        let sensors = (0..identity.sensors.len())
+            .map(|i| SensorCursor {
+                file_index: i % files.len(),
+                clip: None,
+            })
+            .collect();
+        Ok(Self {
+            identity,
+            files,
+            frames_per_sensor,
+            frame_seconds,
+            sensors,
+            next: 0,
+        })
     }
 
     /// The recordings in play order.
@@ -206,7 +244,10 @@ impl FrameSource for WavSource {
         if sensors == 0 || self.next >= self.total() {
             return Ok(None);
         }
-        let (seq, sensor) = (self.next / sensors, usize::try_from(self.next % sensors).unwrap_or_default());
+        let (seq, sensor) = (
+            self.next / sensors,
+            usize::try_from(self.next % sensors).unwrap_or_default(),
+        );
         self.next += 1;
         let files = &self.files;
         let cursor = &mut self.sensors[sensor];
@@ -223,12 +264,17 @@ impl FrameSource for WavSource {
             }
             cursor.clip = Some(read_clip(&files[cursor.file_index])?);
         }
-        let clip = cursor.clip.as_mut().ok_or_else(|| SourceError::Empty { path: "recordings".into() })?;
+        let clip = cursor.clip.as_mut().ok_or_else(|| SourceError::Empty {
+            path: "recordings".into(),
+        })?;
         let frame_bytes = clip.frame_bytes(self.frame_seconds);
         if clip.offset + frame_bytes > clip.data.len() {
             return Err(SourceError::Wav {
                 path: files[cursor.file_index].display().to_string(),
-                problem: format!("every recording is shorter than one {}-second frame", self.frame_seconds),
+                problem: format!(
+                    "every recording is shorter than one {}-second frame",
+                    self.frame_seconds
+                ),
             });
         }
         let samples = clip.data.slice(clip.offset..clip.offset + frame_bytes);
@@ -262,41 +308,80 @@ impl Clip {
 /// Reads a whole WAV file: 16-bit PCM stays PCM16, 8/24/32-bit PCM and float become f32le. Extensible
 /// headers (multi-channel arrays) are read like plain ones.
 fn read_clip(path: &Path) -> Result<Clip, SourceError> {
-    let wav_error = |problem: String| SourceError::Wav { path: path.display().to_string(), problem };
+    let wav_error = |problem: String| SourceError::Wav {
+        path: path.display().to_string(),
+        problem,
+    };
     let mut reader = hound::WavReader::open(path).map_err(|e| wav_error(e.to_string()))?;
     let spec = reader.spec();
     let (encoding, data) = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Int, 16) => {
             let samples: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
             let samples = samples.map_err(|e| wav_error(e.to_string()))?;
-            (SampleEncoding::PcmS16le, samples.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>())
+            (
+                SampleEncoding::PcmS16le,
+                samples
+                    .iter()
+                    .flat_map(|s| s.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            )
         }
         (hound::SampleFormat::Int, bits @ (8 | 24 | 32)) => {
             let scale = 2f32.powi(i32::from(bits) - 1);
             let samples: Result<Vec<i32>, _> = reader.samples::<i32>().collect();
             #[allow(clippy::cast_precision_loss)]
-            let floats: Vec<f32> = samples.map_err(|e| wav_error(e.to_string()))?.iter().map(|&s| s as f32 / scale).collect();
+            let floats: Vec<f32> = samples
+                .map_err(|e| wav_error(e.to_string()))?
+                .iter()
+                .map(|&s| s as f32 / scale)
+                .collect();
             (SampleEncoding::F32le, encode_f32le(&floats))
         }
         (hound::SampleFormat::Float, 32) => {
             let samples: Result<Vec<f32>, _> = reader.samples::<f32>().collect();
-            (SampleEncoding::F32le, encode_f32le(&samples.map_err(|e| wav_error(e.to_string()))?))
+            (
+                SampleEncoding::F32le,
+                encode_f32le(&samples.map_err(|e| wav_error(e.to_string()))?),
+            )
         }
-        (format, bits) => return Err(wav_error(format!("unsupported sample format {format:?} with {bits} bits"))),
+        (format, bits) => {
+            return Err(wav_error(format!(
+                "unsupported sample format {format:?} with {bits} bits"
+            )));
+        }
     };
     if spec.channels == 0 || spec.channels > 16 {
-        return Err(wav_error(format!("{} channels; frames carry 1 to 16", spec.channels)));
+        return Err(wav_error(format!(
+            "{} channels; frames carry 1 to 16",
+            spec.channels
+        )));
     }
-    Ok(Clip { sample_rate_hz: spec.sample_rate, channels: spec.channels, encoding, data: Bytes::from(data), offset: 0 })
+    Ok(Clip {
+        sample_rate_hz: spec.sample_rate,
+        channels: spec.channels,
+        encoding,
+        data: Bytes::from(data),
+        offset: 0,
+    })
 }
 
 fn collect_wavs(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
-    let io = |source| SourceError::Io { path: path.display().to_string(), source };
+    let io = |source| SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path).map_err(io)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
         entries.sort();
         for entry in entries {
-            if entry.is_dir() || entry.extension().is_some_and(|e| e.eq_ignore_ascii_case("wav")) {
+            if entry.is_dir()
+                || entry
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("wav"))
+            {
                 collect_wavs(&entry, out)?;
             }
         }
@@ -305,7 +390,10 @@ fn collect_wavs(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> 
         out.push(path.to_path_buf());
         Ok(())
     } else {
-        Err(io(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")))
+        Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or folder",
+        )))
     }
 }
 
@@ -334,7 +422,11 @@ mod tests {
     use super::*;
 
     fn identity(sensors: usize) -> Identity {
-        Identity { device_id: "gw".into(), sensors: (0..sensors).map(|i| format!("mic-{i}")).collect(), stream_epoch: 1 }
+        Identity {
+            device_id: "gw".into(),
+            sensors: (0..sensors).map(|i| format!("mic-{i}")).collect(),
+            stream_epoch: 1,
+        }
     }
 
     #[test]
@@ -344,8 +436,21 @@ mod tests {
         while let Some(frame) = source.next_frame().expect("frame") {
             frames.push(frame);
         }
-        let order: Vec<_> = frames.iter().map(|f| (f.sensor_id.as_str(), f.seq)).collect();
-        assert_eq!(order, vec![("mic-0", 0), ("mic-1", 0), ("mic-2", 0), ("mic-0", 1), ("mic-1", 1), ("mic-2", 1)]);
+        let order: Vec<_> = frames
+            .iter()
+            .map(|f| (f.sensor_id.as_str(), f.seq))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("mic-0", 0),
+                ("mic-1", 0),
+                ("mic-2", 0),
+                ("mic-0", 1),
+                ("mic-1", 1),
+                ("mic-2", 1)
+            ]
+        );
         assert_eq!(frames[4].samples.as_ref(), source.samples(1, 1).as_slice());
         assert_ne!(source.samples(1, 1), source.samples(1, 0));
         assert_eq!(frames[0].samples.len(), 32_000);
@@ -356,7 +461,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("auscult-wav-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("a.wav");
-        let spec = hound::WavSpec { channels: 2, sample_rate: 8_000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 8_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut writer = hound::WavWriter::create(&path, spec).expect("create");
         for i in 0..(8_000 * 2 * 2 + 10) {
             writer.write_sample((i % 997) as i16).expect("write");
@@ -364,7 +474,10 @@ mod tests {
         writer.finalize().expect("finalize");
         let mut source = WavSource::new(identity(1), &[dir.clone()], 3, 1.0).expect("source");
         let first = source.next_frame().expect("read").expect("frame");
-        assert_eq!((first.channels, first.sample_rate_hz, first.samples.len()), (2, 8_000, 32_000));
+        assert_eq!(
+            (first.channels, first.sample_rate_hz, first.samples.len()),
+            (2, 8_000, 32_000)
+        );
         // The file holds two whole frames; the third starts the file over.
         let second = source.next_frame().expect("read").expect("frame");
         let third = source.next_frame().expect("read").expect("frame");

@@ -58,7 +58,12 @@ fn extend_ranges(ranges: &mut Vec<pb::FrameRange>, key: &FrameKey) {
         last.last_seq = last.last_seq.max(seq);
         return;
     }
-    ranges.push(pb::FrameRange { sensor_id: key.sensor_id.clone(), stream_epoch: epoch, first_seq: seq, last_seq: seq });
+    ranges.push(pb::FrameRange {
+        sensor_id: key.sensor_id.clone(),
+        stream_epoch: epoch,
+        first_seq: seq,
+        last_seq: seq,
+    });
 }
 
 /// Validated keys are never negative.
@@ -71,7 +76,12 @@ mod tests {
     use super::*;
 
     fn key(sensor: &str, epoch: i64, seq: i64) -> FrameKey {
-        FrameKey { device_id: "d".into(), sensor_id: sensor.into(), stream_epoch: epoch, seq }
+        FrameKey {
+            device_id: "d".into(),
+            sensor_id: sensor.into(),
+            stream_epoch: epoch,
+            seq,
+        }
     }
 
     #[test]
@@ -86,12 +96,33 @@ mod tests {
             (key("a", 1, 4), InsertOutcome::Conflict),
         ];
         let ack = committed(outcomes);
-        let ranges: Vec<_> =
-            ack.durable.iter().map(|r| (r.sensor_id.as_str(), r.stream_epoch, r.first_seq, r.last_seq)).collect();
-        assert_eq!(ranges, vec![("a", 1, 1, 3), ("a", 1, 7, 7), ("a", 2, 8, 8), ("b", 1, 5, 5)]);
+        let ranges: Vec<_> = ack
+            .durable
+            .iter()
+            .map(|r| {
+                (
+                    r.sensor_id.as_str(),
+                    r.stream_epoch,
+                    r.first_seq,
+                    r.last_seq,
+                )
+            })
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![
+                ("a", 1, 1, 3),
+                ("a", 1, 7, 7),
+                ("a", 2, 8, 8),
+                ("b", 1, 5, 5)
+            ]
+        );
         assert_eq!(ack.duplicates, 1);
         assert_eq!(ack.rejected.len(), 1);
         assert_eq!(ack.rejected[0].seq, 4);
-        assert_eq!(ack.rejected[0].reason, i32::from(pb::RejectReason::ConflictingDuplicate));
+        assert_eq!(
+            ack.rejected[0].reason,
+            i32::from(pb::RejectReason::ConflictingDuplicate)
+        );
     }
 }

@@ -46,9 +46,14 @@ impl Ingest for IngestService {
         request: Request<Streaming<pb::Frame>>,
     ) -> Result<Response<Self::StreamFramesStream>, Status> {
         if self.shutdown.is_cancelled() {
-            return Err(Status::unavailable("ingest is shutting down: connect to another replica"));
+            return Err(Status::unavailable(
+                "ingest is shutting down: connect to another replica",
+            ));
         }
-        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let device_id = self.authenticate(request.metadata()).await?;
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let ctx = StreamContext {
@@ -82,16 +87,27 @@ impl IngestService {
             metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
             Status::unauthenticated(message)
         };
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| refuse("missing_token", "missing `authorization: Bearer <token>` metadata"))?;
+        let header = metadata.get("authorization").ok_or_else(|| {
+            refuse(
+                "missing_token",
+                "missing `authorization: Bearer <token>` metadata",
+            )
+        })?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or_else(|| refuse("malformed_token", "authorization metadata must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                refuse(
+                    "malformed_token",
+                    "authorization metadata must be `Bearer <token>`",
+                )
+            })?;
         let client = self.pool.get().await.map_err(|e| {
             warn!("cannot authenticate, no database connection: {e}");
             Status::unavailable("cannot authenticate right now: database unavailable")
@@ -101,7 +117,9 @@ impl IngestService {
             Ok(None) => Err(refuse("unknown_token", "unknown or revoked token")),
             Err(e) => {
                 warn!("cannot authenticate: {e}");
-                Err(Status::unavailable("cannot authenticate right now: database unavailable"))
+                Err(Status::unavailable(
+                    "cannot authenticate right now: database unavailable",
+                ))
             }
         }
     }

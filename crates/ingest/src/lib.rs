@@ -35,7 +35,10 @@ pub enum IngestError {
     #[error("store: {0}")]
     Store(#[from] auscult_store::StoreError),
     #[error("reading TLS file {path}: {source}")]
-    TlsFile { path: String, source: std::io::Error },
+    TlsFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -57,24 +60,44 @@ const READINESS_INTERVAL: Duration = Duration::from_secs(2);
 /// Runs ingest until `shutdown` is cancelled, then shuts down in order: report NOT_SERVING, stop reading new
 /// frames, commit and acknowledge what is in flight (within `shutdown_grace`), close the streams with
 /// UNAVAILABLE, stop the server, and let the writers drain the queue.
-pub async fn run(settings: Settings, listeners: Listeners, shutdown: CancellationToken) -> Result<(), IngestError> {
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
     settings.validate()?;
     let metrics_handle = auscult_telemetry::metrics_handle()?;
     metrics::describe();
-    let pool = auscult_store::connect_pool(&settings.database.url, settings.database.pool_size, "auscult-ingest")?;
+    let pool = auscult_store::connect_pool(
+        &settings.database.url,
+        settings.database.pool_size,
+        "auscult-ingest",
+    )?;
     let tasks = TaskTracker::new();
     let streams = TaskTracker::new();
     let abort_writers = CancellationToken::new();
-    let submit = writer::spawn_writers(&settings.batch, pool.clone(), &tasks, abort_writers.clone());
+    let submit =
+        writer::spawn_writers(&settings.batch, pool.clone(), &tasks, abort_writers.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<IngestServer<grpc::IngestService>>().await;
+    health
+        .set_not_serving::<IngestServer<grpc::IngestService>>()
+        .await;
     let readiness = Readiness::default();
-    tasks.spawn(watch_readiness(pool.clone(), health.clone(), readiness.clone(), shutdown.clone()));
+    tasks.spawn(watch_readiness(
+        pool.clone(),
+        health.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn({
-        let (metrics_handle, readiness, stop) = (metrics_handle, readiness.clone(), shutdown.clone());
+        let (metrics_handle, readiness, stop) =
+            (metrics_handle, readiness.clone(), shutdown.clone());
         async move {
-            if let Err(e) = auscult_telemetry::serve_admin(listeners.admin, metrics_handle, readiness, stop).await {
+            if let Err(e) =
+                auscult_telemetry::serve_admin(listeners.admin, metrics_handle, readiness, stop)
+                    .await
+            {
                 warn!("admin endpoint stopped: {e}");
             }
         }
@@ -116,7 +139,9 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
         async move {
             shutdown.cancelled().await;
             info!("shutting down: finishing in-flight frames");
-            health.set_not_serving::<IngestServer<grpc::IngestService>>().await;
+            health
+                .set_not_serving::<IngestServer<grpc::IngestService>>()
+                .await;
             streams.close();
             streams.wait().await;
         }
@@ -141,7 +166,9 @@ pub async fn run(settings: Settings, listeners: Listeners, shutdown: Cancellatio
     };
     tasks.close();
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        warn!("writers did not drain within the shutdown grace period; unacknowledged frames will be resent");
+        warn!(
+            "writers did not drain within the shutdown grace period; unacknowledged frames will be resent"
+        );
         abort_writers.cancel();
         tasks.wait().await;
     }
@@ -170,11 +197,15 @@ async fn watch_readiness(
             match &ready {
                 Ok(()) => {
                     info!("database ready");
-                    health.set_serving::<IngestServer<grpc::IngestService>>().await;
+                    health
+                        .set_serving::<IngestServer<grpc::IngestService>>()
+                        .await;
                 }
                 Err(problem) => {
                     warn!("not ready: {problem}");
-                    health.set_not_serving::<IngestServer<grpc::IngestService>>().await;
+                    health
+                        .set_not_serving::<IngestServer<grpc::IngestService>>()
+                        .await;
                 }
             }
             readiness.set(ready.is_ok());
@@ -192,9 +223,15 @@ async fn watch_readiness(
 
 fn tls_config(tls: &TlsSettings) -> Result<ServerTlsConfig, IngestError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| IngestError::TlsFile { path: path.display().to_string(), source })
+        std::fs::read(path).map_err(|source| IngestError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_path)?, read(&tls.key_path)?));
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_path)?,
+        read(&tls.key_path)?,
+    ));
     if let Some(ca) = &tls.client_ca_path {
         config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }

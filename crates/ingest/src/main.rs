@@ -37,7 +37,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    auscult_ingest::run(settings, listeners, shutdown).await.context("running ingest")
+    auscult_ingest::run(settings, listeners, shutdown)
+        .await
+        .context("running ingest")
 }
 
 /// SIGTERM (Kubernetes, systemd) or Ctrl-C starts the ordered shutdown.

@@ -16,16 +16,33 @@ pub const INFLIGHT_BYTES: &str = "auscult_ingest_inflight_bytes";
 /// Registers help texts so that `/metrics` explains itself.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(FRAMES_RECEIVED_TOTAL, "Frames received from gateways, valid or not.");
+    describe_counter!(
+        FRAMES_RECEIVED_TOTAL,
+        "Frames received from gateways, valid or not."
+    );
     describe_counter!(FRAMES_REJECTED_TOTAL, "Frames rejected, by reason.");
     describe_counter!(FRAMES_STORED_TOTAL, "Frames newly stored (committed).");
-    describe_counter!(FRAMES_DUPLICATE_TOTAL, "Resent frames that were already stored.");
+    describe_counter!(
+        FRAMES_DUPLICATE_TOTAL,
+        "Resent frames that were already stored."
+    );
     describe_counter!(BYTES_STORED_TOTAL, "Bytes of audio samples newly stored.");
-    describe_histogram!(BATCH_COMMIT_SECONDS, metrics::Unit::Seconds, "Time to insert and commit one batch.");
+    describe_histogram!(
+        BATCH_COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to insert and commit one batch."
+    );
     describe_histogram!(BATCH_SIZE_FRAMES, "Frames per committed batch.");
     describe_counter!(BATCH_FAILURES_TOTAL, "Batches whose transaction failed.");
     describe_gauge!(STREAMS_ACTIVE, "Gateway streams currently open.");
     describe_counter!(STREAMS_ENDED_TOTAL, "Gateway streams ended, by gRPC code.");
-    describe_counter!(AUTH_FAILURES_TOTAL, "Streams refused by authentication or authorisation, by reason.");
-    describe_gauge!(INFLIGHT_BYTES, metrics::Unit::Bytes, "Sample bytes received but not yet committed.");
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Streams refused by authentication or authorisation, by reason."
+    );
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        metrics::Unit::Bytes,
+        "Sample bytes received but not yet committed."
+    );
 }

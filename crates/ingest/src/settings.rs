@@ -99,26 +99,42 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/auscult".into(), pool_size: 8 }
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/auscult".into(),
+            pool_size: 10,
+        }
     }
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_frames: 256, max_bytes: 8 << 20, max_delay: Duration::from_millis(5), writers: 3 }
+        Self {
+            max_frames: 128,
+            max_bytes: 4 << 20,
+            max_delay: Duration::from_millis(5),
+            writers: 4,
+        }
     }
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
         let frame = auscult_frame::Limits::default();
-        Self { max_message_bytes: 1 << 20, max_clock_skew: frame.max_clock_skew, max_frame_age: frame.max_frame_age }
+        Self {
+            max_message_bytes: 1 << 20,
+            max_clock_skew: frame.max_clock_skew,
+            max_frame_age: frame.max_frame_age,
+        }
     }
 }
 
 impl Default for FlowSettings {
     fn default() -> Self {
-        Self { max_inflight_bytes: 256 << 20, max_stream_inflight_bytes: 16 << 20, max_streams_per_connection: 64 }
+        Self {
+            max_inflight_bytes: 256 << 20,
+            max_stream_inflight_bytes: 16 << 20,
+            max_streams_per_connection: 64,
+        }
     }
 }
 
@@ -138,7 +154,11 @@ impl Settings {
             builder = builder.add_source(config::File::from(file).required(true));
         }
         builder
-            .add_source(config::Environment::with_prefix("AUSCULT").prefix_separator("__").separator("__"))
+            .add_source(
+                config::Environment::with_prefix("AUSCULT")
+                    .prefix_separator("__")
+                    .separator("__"),
+            )
             .build()?
             .try_deserialize()
     }
@@ -155,17 +175,29 @@ impl Settings {
         if self.database.pool_size <= self.batch.writers {
             return fail(
                 "database.pool_size",
-                format!("must exceed batch.writers ({}) to leave connections for authentication", self.batch.writers),
+                format!(
+                    "must exceed batch.writers ({}) to leave connections for authentication",
+                    self.batch.writers
+                ),
             );
         }
         if !(1024..=64 << 20).contains(&self.limits.max_message_bytes) {
-            return fail("limits.max_message_bytes", "must be between 1 KiB and 64 MiB".into());
+            return fail(
+                "limits.max_message_bytes",
+                "must be between 1 KiB and 64 MiB".into(),
+            );
         }
         if self.flow.max_stream_inflight_bytes < self.limits.max_message_bytes {
-            return fail("flow.max_stream_inflight_bytes", "must be at least limits.max_message_bytes".into());
+            return fail(
+                "flow.max_stream_inflight_bytes",
+                "must be at least limits.max_message_bytes".into(),
+            );
         }
         if self.flow.max_inflight_bytes < self.flow.max_stream_inflight_bytes {
-            return fail("flow.max_inflight_bytes", "must be at least flow.max_stream_inflight_bytes".into());
+            return fail(
+                "flow.max_inflight_bytes",
+                "must be at least flow.max_stream_inflight_bytes".into(),
+            );
         }
         if u32::try_from(self.flow.max_inflight_bytes).is_err() {
             return fail("flow.max_inflight_bytes", "must be below 4 GiB".into());
@@ -175,7 +207,10 @@ impl Settings {
 
     /// The frame validation limits.
     pub fn frame_limits(&self) -> auscult_frame::Limits {
-        auscult_frame::Limits { max_clock_skew: self.limits.max_clock_skew, max_frame_age: self.limits.max_frame_age }
+        auscult_frame::Limits {
+            max_clock_skew: self.limits.max_clock_skew,
+            max_frame_age: self.limits.max_frame_age,
+        }
     }
 }
 

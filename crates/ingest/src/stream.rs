@@ -52,7 +52,11 @@ pub async fn run_stream(
     out: Outbound,
 ) {
     let (reply_tx, replies) = mpsc::unbounded_channel();
-    let mut state = State { replies, inflight: 0, out: &out };
+    let mut state = State {
+        replies,
+        inflight: 0,
+        out: &out,
+    };
     let mut reading = true;
     let mut end = End::Finished;
 
@@ -128,31 +132,50 @@ impl State<'_> {
                 ctx.device_id, frame.device_id
             ))));
         }
-        let (sensor_id, stream_epoch, seq) = (frame.sensor_id.clone(), frame.stream_epoch, frame.seq);
-        let frame = match auscult_proto::to_raw_frame(frame).validate(&ctx.limits, SystemTime::now()) {
-            Ok(frame) => frame,
-            Err(invalid) => {
-                let reason = auscult_proto::reject_reason(&invalid).as_str_name().to_ascii_lowercase();
-                let reason = reason.trim_start_matches("reject_reason_").to_owned();
-                metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => reason).increment(1);
-                debug!(sensor = %sensor_id, seq, "frame rejected: {invalid}");
-                return self.send(ack::rejected(sensor_id, stream_epoch, seq, &invalid)).await;
-            }
-        };
+        let (sensor_id, stream_epoch, seq) =
+            (frame.sensor_id.clone(), frame.stream_epoch, frame.seq);
+        let frame =
+            match auscult_proto::to_raw_frame(frame).validate(&ctx.limits, SystemTime::now()) {
+                Ok(frame) => frame,
+                Err(invalid) => {
+                    let reason = auscult_proto::reject_reason(&invalid)
+                        .as_str_name()
+                        .to_ascii_lowercase();
+                    let reason = reason.trim_start_matches("reject_reason_").to_owned();
+                    metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => reason).increment(1);
+                    debug!(sensor = %sensor_id, seq, "frame rejected: {invalid}");
+                    return self
+                        .send(ack::rejected(sensor_id, stream_epoch, seq, &invalid))
+                        .await;
+                }
+            };
         let bytes = frame.samples.len();
         let permits = self.reserve(ctx, bytes).await?;
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(m::INFLIGHT_BYTES).increment(bytes as f64);
         ctx.submit
-            .send(PendingFrame { frame, stream: ctx.stream_id, reply: reply.clone(), permits })
-            .map_err(|_| End::Status(Status::unavailable("ingest is shutting down: resend unacknowledged frames")))?;
+            .send(PendingFrame {
+                frame,
+                stream: ctx.stream_id,
+                reply: reply.clone(),
+                permits,
+            })
+            .map_err(|_| {
+                End::Status(Status::unavailable(
+                    "ingest is shutting down: resend unacknowledged frames",
+                ))
+            })?;
         self.inflight += 1;
         Ok(())
     }
 
     /// Takes `bytes` from the stream's budget, then the service's, answering committed batches while waiting
     /// (their frames are what frees the budget).
-    async fn reserve(&mut self, ctx: &StreamContext, bytes: usize) -> Result<Vec<OwnedSemaphorePermit>, End> {
+    async fn reserve(
+        &mut self,
+        ctx: &StreamContext,
+        bytes: usize,
+    ) -> Result<Vec<OwnedSemaphorePermit>, End> {
         // Settings validation keeps budgets below 4 GiB and frames below the message limit.
         let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         let mut permits = Vec::with_capacity(2);
@@ -183,7 +206,11 @@ impl State<'_> {
                 self.inflight -= frames;
                 Err(End::Status(Status::unavailable(format!(
                     "frames could not be stored ({}); reconnect and resend unacknowledged frames",
-                    if error.is_transient() { "database unavailable" } else { "storage error" }
+                    if error.is_transient() {
+                        "database unavailable"
+                    } else {
+                        "storage error"
+                    }
                 ))))
             }
         }
@@ -199,9 +226,13 @@ fn receive_error(status: Status) -> End {
     match status.code() {
         // tonic reports a message over the size limit as OUT_OF_RANGE while decoding it.
         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "message_too_large").increment(1);
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "message_too_large")
+                .increment(1);
             warn!("message refused: {}", status.message());
-            End::Status(Status::resource_exhausted(format!("message too large: {}", status.message())))
+            End::Status(Status::resource_exhausted(format!(
+                "message too large: {}",
+                status.message()
+            )))
         }
         _ => {
             debug!("stream broken: {status}");

@@ -40,7 +40,10 @@ pub enum BatchReply {
     /// The batch committed; the outcome of each of this stream's frames.
     Committed(Vec<(FrameKey, InsertOutcome)>),
     /// The batch failed; none of these frames is known to be stored.
-    Failed { frames: usize, error: Arc<StoreError> },
+    Failed {
+        frames: usize,
+        error: Arc<StoreError>,
+    },
 }
 
 /// Where streams submit frames.
@@ -112,10 +115,12 @@ async fn gather(
         let next = match queue.try_recv() {
             Ok(next) => next,
             Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(next)) => next,
-                Ok(None) | Err(_) => break,
-            },
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => break,
+                }
+            }
         };
         bytes += next.frame.samples.len();
         batch.push(next);
@@ -137,8 +142,13 @@ async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
     let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(m::INFLIGHT_BYTES).decrement(bytes as f64);
-    let mut by_stream: HashMap<StreamId, (mpsc::UnboundedSender<BatchReply>, Vec<(FrameKey, InsertOutcome)>)> =
-        HashMap::new();
+    let mut by_stream: HashMap<
+        StreamId,
+        (
+            mpsc::UnboundedSender<BatchReply>,
+            Vec<(FrameKey, InsertOutcome)>,
+        ),
+    > = HashMap::new();
     match result {
         Ok(outcomes) => {
             metrics::histogram!(m::BATCH_COMMIT_SECONDS).record(elapsed.as_secs_f64());
@@ -162,14 +172,24 @@ async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
         }
         Err(error) => {
             metrics::counter!(m::BATCH_FAILURES_TOTAL).increment(1);
-            warn!(frames = batch.len(), "batch failed, its streams will be asked to resend: {error}");
+            warn!(
+                frames = batch.len(),
+                "batch failed, its streams will be asked to resend: {error}"
+            );
             let error = Arc::new(error);
-            let mut counts: HashMap<StreamId, (mpsc::UnboundedSender<BatchReply>, usize)> = HashMap::new();
+            let mut counts: HashMap<StreamId, (mpsc::UnboundedSender<BatchReply>, usize)> =
+                HashMap::new();
             for pending in batch {
-                counts.entry(pending.stream).or_insert_with(|| (pending.reply.clone(), 0)).1 += 1;
+                counts
+                    .entry(pending.stream)
+                    .or_insert_with(|| (pending.reply.clone(), 0))
+                    .1 += 1;
             }
             for (reply, frames) in counts.into_values() {
-                let _ = reply.send(BatchReply::Failed { frames, error: Arc::clone(&error) });
+                let _ = reply.send(BatchReply::Failed {
+                    frames,
+                    error: Arc::clone(&error),
+                });
             }
             false
         }
@@ -184,7 +204,8 @@ fn record_outcome(frame: &Frame, outcome: InsertOutcome) {
         }
         InsertOutcome::Duplicate => metrics::counter!(m::FRAMES_DUPLICATE_TOTAL).increment(1),
         InsertOutcome::Conflict => {
-            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "conflicting_duplicate").increment(1);
+            metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "conflicting_duplicate")
+                .increment(1);
         }
     }
 }

@@ -43,9 +43,17 @@ pub async fn add_device(
 }
 
 /// Issues an additional token for an existing device (for rotation: issue, deploy, then revoke the old ones).
-pub async fn issue_token(client: &mut tokio_postgres::Client, device_id: &str) -> Result<String, StoreError> {
+pub async fn issue_token(
+    client: &mut tokio_postgres::Client,
+    device_id: &str,
+) -> Result<String, StoreError> {
     let tx = client.transaction().await?;
-    let exists = tx.query_opt("SELECT 1 FROM devices WHERE device_id = $1 FOR UPDATE", &[&device_id]).await?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM devices WHERE device_id = $1 FOR UPDATE",
+            &[&device_id],
+        )
+        .await?;
     if exists.is_none() {
         return Err(StoreError::UnknownDevice(device_id.to_owned()));
     }
@@ -55,8 +63,13 @@ pub async fn issue_token(client: &mut tokio_postgres::Client, device_id: &str) -
 }
 
 /// Revokes every active token of a device; returns how many were revoked.
-pub async fn revoke_tokens(client: &impl GenericClient, device_id: &str) -> Result<u64, StoreError> {
-    let exists = client.query_opt("SELECT 1 FROM devices WHERE device_id = $1", &[&device_id]).await?;
+pub async fn revoke_tokens(
+    client: &impl GenericClient,
+    device_id: &str,
+) -> Result<u64, StoreError> {
+    let exists = client
+        .query_opt("SELECT 1 FROM devices WHERE device_id = $1", &[&device_id])
+        .await?;
     if exists.is_none() {
         return Err(StoreError::UnknownDevice(device_id.to_owned()));
     }
@@ -92,7 +105,10 @@ pub async fn list_devices(client: &impl GenericClient) -> Result<Vec<DeviceSumma
 }
 
 /// The device a bearer token belongs to, or `None` for an unknown or revoked token.
-pub async fn authenticate(client: &impl GenericClient, token: &str) -> Result<Option<String>, StoreError> {
+pub async fn authenticate(
+    client: &impl GenericClient,
+    token: &str,
+) -> Result<Option<String>, StoreError> {
     let digest = token_digest(token);
     let row = client
         .query_opt(

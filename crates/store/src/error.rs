@@ -11,9 +11,13 @@ pub enum StoreError {
     InvalidUrl(tokio_postgres::Error),
     #[error("invalid pool configuration: {0}")]
     PoolConfig(String),
-    #[error("database schema is at version {found}, this build needs {needed}: run `auscult migrate`")]
+    #[error(
+        "database schema is at version {found}, this build needs {needed}: run `auscult migrate`"
+    )]
     SchemaBehind { found: i32, needed: i32 },
-    #[error("database schema is at version {found}, newer than this build knows ({known}): upgrade this binary")]
+    #[error(
+        "database schema is at version {found}, newer than this build knows ({known}): upgrade this binary"
+    )]
     SchemaAhead { found: i32, known: i32 },
     #[error("device {0:?} already exists")]
     DeviceExists(String),

@@ -6,6 +6,12 @@ use std::{
 };
 
 use auscult_frame::{Frame, FrameKey};
+use futures_util::pin_mut;
+use tokio_postgres::{
+    binary_copy::BinaryCopyInWriter,
+    error::SqlState,
+    types::{ToSql, Type},
+};
 use tracing::instrument;
 
 use crate::StoreError;
@@ -43,18 +49,14 @@ pub async fn insert_frames(
         .map(|(_, f)| *f)
         .collect();
 
-    let tx = client.transaction().await?;
-    let inserted = insert_unique(&tx, &unique, received_at).await?;
-    let existing = if inserted.len() < unique.len() {
-        let missing: Vec<&Frame> = unique.iter().filter(|f| !inserted.contains(&f.key)).copied().collect();
-        stored_checksums(&tx, &missing).await?
-    } else {
-        HashMap::new()
+    let (inserted, existing) = match store_by_copy(client, &unique, received_at).await {
+        // Another transaction stored one of these keys between our check and our COPY (a gateway resending
+        // on a new stream while its old one is still being committed): settle it key by key.
+        Err(StoreError::Db(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            store_by_insert(client, &unique, received_at).await?
+        }
+        other => other?,
     };
-    if !inserted.is_empty() {
-        tx.execute("SELECT pg_notify($1, $2)", &[&FRAMES_CHANNEL, &inserted.len().to_string()]).await?;
-    }
-    tx.commit().await?;
 
     let outcome_of_first = |f: &Frame| {
         if inserted.contains(&f.key) {
@@ -74,13 +76,154 @@ pub async fn insert_frames(
             let first_outcome = outcome_of_first(first);
             if i == first_index {
                 first_outcome
-            } else if first_outcome == InsertOutcome::Conflict || first.samples_sha256 != f.samples_sha256 {
+            } else if first_outcome == InsertOutcome::Conflict
+                || first.samples_sha256 != f.samples_sha256
+            {
                 InsertOutcome::Conflict
             } else {
                 InsertOutcome::Duplicate
             }
         })
         .collect())
+}
+
+/// Keys newly stored, and the checksums of keys that were stored before.
+type Stored = (HashSet<FrameKey>, HashMap<FrameKey, [u8; 32]>);
+
+/// The fast path: leave out keys already stored, reserve ids, binary COPY the frames, add their work rows.
+/// COPY is what PostgreSQL ingests fastest, but it cannot skip conflicts, hence the check first.
+async fn store_by_copy(
+    client: &mut tokio_postgres::Client,
+    unique: &[&Frame],
+    received_at: SystemTime,
+) -> Result<Stored, StoreError> {
+    let tx = client.transaction().await?;
+    let existing = stored_checksums(&tx, unique).await?;
+    let new: Vec<&Frame> = unique
+        .iter()
+        .filter(|f| !existing.contains_key(&f.key))
+        .copied()
+        .collect();
+    if !new.is_empty() {
+        let count = i32::try_from(new.len()).unwrap_or(i32::MAX);
+        let ids: Vec<i64> = tx
+            .query("SELECT nextval(pg_get_serial_sequence('frames', 'id')) FROM generate_series(1, $1::int4)", &[&count])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        copy_frames(&tx, "frames", &new, Some(&ids), received_at).await?;
+        tx.execute(
+            "WITH jobs AS (INSERT INTO analysis_jobs (frame_id) SELECT unnest($1::int8[]))
+             INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', unnest($1::int8[])",
+            &[&ids],
+        )
+        .await?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&FRAMES_CHANNEL, &new.len().to_string()],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((new.into_iter().map(|f| f.key.clone()).collect(), existing))
+}
+
+/// The careful path: one INSERT … ON CONFLICT DO NOTHING for the batch, then the checksums of what was skipped.
+async fn store_by_insert(
+    client: &mut tokio_postgres::Client,
+    unique: &[&Frame],
+    received_at: SystemTime,
+) -> Result<Stored, StoreError> {
+    let tx = client.transaction().await?;
+    let inserted = insert_unique(&tx, unique, received_at).await?;
+    let existing = if inserted.len() < unique.len() {
+        let skipped: Vec<&Frame> = unique
+            .iter()
+            .filter(|f| !inserted.contains(&f.key))
+            .copied()
+            .collect();
+        stored_checksums(&tx, &skipped).await?
+    } else {
+        HashMap::new()
+    };
+    if !inserted.is_empty() {
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&FRAMES_CHANNEL, &inserted.len().to_string()],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((inserted, existing))
+}
+
+/// Binary COPY of `frames` into `table` (shaped like `frames`), with the given ids or the table's defaults.
+/// Public so that benchmarks measure exactly the COPY that ingest runs.
+pub async fn copy_frames(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    frames: &[&Frame],
+    ids: Option<&[i64]>,
+    received_at: SystemTime,
+) -> Result<(), StoreError> {
+    const COLUMNS: &str = "device_id, sensor_id, stream_epoch, seq, captured_at, received_at, sample_rate_hz, \
+                           channels, encoding, samples, samples_sha256, rms_dbfs, peak_dbfs, crest_factor";
+    let mut types = vec![
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::INT4,
+        Type::INT2,
+        Type::TEXT,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::FLOAT4,
+        Type::FLOAT4,
+        Type::FLOAT4,
+    ];
+    let statement = match ids {
+        Some(_) => {
+            types.insert(0, Type::INT8);
+            format!("COPY {table} (id, {COLUMNS}) FROM STDIN BINARY")
+        }
+        None => format!("COPY {table} ({COLUMNS}) FROM STDIN BINARY"),
+    };
+    let sink = tx.copy_in(&statement).await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for (i, f) in frames.iter().enumerate() {
+        let rate = i32::try_from(f.sample_rate_hz).unwrap_or(i32::MAX);
+        let channels = i16::try_from(f.channels).unwrap_or(i16::MAX);
+        let encoding = f.encoding.as_str();
+        let samples: &[u8] = f.samples.as_ref();
+        let digest: &[u8] = f.samples_sha256.as_slice();
+        let mut row: Vec<&(dyn ToSql + Sync)> = vec![
+            &f.key.device_id,
+            &f.key.sensor_id,
+            &f.key.stream_epoch,
+            &f.key.seq,
+            &f.captured_at,
+            &received_at,
+            &rate,
+            &channels,
+            &encoding,
+            &samples,
+            &digest,
+            &f.level.rms_dbfs,
+            &f.level.peak_dbfs,
+            &f.level.crest_factor,
+        ];
+        if let Some(ids) = ids {
+            row.insert(0, &ids[i]);
+        }
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 /// One statement for the whole batch: arrays in, `unnest` into rows, conflicting keys skipped, and the jobs and
@@ -95,8 +238,14 @@ async fn insert_unique(
     let epochs: Vec<i64> = frames.iter().map(|f| f.key.stream_epoch).collect();
     let seqs: Vec<i64> = frames.iter().map(|f| f.key.seq).collect();
     let captured: Vec<SystemTime> = frames.iter().map(|f| f.captured_at).collect();
-    let rates: Vec<i32> = frames.iter().map(|f| i32::try_from(f.sample_rate_hz).unwrap_or(i32::MAX)).collect();
-    let channels: Vec<i16> = frames.iter().map(|f| i16::try_from(f.channels).unwrap_or(i16::MAX)).collect();
+    let rates: Vec<i32> = frames
+        .iter()
+        .map(|f| i32::try_from(f.sample_rate_hz).unwrap_or(i32::MAX))
+        .collect();
+    let channels: Vec<i16> = frames
+        .iter()
+        .map(|f| i16::try_from(f.channels).unwrap_or(i16::MAX))
+        .collect();
     let encodings: Vec<&str> = frames.iter().map(|f| f.encoding.as_str()).collect();
     let samples: Vec<&[u8]> = frames.iter().map(|f| f.samples.as_ref()).collect();
     let digests: Vec<&[u8]> = frames.iter().map(|f| f.samples_sha256.as_slice()).collect();

@@ -7,9 +7,11 @@ mod frames;
 mod migrations;
 mod pool;
 
-pub use devices::{DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens};
+pub use devices::{
+    DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens,
+};
 pub use error::StoreError;
-pub use frames::{FRAMES_CHANNEL, InsertOutcome, insert_frames};
+pub use frames::{FRAMES_CHANNEL, InsertOutcome, copy_frames, insert_frames};
 pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
 pub use pool::{Pool, connect_pool};
 

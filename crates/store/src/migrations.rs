@@ -7,7 +7,8 @@ use tracing::info;
 use crate::StoreError;
 
 /// (version, name, SQL). Append only: an applied migration is never edited, a change is a new migration.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 /// The schema version this build expects.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -18,10 +19,14 @@ const MIGRATION_LOCK_KEY: i64 = 0x6175_7363_756c_74;
 /// Applies every pending migration, each in its own transaction, and returns the versions applied. Safe to run
 /// from several processes at once: an advisory lock serialises them and the later ones find nothing to do.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, StoreError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
     let result = apply_pending(client).await;
     // Unlock even after a failure, so a retry in the same session does not deadlock on itself.
-    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
     let applied = result?;
     unlocked?;
     Ok(applied)
@@ -39,13 +44,20 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, 
         .await?;
     let current = schema_version(&*client).await?;
     if current > LATEST_VERSION {
-        return Err(StoreError::SchemaAhead { found: current, known: LATEST_VERSION });
+        return Err(StoreError::SchemaAhead {
+            found: current,
+            known: LATEST_VERSION,
+        });
     }
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
         let tx = client.transaction().await?;
         tx.batch_execute(sql).await?;
-        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&version, &name]).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await?;
         tx.commit().await?;
         info!(version, name, "migration applied");
         applied.push(version);
@@ -62,7 +74,12 @@ pub async fn schema_version(client: &impl GenericClient) -> Result<i32, StoreErr
     if !exists {
         return Ok(0);
     }
-    let row = client.query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[]).await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?;
     Ok(row.try_get(0)?)
 }
 
@@ -71,7 +88,13 @@ pub async fn check_schema(client: &impl GenericClient) -> Result<(), StoreError>
     let found = schema_version(client).await?;
     match found.cmp(&LATEST_VERSION) {
         std::cmp::Ordering::Equal => Ok(()),
-        std::cmp::Ordering::Less => Err(StoreError::SchemaBehind { found, needed: LATEST_VERSION }),
-        std::cmp::Ordering::Greater => Err(StoreError::SchemaAhead { found, known: LATEST_VERSION }),
+        std::cmp::Ordering::Less => Err(StoreError::SchemaBehind {
+            found,
+            needed: LATEST_VERSION,
+        }),
+        std::cmp::Ordering::Greater => Err(StoreError::SchemaAhead {
+            found,
+            known: LATEST_VERSION,
+        }),
     }
 }

@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 async fn connect(pg: &PostgresServer) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.expect("connect");
+    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(connection);
     client
 }
@@ -43,46 +45,97 @@ fn frame(device: &str, sensor: &str, seq: u64, level: f32) -> Frame {
 async fn migrations_apply_once_and_the_schema_checks_out() {
     let pg = PostgresServer::start().expect("postgres");
     let mut client = connect(&pg).await;
-    assert!(matches!(auscult_store::check_schema(&client).await, Err(StoreError::SchemaBehind { found: 0, .. })));
+    assert!(matches!(
+        auscult_store::check_schema(&client).await,
+        Err(StoreError::SchemaBehind { found: 0, .. })
+    ));
     let applied = auscult_store::migrate(&mut client).await.expect("migrate");
     assert_eq!(applied, vec![auscult_store::LATEST_VERSION]);
-    assert!(auscult_store::migrate(&mut client).await.expect("migrate again").is_empty());
+    assert!(
+        auscult_store::migrate(&mut client)
+            .await
+            .expect("migrate again")
+            .is_empty()
+    );
     auscult_store::check_schema(&client).await.expect("current");
 }
 
 #[tokio::test]
 async fn tokens_admit_their_device_until_revoked() {
     let (_pg, mut client) = migrated().await;
-    let token = auscult_store::add_device(&mut client, "gw-1", "press line 3").await.expect("add");
+    let token = auscult_store::add_device(&mut client, "gw-1", "press line 3")
+        .await
+        .expect("add");
     assert!(token.starts_with("auscult_") && token.len() > 40);
-    assert_eq!(auscult_store::authenticate(&client, &token).await.expect("auth").as_deref(), Some("gw-1"));
-    assert_eq!(auscult_store::authenticate(&client, "auscult_nope").await.expect("auth"), None);
+    assert_eq!(
+        auscult_store::authenticate(&client, &token)
+            .await
+            .expect("auth")
+            .as_deref(),
+        Some("gw-1")
+    );
+    assert_eq!(
+        auscult_store::authenticate(&client, "auscult_nope")
+            .await
+            .expect("auth"),
+        None
+    );
     assert!(matches!(
         auscult_store::add_device(&mut client, "gw-1", "").await,
         Err(StoreError::DeviceExists(id)) if id == "gw-1"
     ));
     // The plain token is not stored anywhere.
     let stored: i64 = client
-        .query_one("SELECT count(*) FROM device_tokens WHERE token_sha256 = convert_to($1, 'UTF8')", &[&token])
+        .query_one(
+            "SELECT count(*) FROM device_tokens WHERE token_sha256 = convert_to($1, 'UTF8')",
+            &[&token],
+        )
         .await
         .expect("query")
         .get(0);
     assert_eq!(stored, 0);
-    let second = auscult_store::issue_token(&mut client, "gw-1").await.expect("issue");
-    assert_eq!(auscult_store::list_devices(&client).await.expect("list")[0].active_tokens, 2);
-    assert_eq!(auscult_store::revoke_tokens(&client, "gw-1").await.expect("revoke"), 2);
-    assert_eq!(auscult_store::authenticate(&client, &token).await.expect("auth"), None);
-    assert_eq!(auscult_store::authenticate(&client, &second).await.expect("auth"), None);
-    assert!(matches!(auscult_store::revoke_tokens(&client, "gw-9").await, Err(StoreError::UnknownDevice(_))));
+    let second = auscult_store::issue_token(&mut client, "gw-1")
+        .await
+        .expect("issue");
+    assert_eq!(
+        auscult_store::list_devices(&client).await.expect("list")[0].active_tokens,
+        2
+    );
+    assert_eq!(
+        auscult_store::revoke_tokens(&client, "gw-1")
+            .await
+            .expect("revoke"),
+        2
+    );
+    assert_eq!(
+        auscult_store::authenticate(&client, &token)
+            .await
+            .expect("auth"),
+        None
+    );
+    assert_eq!(
+        auscult_store::authenticate(&client, &second)
+            .await
+            .expect("auth"),
+        None
+    );
+    assert!(matches!(
+        auscult_store::revoke_tokens(&client, "gw-9").await,
+        Err(StoreError::UnknownDevice(_))
+    ));
 }
 
 #[tokio::test]
 async fn a_batch_stores_new_frames_once_with_their_work_and_one_notify() {
     let (pg, mut client) = migrated().await;
-    auscult_store::add_device(&mut client, "gw-1", "").await.expect("add");
+    auscult_store::add_device(&mut client, "gw-1", "")
+        .await
+        .expect("add");
 
     // A second connection listens, driving its connection itself so notifications are delivered.
-    let (listener, mut connection) = tokio_postgres::connect(&pg.url(), NoTls).await.expect("connect");
+    let (listener, mut connection) = tokio_postgres::connect(&pg.url(), NoTls)
+        .await
+        .expect("connect");
     let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -90,34 +143,76 @@ async fn a_batch_stores_new_frames_once_with_their_work_and_one_notify() {
             let _ = notes_tx.send(message);
         }
     });
-    listener.batch_execute(&format!("LISTEN {}", auscult_store::FRAMES_CHANNEL)).await.expect("listen");
+    listener
+        .batch_execute(&format!("LISTEN {}", auscult_store::FRAMES_CHANNEL))
+        .await
+        .expect("listen");
 
     let a = frame("gw-1", "mic-0", 1, 0.1);
     let b = frame("gw-1", "mic-0", 2, 0.2);
-    let outcomes = auscult_store::insert_frames(&mut client, &[&a, &b, &a], SystemTime::now()).await.expect("insert");
-    assert_eq!(outcomes, vec![InsertOutcome::Stored, InsertOutcome::Stored, InsertOutcome::Duplicate]);
+    let outcomes = auscult_store::insert_frames(&mut client, &[&a, &b, &a], SystemTime::now())
+        .await
+        .expect("insert");
+    assert_eq!(
+        outcomes,
+        vec![
+            InsertOutcome::Stored,
+            InsertOutcome::Stored,
+            InsertOutcome::Duplicate
+        ]
+    );
 
     // Resend of b, a new frame c, and a different frame under a's key.
     let c = frame("gw-1", "mic-1", 1, 0.3);
     let a_changed = frame("gw-1", "mic-0", 1, 0.9);
     let outcomes =
-        auscult_store::insert_frames(&mut client, &[&b, &c, &a_changed], SystemTime::now()).await.expect("insert");
-    assert_eq!(outcomes, vec![InsertOutcome::Duplicate, InsertOutcome::Stored, InsertOutcome::Conflict]);
+        auscult_store::insert_frames(&mut client, &[&b, &c, &a_changed], SystemTime::now())
+            .await
+            .expect("insert");
+    assert_eq!(
+        outcomes,
+        vec![
+            InsertOutcome::Duplicate,
+            InsertOutcome::Stored,
+            InsertOutcome::Conflict
+        ]
+    );
 
     let count = |sql: &'static str| {
         let client = &client;
-        async move { client.query_one(sql, &[]).await.expect("count").get::<_, i64>(0) }
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
     };
     assert_eq!(count("SELECT count(*) FROM frames").await, 3);
-    assert_eq!(count("SELECT count(*) FROM analysis_jobs WHERE state = 'queued'").await, 3);
-    assert_eq!(count("SELECT count(*) FROM search_outbox WHERE kind = 'frame'").await, 3);
-    assert_eq!(count("SELECT count(*) FROM frames WHERE sha256(samples) <> samples_sha256").await, 0);
+    assert_eq!(
+        count("SELECT count(*) FROM analysis_jobs WHERE state = 'queued'").await,
+        3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM search_outbox WHERE kind = 'frame'").await,
+        3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM frames WHERE sha256(samples) <> samples_sha256").await,
+        0
+    );
     let stored_level: f32 = client
-        .query_one("SELECT rms_dbfs FROM frames WHERE sensor_id = 'mic-0' AND seq = 1", &[])
+        .query_one(
+            "SELECT rms_dbfs FROM frames WHERE sensor_id = 'mic-0' AND seq = 1",
+            &[],
+        )
         .await
         .expect("level")
         .get(0);
-    assert_eq!(stored_level, a.level.rms_dbfs, "the first version of the frame is kept");
+    assert_eq!(
+        stored_level, a.level.rms_dbfs,
+        "the first version of the frame is kept"
+    );
 
     // One notification per transaction that stored something, carrying the number of new frames.
     let mut payloads = Vec::new();
@@ -135,9 +230,14 @@ async fn a_batch_stores_new_frames_once_with_their_work_and_one_notify() {
 async fn frames_of_unknown_devices_are_refused_by_the_schema() {
     let (_pg, mut client) = migrated().await;
     let stray = frame("gw-unknown", "mic-0", 1, 0.1);
-    let error = auscult_store::insert_frames(&mut client, &[&stray], SystemTime::now()).await.unwrap_err();
+    let error = auscult_store::insert_frames(&mut client, &[&stray], SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("foreign key"), "{error}");
-    let count: i64 = client.query_one("SELECT count(*) FROM frames", &[]).await.expect("count").get(0);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM frames", &[])
+        .await
+        .expect("count")
+        .get(0);
     assert_eq!(count, 0);
 }
-

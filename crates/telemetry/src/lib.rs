@@ -44,19 +44,32 @@ impl LogFormat {
 /// Installs the global tracing subscriber. Filtering follows `RUST_LOG` (default `info`, or
 /// `default_filter`). Safe to call more than once: later calls do nothing.
 pub fn init_tracing(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(true).with_writer(std::io::stderr)).try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
 }
 
 /// Seconds buckets for latency histograms: 0.5 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Buckets for counts per batch.
-const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle). Histograms whose
 /// names end in `_seconds` get latency buckets, those ending in `_frames` count buckets.
@@ -97,15 +110,30 @@ pub async fn serve_admin(
     shutdown: CancellationToken,
 ) -> Result<(), TelemetryError> {
     let app = Router::new()
-        .route("/metrics", get(|State((handle, _)): State<(PrometheusHandle, Readiness)>| async move { handle.render() }))
+        .route(
+            "/metrics",
+            get(
+                |State((handle, _)): State<(PrometheusHandle, Readiness)>| async move {
+                    handle.render()
+                },
+            ),
+        )
         .route("/livez", get(|| async { "ok" }))
         .route(
             "/readyz",
-            get(|State((_, ready)): State<(PrometheusHandle, Readiness)>| async move {
-                if ready.get() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
-            }),
+            get(
+                |State((_, ready)): State<(PrometheusHandle, Readiness)>| async move {
+                    if ready.get() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                },
+            ),
         )
         .with_state((metrics, readiness));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }

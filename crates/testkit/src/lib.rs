@@ -13,11 +13,15 @@ pub use process::{ServiceProcess, workspace_binary};
 /// What can go wrong starting a throwaway server.
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
-    #[error("no PostgreSQL server binaries found (looked in {0}); install the `postgresql` package or set AUSCULT_PG_BIN")]
+    #[error(
+        "no PostgreSQL server binaries found (looked in {0}); install the `postgresql` package or set AUSCULT_PG_BIN"
+    )]
     PostgresNotInstalled(String),
     #[error("{command} failed: {detail}")]
     Command { command: String, detail: String },
-    #[error("binary {name} not found at {path}: build the workspace first (`cargo build --release --workspace`)")]
+    #[error(
+        "binary {name} not found at {path}: build the workspace first (`cargo build --release --workspace`)"
+    )]
     BinaryMissing { name: String, path: String },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

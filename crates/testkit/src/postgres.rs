@@ -26,7 +26,9 @@ impl PostgresServer {
     /// that must stay responsive.
     pub fn start() -> Result<Self, TestkitError> {
         let bin = find_bin_dir()?;
-        let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
+        let run_as = nix::unistd::geteuid()
+            .is_root()
+            .then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new().prefix("auscult-pg-").tempdir()?;
         if let Some(user) = &run_as {
             chown_to(dir.path(), user)?;
@@ -55,7 +57,7 @@ impl PostgresServer {
             let port = free_port()?;
             let options = format!(
                 "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on \
-                 -c max_connections=300 -c shared_buffers=256MB -c max_wal_size=2GB",
+                 -c max_connections=300 -c shared_buffers=256MB -c wal_buffers=64MB -c max_wal_size=4GB",
                 dir.path().display()
             );
             let log = dir.path().join("server.log");
@@ -79,11 +81,19 @@ impl PostgresServer {
             match started {
                 Ok(_) => {
                     debug!(port, "throwaway postgres started");
-                    return Ok(Self { dir, bin, port, run_as });
+                    return Ok(Self {
+                        dir,
+                        bin,
+                        port,
+                        run_as,
+                    });
                 }
                 Err(e) => {
                     let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                    warn!(port, "postgres did not start, retrying on another port: {e}\n{tail}");
+                    warn!(
+                        port,
+                        "postgres did not start, retrying on another port: {e}\n{tail}"
+                    );
                     last_error = Some(e);
                 }
             }
@@ -116,7 +126,14 @@ impl PostgresServer {
             &self.bin,
             self.run_as.as_deref(),
             "pg_ctl",
-            &["stop".as_ref(), "-w".as_ref(), "-m".as_ref(), "immediate".as_ref(), "-D".as_ref(), data.as_os_str()],
+            &[
+                "stop".as_ref(),
+                "-w".as_ref(),
+                "-m".as_ref(),
+                "immediate".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+            ],
         );
         if let Err(e) = stopped {
             warn!("could not stop throwaway postgres: {e}");
@@ -146,7 +163,10 @@ fn find_bin_dir() -> Result<PathBuf, TestkitError> {
         })
         .collect();
     candidates.sort();
-    candidates.pop().map(|(_, bin)| bin).ok_or_else(|| TestkitError::PostgresNotInstalled(root.display().to_string()))
+    candidates
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| TestkitError::PostgresNotInstalled(root.display().to_string()))
 }
 
 fn chown_to(path: &Path, user: &str) -> Result<(), TestkitError> {
@@ -162,7 +182,12 @@ fn chown_to(path: &Path, user: &str) -> Result<(), TestkitError> {
     Ok(())
 }
 
-fn run(bin: &Path, run_as: Option<&str>, program: &str, args: &[&std::ffi::OsStr]) -> Result<Output, TestkitError> {
+fn run(
+    bin: &Path,
+    run_as: Option<&str>,
+    program: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<Output, TestkitError> {
     let program_path = bin.join(program);
     let mut command = match run_as {
         Some(user) => {

@@ -26,7 +26,10 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, TestkitError> {
     if path.exists() {
         Ok(path)
     } else {
-        Err(TestkitError::BinaryMissing { name: name.to_owned(), path: path.display().to_string() })
+        Err(TestkitError::BinaryMissing {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+        })
     }
 }
 
@@ -55,7 +58,11 @@ impl ServiceProcess {
             .stdout(Stdio::from(log.reopen()?))
             .stderr(Stdio::from(File::options().append(true).open(log.path())?))
             .spawn()?;
-        Ok(Self { name: name.to_owned(), child, log })
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
     }
 
     /// The process id.
@@ -77,8 +84,10 @@ impl ServiceProcess {
     /// SIGTERM, then waits up to `timeout` for a graceful exit; `None` if it did not exit in time.
     pub fn terminate(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, TestkitError> {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
-        nix::sys::signal::kill(pid, Signal::SIGTERM)
-            .map_err(|e| TestkitError::Command { command: format!("kill -TERM {pid}"), detail: e.to_string() })?;
+        nix::sys::signal::kill(pid, Signal::SIGTERM).map_err(|e| TestkitError::Command {
+            command: format!("kill -TERM {pid}"),
+            detail: e.to_string(),
+        })?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {

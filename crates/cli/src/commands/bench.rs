@@ -1,0 +1,282 @@
+//! `auscult bench …`: measurements that print their figures.
+
+use std::{
+    net::SocketAddr,
+    time::{Instant, SystemTime},
+};
+
+use anyhow::Context;
+use auscult_frame::Frame;
+use auscult_gateway::{Gateway, GatewayConfig, Identity, PreparedSource, SyntheticSource};
+use auscult_testkit::PostgresServer;
+use hdrhistogram::Histogram;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{commands::simulate::round3, database};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Stream one-second 16 kHz PCM16 frames through the ingest service and compare with a binary COPY of the
+    /// same rows into the same PostgreSQL (the ceiling). Uses DATABASE_URL (its bench rows are deleted
+    /// afterwards) or starts a throwaway PostgreSQL.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Frames to send in all.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    frames: u64,
+    /// Concurrent gateway streams (one device each).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    streams: u64,
+    /// Sensors per gateway.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    sensors: u64,
+    /// Unacknowledged frames each gateway keeps in flight.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    window: u64,
+    /// PostgreSQL to measure; without it a throwaway cluster is started.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Ingest(args) => ingest(args).await,
+    }
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let say = |message: &str| {
+        if !args.json {
+            eprintln!("{message}");
+        }
+    };
+    let (_server, url) = match &args.database_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            say("starting a throwaway PostgreSQL (fsync on)…");
+            let server = tokio::task::spawn_blocking(PostgresServer::start).await??;
+            let url = server.url();
+            (Some(server), url)
+        }
+    };
+    let mut client = database::connect(&url).await?;
+    auscult_store::migrate(&mut client)
+        .await
+        .context("migrating the bench database")?;
+
+    // Devices and frames, prepared before anything is timed.
+    let run_id = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs()
+    );
+    let per_stream = args.frames.div_ceil(args.streams);
+    let mut gateways = Vec::new();
+    let mut all_frames = Vec::new();
+    let mut remaining = args.frames;
+    for g in 0..args.streams {
+        let device_id = format!("{run_id}-{g}");
+        let token = auscult_store::add_device(&mut client, &device_id, "benchmark").await?;
+        let count = per_stream.min(remaining);
+        remaining -= count;
+        let identity = Identity {
+            device_id: device_id.clone(),
+            sensors: (0..args.sensors).map(|s| format!("mic-{s}")).collect(),
+            stream_epoch: 1,
+        };
+        let source = SyntheticSource::new(identity, count.div_ceil(args.sensors), g);
+        let mut prepared = PreparedSource::drain(source)?;
+        prepared.truncate(usize::try_from(count)?);
+        all_frames.extend(prepared.frames().cloned());
+        gateways.push((device_id, token, prepared));
+    }
+    let device_ids: Vec<String> = gateways.iter().map(|(d, _, _)| d.clone()).collect();
+    let bytes: u64 = all_frames.iter().map(|f| f.samples.len() as u64).sum();
+
+    // Ingest, in process, on a free port.
+    let shutdown = CancellationToken::new();
+    let grpc = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let endpoint = format!("http://{}", grpc.local_addr()?);
+    let admin = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    // AUSCULT__* variables tune the service under test exactly as they tune a deployed one.
+    let mut settings = auscult_ingest::Settings::load(None).context("loading ingest settings")?;
+    settings.database.url = url.clone();
+    let service = tokio::spawn(auscult_ingest::run(
+        settings,
+        auscult_ingest::Listeners { grpc, admin },
+        shutdown.clone(),
+    ));
+    wait_until_serving(&endpoint).await?;
+
+    checkpoint(&client).await;
+    say(&format!(
+        "streaming {} frames ({:.0} MB) through ingest over {} streams…",
+        args.frames,
+        mb(bytes),
+        args.streams
+    ));
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for (_, token, source) in gateways {
+        let mut config = GatewayConfig::new(endpoint.clone(), token);
+        config.window = usize::try_from(args.window)?;
+        let gateway = Gateway::new(config);
+        runs.push(tokio::spawn(async move { gateway.run(source).await }));
+    }
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut acked = 0;
+    let mut duplicates_acked = 0;
+    for run in runs {
+        let summary = run.await??;
+        acked += summary.acked;
+        duplicates_acked += summary.duplicates;
+        latencies.add(&summary.ack_latency_us)?;
+    }
+    let ingest_elapsed = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    service.await?.context("ingest service")?;
+
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT (device_id, sensor_id, stream_epoch, seq)) FROM frames WHERE device_id = ANY($1)",
+            &[&device_ids],
+        )
+        .await?;
+    let (persisted, distinct): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+
+    // The ceiling: the same rows, binary COPY, into a table shaped like `frames` in the same database.
+    let rows: Vec<Frame> = all_frames
+        .into_iter()
+        .map(|f| {
+            auscult_proto::to_raw_frame(f)
+                .validate(&auscult_frame::Limits::default(), SystemTime::now())
+        })
+        .collect::<Result<_, _>>()?;
+    let table = format!("bench_copy_{}", std::process::id());
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (LIKE frames INCLUDING ALL)"
+        ))
+        .await?;
+    checkpoint(&client).await;
+    say("copying the same rows with binary COPY…");
+    let started = Instant::now();
+    let tx = client.transaction().await?;
+    let refs: Vec<&Frame> = rows.iter().collect();
+    auscult_store::copy_frames(&tx, &table, &refs, None, SystemTime::now()).await?;
+    tx.commit().await?;
+    let copy_elapsed = started.elapsed().as_secs_f64();
+
+    // Leave a shared database as it was.
+    client.batch_execute(&format!("DROP TABLE {table}")).await?;
+    client
+        .execute(
+            "DELETE FROM search_outbox WHERE kind = 'frame' AND ref_id IN (SELECT id FROM frames WHERE device_id = ANY($1))",
+            &[&device_ids],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM frames WHERE device_id = ANY($1)",
+            &[&device_ids],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM devices WHERE device_id = ANY($1)",
+            &[&device_ids],
+        )
+        .await?;
+
+    #[allow(clippy::cast_precision_loss)]
+    let (frames_per_s, copy_frames_per_s) = (
+        acked as f64 / ingest_elapsed,
+        rows.len() as f64 / copy_elapsed,
+    );
+    let ratio = frames_per_s / copy_frames_per_s;
+    let p50 = latencies.value_at_quantile(0.5) as f64 / 1e3;
+    let p99 = latencies.value_at_quantile(0.99) as f64 / 1e3;
+    if args.json {
+        let out = serde_json::json!({
+            "frames": args.frames,
+            "persisted": persisted,
+            "duplicates": persisted - distinct,
+            "duplicates_acked": duplicates_acked,
+            "streams": args.streams,
+            "elapsed_s": round3(ingest_elapsed),
+            "frames_per_s": round3(frames_per_s),
+            "mb_per_s": round3(mb(bytes) / ingest_elapsed),
+            "copy_frames_per_s": round3(copy_frames_per_s),
+            "copy_mb_per_s": round3(mb(bytes) / copy_elapsed),
+            "ratio_to_copy": round3(ratio),
+            "ack_p50_ms": round3(p50),
+            "ack_p99_ms": round3(p99),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "ingest: {frames_per_s:.0} frames/s ({:.1} MB/s), {persisted} persisted, {} duplicates, ack latency p50 {p50:.1} ms, p99 {p99:.1} ms",
+            mb(bytes) / ingest_elapsed,
+            persisted - distinct
+        );
+        println!(
+            "binary COPY ceiling: {copy_frames_per_s:.0} frames/s ({:.1} MB/s)",
+            mb(bytes) / copy_elapsed
+        );
+        println!("ratio to COPY: {ratio:.2}");
+    }
+    Ok(())
+}
+
+/// Flushes dirty pages so that each phase starts from the same state; needs superuser, skipped otherwise.
+async fn checkpoint(client: &tokio_postgres::Client) {
+    if let Err(e) = client.batch_execute("CHECKPOINT").await {
+        tracing::debug!("no checkpoint between phases: {e}");
+    }
+}
+
+async fn wait_until_serving(endpoint: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect()
+            .await
+        {
+            let mut health = tonic_health_client(channel);
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: "auscult.ingest.v1.Ingest".into(),
+            };
+            if let Ok(response) = health.check(request).await
+                && response.get_ref().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("ingest did not become ready within 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn tonic_health_client(
+    channel: tonic::transport::Channel,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+fn mb(bytes: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = bytes as f64;
+    bytes / 1e6
+}

@@ -1,0 +1,41 @@
+//! `auscult`: the operator's command line — database migrations, the device registry, the gateway simulator
+//! and the benchmarks.
+
+mod commands;
+mod database;
+
+use clap::{Parser, Subcommand};
+
+/// auscult listens to industrial machines and tells operators which one is about to fail.
+#[derive(Debug, Parser)]
+#[command(name = "auscult", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending database migrations (safe to run from several places at once).
+    Migrate(commands::migrate::Args),
+    /// Register gateway devices and manage their tokens.
+    #[command(subcommand)]
+    Device(commands::device::Command),
+    /// Act as gateways: stream frames from WAV files or a synthetic signal to ingest.
+    Simulate(commands::simulate::Args),
+    /// Measure the system on this machine.
+    #[command(subcommand)]
+    Bench(commands::bench::Command),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "warn");
+    match cli.command {
+        Command::Migrate(args) => commands::migrate::run(args).await,
+        Command::Device(command) => commands::device::run(command).await,
+        Command::Simulate(args) => commands::simulate::run(args).await,
+        Command::Bench(command) => commands::bench::run(command).await,
+    }
+}
