@@ -1,0 +1,162 @@
+//! The stack under test: a throwaway PostgreSQL, migrated, and the real `auscult-ingest` binary on free ports,
+//! with helpers to reach both. Each test builds its own stack, so no test depends on another's state.
+
+use std::{net::TcpStream, time::Duration};
+
+use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for};
+use tokio_postgres::NoTls;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// PostgreSQL plus one ingest process.
+#[derive(Debug)]
+pub struct Stack {
+    pub postgres: PostgresServer,
+    pub ingest: ServiceProcess,
+    pub grpc_port: u16,
+    pub admin_port: u16,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// Starts PostgreSQL, migrates it and starts ingest with `env` on top of the test defaults.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let postgres = tokio::task::spawn_blocking(PostgresServer::start)
+            .await
+            .expect("join")
+            .expect("postgres");
+        let mut client = connect(&postgres.url()).await;
+        auscult_store::migrate(&mut client).await.expect("migrate");
+        let extra_env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
+        let ingest = spawn_ingest(&postgres, grpc_port, admin_port, &extra_env);
+        let stack = Self {
+            postgres,
+            ingest,
+            grpc_port,
+            admin_port,
+            extra_env,
+        };
+        stack.wait_serving().await;
+        stack
+    }
+
+    /// Starts ingest again on the same ports (after it was killed).
+    pub async fn restart_ingest(&mut self) {
+        self.ingest = spawn_ingest(
+            &self.postgres,
+            self.grpc_port,
+            self.admin_port,
+            &self.extra_env,
+        );
+        self.wait_serving().await;
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub async fn db(&self) -> tokio_postgres::Client {
+        connect(&self.postgres.url()).await
+    }
+
+    /// Registers a device and returns its token.
+    pub async fn add_device(&self, device_id: &str) -> String {
+        let mut client = self.db().await;
+        auscult_store::add_device(&mut client, device_id, "test")
+            .await
+            .expect("add device")
+    }
+
+    /// Waits until gRPC health reports the ingest service SERVING.
+    pub async fn wait_serving(&self) {
+        let endpoint = self.endpoint();
+        let serving = wait_for(Duration::from_secs(30), || {
+            let endpoint = endpoint.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                let request = HealthCheckRequest {
+                    service: "auscult.ingest.v1.Ingest".into(),
+                };
+                let response = HealthClient::new(channel).check(request).await.ok()?;
+                (response.get_ref().status == ServingStatus::Serving as i32).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            serving.is_some(),
+            "ingest did not become SERVING:\n{}",
+            self.ingest.log()
+        );
+    }
+
+    /// The Prometheus text from the admin endpoint.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
+    }
+}
+
+fn spawn_ingest(
+    postgres: &PostgresServer,
+    grpc_port: u16,
+    admin_port: u16,
+    extra: &[(String, String)],
+) -> ServiceProcess {
+    let mut env = vec![
+        ("AUSCULT__DATABASE__URL".to_owned(), postgres.url()),
+        (
+            "AUSCULT__LISTEN_ADDR".to_owned(),
+            format!("127.0.0.1:{grpc_port}"),
+        ),
+        (
+            "AUSCULT__ADMIN_ADDR".to_owned(),
+            format!("127.0.0.1:{admin_port}"),
+        ),
+        ("RUST_LOG".to_owned(), "info".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    ServiceProcess::spawn("auscult-ingest", &[], env).expect("spawn ingest")
+}
+
+/// One connection, driven in the background.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// (sensor_id, seq) → stored SHA-256 for every frame of `device`, after checking that each stored digest is the
+/// digest of the stored bytes.
+pub async fn stored_frames(
+    client: &tokio_postgres::Client,
+    device: &str,
+) -> Vec<(String, i64, Vec<u8>)> {
+    let corrupt: i64 = client
+        .query_one("SELECT count(*) FROM frames WHERE device_id = $1 AND sha256(samples) <> samples_sha256", &[&device])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(corrupt, 0, "stored samples do not match their digests");
+    client
+        .query("SELECT sensor_id, seq, samples_sha256 FROM frames WHERE device_id = $1 ORDER BY sensor_id, seq", &[&device])
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}

@@ -1,0 +1,249 @@
+//! Bad input against the real ingest binary: each validation rule rejects its frame with its reason while the
+//! frames around it are stored; bad tokens, other devices' frames and oversized messages end the stream with
+//! the right status.
+
+use std::time::{Duration, SystemTime};
+
+use auscult_e2e::Stack;
+use auscult_proto::ingest::v1::{self as pb, ingest_client::IngestClient};
+use bytes::Bytes;
+use tokio_stream::StreamExt;
+use tonic::{Code, Request, metadata::MetadataValue};
+
+fn good(device: &str, seq: u64) -> pb::Frame {
+    let samples: Vec<u8> = (0..16_000i32)
+        .flat_map(|i| ((i % 200 - 100) as i16 * 50).to_le_bytes())
+        .collect();
+    pb::Frame {
+        device_id: device.into(),
+        sensor_id: "mic-0".into(),
+        stream_epoch: 1,
+        seq,
+        captured_at: Some(auscult_proto::system_time_to_timestamp(SystemTime::now())),
+        sample_rate_hz: 16_000,
+        channels: 1,
+        encoding: pb::SampleEncoding::PcmS16le.into(),
+        samples: Bytes::from(samples),
+    }
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Sends `frames` on one stream, closes it, and returns every ack and the final status.
+async fn exchange(
+    stack: &Stack,
+    token: &str,
+    frames: Vec<pb::Frame>,
+) -> (Vec<pb::Ack>, Result<(), tonic::Status>) {
+    let mut client = IngestClient::connect(stack.endpoint())
+        .await
+        .expect("connect");
+    let response = client
+        .stream_frames(with_token(tokio_stream::iter(frames), token))
+        .await;
+    let mut acks = Vec::new();
+    let mut stream = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => return (acks, Err(status)),
+    };
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(ack) => acks.push(ack),
+            Err(status) => return (acks, Err(status)),
+        }
+    }
+    (acks, Ok(()))
+}
+
+#[tokio::test]
+async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
+    let stack = Stack::start(&[]).await;
+    let token = stack.add_device("gw-v").await;
+    let now = SystemTime::now();
+    let bad: Vec<(pb::RejectReason, Box<dyn Fn(&mut pb::Frame)>)> = vec![
+        (
+            pb::RejectReason::InvalidSensorId,
+            Box::new(|f| f.sensor_id.clear()),
+        ),
+        (
+            pb::RejectReason::SequenceOutOfRange,
+            Box::new(|f| f.stream_epoch = u64::MAX),
+        ),
+        (
+            pb::RejectReason::MissingCaptureTime,
+            Box::new(|f| f.captured_at = None),
+        ),
+        (
+            pb::RejectReason::CaptureTimeInFuture,
+            Box::new(move |f| {
+                f.captured_at = Some(auscult_proto::system_time_to_timestamp(
+                    now + Duration::from_secs(3_600),
+                ));
+            }),
+        ),
+        (
+            pb::RejectReason::CaptureTimeTooOld,
+            Box::new(move |f| {
+                f.captured_at = Some(auscult_proto::system_time_to_timestamp(
+                    now - Duration::from_secs(30 * 86_400),
+                ));
+            }),
+        ),
+        (
+            pb::RejectReason::SampleRateOutOfRange,
+            Box::new(|f| f.sample_rate_hz = 500),
+        ),
+        (
+            pb::RejectReason::ChannelsOutOfRange,
+            Box::new(|f| f.channels = 17),
+        ),
+        (
+            pb::RejectReason::UnsupportedEncoding,
+            Box::new(|f| f.encoding = 0),
+        ),
+        (
+            pb::RejectReason::PayloadLengthMismatch,
+            Box::new(|f| f.samples = f.samples.slice(..31_999)),
+        ),
+        (
+            pb::RejectReason::NonFiniteSample,
+            Box::new(|f| {
+                f.encoding = pb::SampleEncoding::F32le.into();
+                let mut floats: Vec<u8> = [0.1f32; 1000]
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                floats[400..404].copy_from_slice(&f32::NAN.to_le_bytes());
+                f.samples = Bytes::from(floats);
+            }),
+        ),
+    ];
+    // good, bad, good, bad, …, good: every bad frame between two good ones.
+    let mut frames = vec![good("gw-v", 0)];
+    let mut seq = 1;
+    for (_, spoil) in &bad {
+        let mut frame = good("gw-v", seq);
+        spoil(&mut frame);
+        frames.push(frame);
+        frames.push(good("gw-v", seq + 1));
+        seq += 2;
+    }
+    let (acks, end) = exchange(&stack, &token, frames).await;
+    end.expect("the stream ends normally despite rejections");
+
+    let rejected: Vec<pb::Rejection> = acks.iter().flat_map(|a| a.rejected.clone()).collect();
+    assert_eq!(rejected.len(), bad.len());
+    for (i, (reason, _)) in bad.iter().enumerate() {
+        let expected_seq = 1 + 2 * i as u64;
+        let rejection = rejected
+            .iter()
+            .find(|r| r.reason == i32::from(*reason))
+            .unwrap_or_else(|| panic!("no rejection with reason {reason:?}"));
+        if *reason != pb::RejectReason::SequenceOutOfRange {
+            assert_eq!(rejection.seq, expected_seq, "{reason:?}");
+        }
+        assert!(!rejection.detail.is_empty());
+    }
+    let durable: u64 = acks
+        .iter()
+        .flat_map(|a| &a.durable)
+        .map(|r| r.last_seq - r.first_seq + 1)
+        .sum();
+    assert_eq!(durable, bad.len() as u64 + 1);
+
+    let db = stack.db().await;
+    let stored: Vec<i64> = db
+        .query(
+            "SELECT seq FROM frames WHERE device_id = 'gw-v' ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<i64> = (0..=bad.len() as i64).map(|i| 2 * i).collect();
+    assert_eq!(stored, expected, "exactly the good frames are stored");
+
+    let metrics = stack.metrics();
+    assert!(
+        metrics.contains("auscult_ingest_frames_rejected_total{reason=\"non_finite_sample\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("auscult_ingest_frames_stored_total 11"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_tokens_and_other_devices_are_refused() {
+    let stack = Stack::start(&[]).await;
+    let token_a = stack.add_device("gw-a").await;
+    let _token_b = stack.add_device("gw-b").await;
+
+    let (_, end) = exchange(&stack, "auscult_0000", vec![good("gw-a", 0)]).await;
+    assert_eq!(
+        end.expect_err("unknown token").code(),
+        Code::Unauthenticated
+    );
+
+    let mut client = IngestClient::connect(stack.endpoint())
+        .await
+        .expect("connect");
+    let status = client
+        .stream_frames(Request::new(tokio_stream::iter(vec![good("gw-a", 0)])))
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let (acks, end) = exchange(&stack, &token_a, vec![good("gw-a", 0), good("gw-b", 0)]).await;
+    assert_eq!(
+        end.expect_err("another device's frame").code(),
+        Code::PermissionDenied
+    );
+    let durable: Vec<u64> = acks
+        .iter()
+        .flat_map(|a| &a.durable)
+        .map(|r| r.first_seq)
+        .collect();
+    assert_eq!(
+        durable,
+        vec![0],
+        "the frame before the refused one is still acknowledged"
+    );
+
+    let db = stack.db().await;
+    let per_device: Vec<(String, i64)> = db
+        .query(
+            "SELECT device_id, count(*) FROM frames GROUP BY device_id",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(per_device, vec![("gw-a".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused() {
+    let stack = Stack::start(&[("AUSCULT__LIMITS__MAX_MESSAGE_BYTES", "65536")]).await;
+    let token = stack.add_device("gw-s").await;
+    let mut big = good("gw-s", 1);
+    big.samples = Bytes::from(vec![0u8; 100_000]);
+    let (_, end) = exchange(&stack, &token, vec![good("gw-s", 0), big]).await;
+    let status = end.expect_err("oversized message");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        stack
+            .metrics()
+            .contains("auscult_ingest_frames_rejected_total{reason=\"message_too_large\"} 1")
+    );
+}
