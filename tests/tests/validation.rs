@@ -10,6 +10,9 @@ use bytes::Bytes;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, metadata::MetadataValue};
 
+/// Breaks one rule of a good frame.
+type Spoiler = Box<dyn Fn(&mut pb::Frame)>;
+
 fn good(device: &str, seq: u64) -> pb::Frame {
     let samples: Vec<u8> = (0..16_000i32)
         .flat_map(|i| ((i % 200 - 100) as i16 * 50).to_le_bytes())
@@ -65,7 +68,7 @@ async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
     let stack = Stack::start(&[]).await;
     let token = stack.add_device("gw-v").await;
     let now = SystemTime::now();
-    let bad: Vec<(pb::RejectReason, Box<dyn Fn(&mut pb::Frame)>)> = vec![
+    let bad: Vec<(pb::RejectReason, Spoiler)> = vec![
         (
             pb::RejectReason::InvalidSensorId,
             Box::new(|f| f.sensor_id.clear()),

@@ -107,7 +107,7 @@ impl RawFrame {
             .ok_or(InvalidFrame::ChannelsOutOfRange(self.channels))?;
         let encoding = self.encoding.map_err(InvalidFrame::UnsupportedEncoding)?;
         let frame_bytes = encoding.bytes_per_sample() * usize::from(channels);
-        if self.samples.is_empty() || self.samples.len() % frame_bytes != 0 {
+        if self.samples.is_empty() || !self.samples.len().is_multiple_of(frame_bytes) {
             return Err(InvalidFrame::PayloadLengthMismatch {
                 len: self.samples.len(),
                 frame_bytes,

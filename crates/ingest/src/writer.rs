@@ -28,7 +28,7 @@ pub type StreamId = u64;
 pub struct PendingFrame {
     pub frame: Frame,
     pub stream: StreamId,
-    pub reply: mpsc::UnboundedSender<BatchReply>,
+    pub reply: ReplyTo,
     /// Memory budget held until the frame is committed (or its batch failed).
     #[expect(dead_code, reason = "held only so that dropping it returns the budget")]
     pub permits: Vec<OwnedSemaphorePermit>,
@@ -45,6 +45,9 @@ pub enum BatchReply {
         error: Arc<StoreError>,
     },
 }
+
+/// Where a stream receives its batch replies.
+pub type ReplyTo = mpsc::UnboundedSender<BatchReply>;
 
 /// Where streams submit frames.
 pub type Submitter = mpsc::UnboundedSender<PendingFrame>;
@@ -142,13 +145,7 @@ async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
     let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(m::INFLIGHT_BYTES).decrement(bytes as f64);
-    let mut by_stream: HashMap<
-        StreamId,
-        (
-            mpsc::UnboundedSender<BatchReply>,
-            Vec<(FrameKey, InsertOutcome)>,
-        ),
-    > = HashMap::new();
+    let mut by_stream: HashMap<StreamId, (ReplyTo, Vec<(FrameKey, InsertOutcome)>)> = HashMap::new();
     match result {
         Ok(outcomes) => {
             metrics::histogram!(m::BATCH_COMMIT_SECONDS).record(elapsed.as_secs_f64());
@@ -177,8 +174,7 @@ async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
                 "batch failed, its streams will be asked to resend: {error}"
             );
             let error = Arc::new(error);
-            let mut counts: HashMap<StreamId, (mpsc::UnboundedSender<BatchReply>, usize)> =
-                HashMap::new();
+            let mut counts: HashMap<StreamId, (ReplyTo, usize)> = HashMap::new();
             for pending in batch {
                 counts
                     .entry(pending.stream)

@@ -14,7 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] =
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Arbitrary constant that identifies auscult's migration lock among advisory locks.
-const MIGRATION_LOCK_KEY: i64 = 0x6175_7363_756c_74;
+const MIGRATION_LOCK_KEY: i64 = 0x0061_7573_6375_6c74;
 
 /// Applies every pending migration, each in its own transaction, and returns the versions applied. Safe to run
 /// from several processes at once: an advisory lock serialises them and the later ones find nothing to do.
