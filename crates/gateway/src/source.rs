@@ -472,7 +472,8 @@ mod tests {
             writer.write_sample((i % 997) as i16).expect("write");
         }
         writer.finalize().expect("finalize");
-        let mut source = WavSource::new(identity(1), std::slice::from_ref(&dir), 3, 1.0).expect("source");
+        let mut source =
+            WavSource::new(identity(1), std::slice::from_ref(&dir), 3, 1.0).expect("source");
         let first = source.next_frame().expect("read").expect("frame");
         assert_eq!(
             (first.channels, first.sample_rate_hz, first.samples.len()),
@@ -491,7 +492,8 @@ mod tests {
     fn a_corrupt_wav_names_its_file() {
         let path = std::env::temp_dir().join(format!("auscult-bad-{}.wav", std::process::id()));
         std::fs::write(&path, b"RIFF\x10\0\0\0WAVEjunk").expect("write");
-        let mut source = WavSource::new(identity(1), std::slice::from_ref(&path), 1, 1.0).expect("source");
+        let mut source =
+            WavSource::new(identity(1), std::slice::from_ref(&path), 1, 1.0).expect("source");
         let error = source.next_frame().unwrap_err().to_string();
         assert!(error.contains(&path.display().to_string()), "{error}");
         std::fs::remove_file(&path).expect("cleanup");

@@ -113,10 +113,14 @@ pub async fn run(
         shutdown: shutdown.clone(),
         next_stream_id: AtomicU64::new(0),
     };
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(auscult_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(auscult_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both reflection versions: many deployed tools (grpcurl before 1.8.8) speak only v1alpha.
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
 
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -148,7 +152,8 @@ pub async fn run(
     };
     let serve = server
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             IngestServer::new(service)
                 .max_decoding_message_size(settings.limits.max_message_bytes)

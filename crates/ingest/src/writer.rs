@@ -145,7 +145,8 @@ async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
     let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(m::INFLIGHT_BYTES).decrement(bytes as f64);
-    let mut by_stream: HashMap<StreamId, (ReplyTo, Vec<(FrameKey, InsertOutcome)>)> = HashMap::new();
+    let mut by_stream: HashMap<StreamId, (ReplyTo, Vec<(FrameKey, InsertOutcome)>)> =
+        HashMap::new();
     match result {
         Ok(outcomes) => {
             metrics::histogram!(m::BATCH_COMMIT_SECONDS).record(elapsed.as_secs_f64());
