@@ -5,6 +5,7 @@ use std::{net::TcpStream, time::Duration};
 
 use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for};
 use tokio_postgres::NoTls;
+use tonic::transport::ClientTlsConfig;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -17,11 +18,19 @@ pub struct Stack {
     pub grpc_port: u16,
     pub admin_port: u16,
     extra_env: Vec<(String, String)>,
+    /// How test clients reach a TLS-serving ingest.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl Stack {
     /// Starts PostgreSQL, migrates it and starts ingest with `env` on top of the test defaults.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with_tls(env, None).await
+    }
+
+    /// Like [`Stack::start`], for an ingest configured (through `env`) to serve TLS; test clients use
+    /// `client_tls`.
+    pub async fn start_with_tls(env: &[(&str, &str)], client_tls: Option<ClientTlsConfig>) -> Self {
         let postgres = tokio::task::spawn_blocking(PostgresServer::start)
             .await
             .expect("join")
@@ -40,6 +49,7 @@ impl Stack {
             grpc_port,
             admin_port,
             extra_env,
+            client_tls,
         };
         stack.wait_serving().await;
         stack
@@ -57,7 +67,10 @@ impl Stack {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        match self.client_tls {
+            Some(_) => format!("https://127.0.0.1:{}", self.grpc_port),
+            None => format!("http://127.0.0.1:{}", self.grpc_port),
+        }
     }
 
     pub async fn db(&self) -> tokio_postgres::Client {
@@ -76,13 +89,13 @@ impl Stack {
     pub async fn wait_serving(&self) {
         let endpoint = self.endpoint();
         let serving = wait_for(Duration::from_secs(30), || {
-            let endpoint = endpoint.clone();
+            let (endpoint, tls) = (endpoint.clone(), self.client_tls.clone());
             async move {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint)
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
+                let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint).ok()?;
+                if let Some(tls) = tls {
+                    endpoint = endpoint.tls_config(tls).ok()?;
+                }
+                let channel = endpoint.connect().await.ok()?;
                 let request = HealthCheckRequest {
                     service: "auscult.ingest.v1.Ingest".into(),
                 };

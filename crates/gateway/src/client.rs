@@ -64,7 +64,7 @@ pub enum GatewayError {
     Token,
     #[error("ingest refused the stream ({code:?}): {message}")]
     Refused { code: Code, message: String },
-    #[error("could not reach ingest at {endpoint} for {waited:?}: {last_error}")]
+    #[error("no answer from ingest at {endpoint} for {waited:?}: {last_error}")]
     Unreachable {
         endpoint: String,
         waited: Duration,
@@ -207,47 +207,53 @@ impl Gateway {
             started,
         };
         let mut connections = 0u64;
-        let mut last_connected = Instant::now();
+        // Progress is an answer from ingest; a link that connects but never answers is as dead as one
+        // that does not connect, and both are retried with backoff until `give_up_after`.
+        let mut last_progress = Instant::now();
         let mut backoff = Duration::from_millis(50);
         while !(run.source_done && run.unacked.is_empty()) {
-            let channel = match endpoint.connect().await {
-                Ok(channel) => channel,
-                Err(e) => {
-                    let waited = last_connected.elapsed();
-                    if waited > self.config.give_up_after {
-                        return Err(GatewayError::Unreachable {
-                            endpoint: self.config.endpoint.clone(),
-                            waited,
-                            last_error: describe(&e),
-                        });
+            let answered_before = run.summary.acked + run.summary.rejected;
+            let failure = match endpoint.connect().await {
+                Err(e) => describe(&e),
+                Ok(channel) => {
+                    if connections > 0 {
+                        run.summary.reconnects += 1;
                     }
-                    debug!("connect failed, retrying in {backoff:?}: {}", describe(&e));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
+                    connections += 1;
+                    self.emit(Event::Connected);
+                    let outcome = self
+                        .stream_once(IngestClient::new(channel), &auth, &mut source, &mut run)
+                        .await;
+                    match outcome {
+                        Ok(()) => continue,
+                        Err(StreamEnd::Fatal(error)) => return Err(error),
+                        Err(StreamEnd::Broken(reason)) => {
+                            info!(
+                                unacked = run.unacked.len(),
+                                "stream broken, reconnecting: {reason}"
+                            );
+                            self.emit(Event::Disconnected(reason.clone()));
+                            reason
+                        }
+                    }
                 }
             };
-            if connections > 0 {
-                run.summary.reconnects += 1;
+            if run.summary.acked + run.summary.rejected > answered_before {
+                last_progress = Instant::now();
+                backoff = Duration::from_millis(50);
+                continue;
             }
-            connections += 1;
-            backoff = Duration::from_millis(50);
-            self.emit(Event::Connected);
-            let outcome = self
-                .stream_once(IngestClient::new(channel), &auth, &mut source, &mut run)
-                .await;
-            last_connected = Instant::now();
-            match outcome {
-                Ok(()) => {}
-                Err(StreamEnd::Fatal(error)) => return Err(error),
-                Err(StreamEnd::Broken(reason)) => {
-                    info!(
-                        unacked = run.unacked.len(),
-                        "stream broken, reconnecting: {reason}"
-                    );
-                    self.emit(Event::Disconnected(reason));
-                }
+            let waited = last_progress.elapsed();
+            if waited > self.config.give_up_after {
+                return Err(GatewayError::Unreachable {
+                    endpoint: self.config.endpoint.clone(),
+                    waited,
+                    last_error: failure,
+                });
             }
+            debug!("no progress, retrying in {backoff:?}: {failure}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         run.summary.elapsed = started.elapsed();
         run.summary.ack_p50 =

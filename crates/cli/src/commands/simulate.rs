@@ -52,6 +52,9 @@ pub struct Args {
     /// Drop the connection every K new frames (and resend what was not acknowledged).
     #[arg(long)]
     cut_every: Option<u64>,
+    /// Give up after this many seconds without an answer from ingest.
+    #[arg(long, default_value_t = 60.0)]
+    give_up_after: f64,
     /// Most unacknowledged frames in flight.
     #[arg(long, default_value_t = 1024)]
     window: usize,
@@ -94,6 +97,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.cut_every = args.cut_every;
     config.rate = (args.rate > 0.0).then(|| args.rate * f64::from(args.sensors));
     config.tls = tls_config(&args)?;
+    if !(args.give_up_after > 0.0 && args.give_up_after.is_finite()) {
+        anyhow::bail!(
+            "--give-up-after must be a positive number of seconds, got {}",
+            args.give_up_after
+        );
+    }
+    config.give_up_after = Duration::from_secs_f64(args.give_up_after);
     let gateway = Gateway::new(config);
     let progress = gateway.progress();
 

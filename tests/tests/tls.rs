@@ -1,0 +1,115 @@
+//! Ingest over TLS and mutual TLS: the real binary with certificates from a throwaway CA, and the real
+//! simulator as the gateway.
+
+use std::{path::Path, process::Command};
+
+use auscult_e2e::Stack;
+use auscult_testkit::workspace_binary;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+/// A CA, a server certificate for localhost and a client certificate, as PEM files in `dir`.
+fn write_certificates(dir: &Path) {
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    for (name, sans) in [
+        ("server", vec!["localhost", "127.0.0.1"]),
+        ("client", vec!["gateway-1"]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
+    }
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca");
+}
+
+fn simulate(stack: &Stack, dir: &Path, token: &str, client_cert: bool) -> std::process::Output {
+    let endpoint = stack.endpoint();
+    let mut args = vec![
+        "simulate".to_owned(),
+        "--endpoint".into(),
+        endpoint,
+        "--device".into(),
+        "gw-tls".into(),
+        "--frames".into(),
+        "5".into(),
+        "--rate".into(),
+        "0".into(),
+        "--json".into(),
+        "--give-up-after".into(),
+        "3".into(),
+        "--ca".into(),
+        dir.join("ca.pem").display().to_string(),
+    ];
+    if client_cert {
+        args.extend([
+            "--cert".into(),
+            dir.join("client.pem").display().to_string(),
+            "--key".into(),
+            dir.join("client.key").display().to_string(),
+        ]);
+    }
+    Command::new(workspace_binary("auscult").expect("auscult binary"))
+        .args(args)
+        .env("AUSCULT_TOKEN", token)
+        .output()
+        .expect("run simulate")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_admits_certified_gateways_only() {
+    let dir = tempfile_dir();
+    write_certificates(&dir);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("read pem");
+    let client_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("client.pem"), read("client.key")));
+    let stack = Stack::start_with_tls(
+        &[
+            ("AUSCULT__TLS__CERT_PATH", &path("server.pem")),
+            ("AUSCULT__TLS__KEY_PATH", &path("server.key")),
+            ("AUSCULT__TLS__CLIENT_CA_PATH", &path("ca.pem")),
+        ],
+        Some(client_tls),
+    )
+    .await;
+    let token = stack.add_device("gw-tls").await;
+
+    let with_cert = tokio::task::block_in_place(|| simulate(&stack, &dir, &token, true));
+    assert!(
+        with_cert.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_cert.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&with_cert.stdout).expect("json");
+    assert_eq!(summary["acked"], 5);
+
+    let without_cert = tokio::task::block_in_place(|| simulate(&stack, &dir, &token, false));
+    assert!(
+        !without_cert.status.success(),
+        "a gateway without a client certificate must be refused"
+    );
+    let count: i64 = stack
+        .db()
+        .await
+        .query_one("SELECT count(*) FROM frames", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 5);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("auscult-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
