@@ -172,3 +172,75 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
     let all = stored_frames(&db, "gw-k").await;
     assert_eq!(all.len(), 5_000);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
+    let mut stack = Stack::start(&[]).await;
+    let token = stack.add_device("gw-t").await;
+    let identity = Identity {
+        device_id: "gw-t".into(),
+        sensors: (0..4).map(|i| format!("mic-{i}")).collect(),
+        stream_epoch: 1,
+    };
+    let source = SyntheticSource::new(identity, 500, 1);
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let mut config = GatewayConfig::new(stack.endpoint(), token);
+    config.window = 256;
+    let gateway = Gateway::new(config).with_events(events_tx);
+    let run = tokio::spawn(async move { gateway.run(source).await });
+
+    let mut acked: HashSet<(String, u64)> = HashSet::new();
+    let mut terminated = None;
+    let reason = loop {
+        match events.recv().await.expect("gateway events") {
+            Event::Acked(ranges) => {
+                for r in ranges {
+                    acked.extend((r.first_seq..=r.last_seq).map(|q| (r.sensor_id.clone(), q)));
+                }
+                if terminated.is_none() && acked.len() >= 500 {
+                    terminated = Some(tokio::task::block_in_place(|| {
+                        stack
+                            .ingest
+                            .terminate(Duration::from_secs(30))
+                            .expect("sigterm")
+                    }));
+                }
+            }
+            Event::Disconnected(reason) => break reason,
+            _ => {}
+        }
+    };
+    let status = terminated
+        .flatten()
+        .expect("ingest exited within its grace period");
+    assert!(
+        status.success(),
+        "graceful shutdown exits cleanly: {status:?}\n{}",
+        stack.ingest.log()
+    );
+    assert!(
+        reason.contains("Unavailable") && reason.contains("shutting down"),
+        "{reason}"
+    );
+
+    let db = stack.db().await;
+    let stored: HashSet<(String, u64)> = stored_frames(&db, "gw-t")
+        .await
+        .into_iter()
+        .map(|(s, q, _)| (s, u64::try_from(q).expect("seq")))
+        .collect();
+    assert!(
+        acked.is_subset(&stored),
+        "acknowledged frames missing after shutdown"
+    );
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "everything committed was acknowledged before the stream closed"
+    );
+
+    stack.restart_ingest().await;
+    let summary = run.await.expect("join").expect("gateway run");
+    assert_eq!(summary.acked, 2_000);
+    assert_eq!(stored_frames(&db, "gw-t").await.len(), 2_000);
+}

@@ -348,7 +348,7 @@ impl Gateway {
                     };
                     let Some(sender) = &tx else { continue };
                     if sender.send(frame).await.is_err() {
-                        return Err(StreamEnd::Broken("request stream closed".into()));
+                        return Err(self.final_words(&mut acks, run).await);
                     }
                     if self.config.cut_every.is_some_and(|k| k > 0 && new_on_this_stream >= k) {
                         return Err(StreamEnd::Broken(format!("connection cut after {new_on_this_stream} new frames")));
@@ -356,6 +356,23 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Ingest stopped reading our frames: take the acknowledgements it still sends, down to its final
+    /// status, which says why (shutting down, refused, …).
+    async fn final_words(&self, acks: &mut tonic::Streaming<pb::Ack>, run: &mut Run) -> StreamEnd {
+        let drain = async {
+            loop {
+                match acks.message().await {
+                    Ok(Some(ack)) => self.absorb(ack, run),
+                    Ok(None) => return StreamEnd::Broken("stream closed by ingest".into()),
+                    Err(status) => return classify(status),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .unwrap_or_else(|_| StreamEnd::Broken("ingest stopped reading and answering".into()))
     }
 
     /// Applies an acknowledgement: durable and rejected frames are forgotten.
