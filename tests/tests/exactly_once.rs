@@ -126,9 +126,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
     while acked.len() < 1_500 {
         match events.recv().await.expect("gateway events") {
             Event::Acked(ranges) => {
-                for r in ranges {
-                    acked.extend((r.first_seq..=r.last_seq).map(|q| (r.sensor_id.clone(), q)));
-                }
+                record(&mut acked, ranges);
             }
             Event::Disconnected(reason) => panic!("disconnected before the kill: {reason}"),
             _ => {}
@@ -139,9 +137,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
     loop {
         match events.recv().await.expect("gateway events") {
             Event::Acked(ranges) => {
-                for r in ranges {
-                    acked.extend((r.first_seq..=r.last_seq).map(|q| (r.sensor_id.clone(), q)));
-                }
+                record(&mut acked, ranges);
             }
             Event::Disconnected(_) => break,
             _ => {}
@@ -194,9 +190,7 @@ async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
     let reason = loop {
         match events.recv().await.expect("gateway events") {
             Event::Acked(ranges) => {
-                for r in ranges {
-                    acked.extend((r.first_seq..=r.last_seq).map(|q| (r.sensor_id.clone(), q)));
-                }
+                record(&mut acked, ranges);
                 if terminated.is_none() && acked.len() >= 500 {
                     terminated = Some(tokio::task::block_in_place(|| {
                         stack
@@ -243,4 +237,11 @@ async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
     let summary = run.await.expect("join").expect("gateway run");
     assert_eq!(summary.acked, 2_000);
     assert_eq!(stored_frames(&db, "gw-t").await.len(), 2_000);
+}
+
+/// Adds acknowledged ranges to the set of acknowledged (sensor, seq).
+fn record(acked: &mut HashSet<(String, u64)>, ranges: Vec<auscult_proto::ingest::v1::FrameRange>) {
+    for r in ranges {
+        acked.extend((r.first_seq..=r.last_seq).map(|q| (r.sensor_id.clone(), q)));
+    }
 }
