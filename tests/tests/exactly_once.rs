@@ -108,18 +108,7 @@ async fn cutting_the_connection_every_500_frames_loses_and_doubles_nothing() {
 async fn frames_acknowledged_before_a_sigkill_are_stored() {
     let mut stack = Stack::start(&[]).await;
     let token = stack.add_device("gw-k").await;
-    let identity = Identity {
-        device_id: "gw-k".into(),
-        sensors: (0..10).map(|i| format!("mic-{i}")).collect(),
-        stream_epoch: 1,
-    };
-    let source = SyntheticSource::new(identity, 500, 1);
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let mut config = GatewayConfig::new(stack.endpoint(), token);
-    config.give_up_after = Duration::from_secs(60);
-    config.window = 256;
-    let gateway = Gateway::new(config).with_events(events_tx);
-    let run = tokio::spawn(async move { gateway.run(source).await });
+    let (run, mut events) = spawn_gateway(&stack, "gw-k", token, 10);
 
     // Collect acknowledgements until a good share of the run is durable, then kill ingest mid-stream.
     let mut acked: HashSet<(String, u64)> = HashSet::new();
@@ -144,11 +133,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
         }
     }
     let db = stack.db().await;
-    let stored: HashSet<(String, u64)> = stored_frames(&db, "gw-k")
-        .await
-        .into_iter()
-        .map(|(s, q, _)| (s, u64::try_from(q).expect("seq")))
-        .collect();
+    let stored = stored_keys(&db, "gw-k").await;
     let lost: Vec<_> = acked.difference(&stored).collect();
     assert!(
         lost.is_empty(),
@@ -173,17 +158,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
 async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
     let mut stack = Stack::start(&[]).await;
     let token = stack.add_device("gw-t").await;
-    let identity = Identity {
-        device_id: "gw-t".into(),
-        sensors: (0..4).map(|i| format!("mic-{i}")).collect(),
-        stream_epoch: 1,
-    };
-    let source = SyntheticSource::new(identity, 500, 1);
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let mut config = GatewayConfig::new(stack.endpoint(), token);
-    config.window = 256;
-    let gateway = Gateway::new(config).with_events(events_tx);
-    let run = tokio::spawn(async move { gateway.run(source).await });
+    let (run, mut events) = spawn_gateway(&stack, "gw-t", token, 4);
 
     let mut acked: HashSet<(String, u64)> = HashSet::new();
     let mut terminated = None;
@@ -218,11 +193,7 @@ async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
     );
 
     let db = stack.db().await;
-    let stored: HashSet<(String, u64)> = stored_frames(&db, "gw-t")
-        .await
-        .into_iter()
-        .map(|(s, q, _)| (s, u64::try_from(q).expect("seq")))
-        .collect();
+    let stored = stored_keys(&db, "gw-t").await;
     assert!(
         acked.is_subset(&stored),
         "acknowledged frames missing after shutdown"
@@ -244,4 +215,40 @@ fn record(acked: &mut HashSet<(String, u64)>, ranges: Vec<auscult_proto::ingest:
     for r in ranges {
         acked.extend((r.first_seq..=r.last_seq).map(|q| (r.sensor_id.clone(), q)));
     }
+}
+
+/// A gateway streaming 500 synthetic frames from each of `sensors` sensors, with a window of 256, reporting
+/// its events.
+fn spawn_gateway(
+    stack: &Stack,
+    device: &str,
+    token: String,
+    sensors: usize,
+) -> (
+    tokio::task::JoinHandle<Result<auscult_gateway::Summary, auscult_gateway::GatewayError>>,
+    tokio::sync::mpsc::UnboundedReceiver<Event>,
+) {
+    let identity = Identity {
+        device_id: device.into(),
+        sensors: (0..sensors).map(|i| format!("mic-{i}")).collect(),
+        stream_epoch: 1,
+    };
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let mut config = GatewayConfig::new(stack.endpoint(), token);
+    config.window = 256;
+    let gateway = Gateway::new(config).with_events(events_tx);
+    let source = SyntheticSource::new(identity, 500, 1);
+    (
+        tokio::spawn(async move { gateway.run(source).await }),
+        events,
+    )
+}
+
+/// The (sensor, seq) of every stored frame of `device`.
+async fn stored_keys(db: &tokio_postgres::Client, device: &str) -> HashSet<(String, u64)> {
+    stored_frames(db, device)
+        .await
+        .into_iter()
+        .map(|(s, q, _)| (s, u64::try_from(q).expect("seq")))
+        .collect()
 }

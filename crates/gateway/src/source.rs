@@ -41,6 +41,41 @@ pub struct Identity {
     pub stream_epoch: u64,
 }
 
+impl Identity {
+    /// Which sensor's turn the `index`-th frame of a source is, and its sequence number; `None` past
+    /// `frames_per_sensor` rounds (or without sensors).
+    fn turn(&self, index: u64, frames_per_sensor: u64) -> Option<(usize, u64)> {
+        let sensors = self.sensors.len() as u64;
+        if sensors == 0 || index >= frames_per_sensor * sensors {
+            return None;
+        }
+        Some((usize::try_from(index % sensors).ok()?, index / sensors))
+    }
+
+    /// A frame of this identity's `sensor`, captured now.
+    fn frame(
+        &self,
+        sensor: usize,
+        seq: u64,
+        sample_rate_hz: u32,
+        channels: u16,
+        encoding: SampleEncoding,
+        samples: Bytes,
+    ) -> pb::Frame {
+        pb::Frame {
+            device_id: self.device_id.clone(),
+            sensor_id: self.sensors[sensor].clone(),
+            stream_epoch: self.stream_epoch,
+            seq,
+            captured_at: Some(auscult_proto::system_time_to_timestamp(SystemTime::now())),
+            sample_rate_hz,
+            channels: u32::from(channels),
+            encoding: auscult_proto::encoding_to_proto(encoding).into(),
+            samples,
+        }
+    }
+}
+
 /// A deterministic test signal: each sensor hums at its own frequency over seeded noise, so any frame can be
 /// regenerated from (seed, sensor index, seq) — that is how tests check stored frames byte for byte.
 #[derive(Debug, Clone)]
@@ -92,31 +127,19 @@ impl SyntheticSource {
 
     /// Frame `seq` of sensor `sensor`, captured now.
     pub fn frame(&self, sensor: usize, seq: u64) -> pb::Frame {
-        pb::Frame {
-            device_id: self.identity.device_id.clone(),
-            sensor_id: self.identity.sensors[sensor].clone(),
-            stream_epoch: self.identity.stream_epoch,
-            seq,
-            captured_at: Some(auscult_proto::system_time_to_timestamp(SystemTime::now())),
-            sample_rate_hz: self.sample_rate_hz,
-            channels: 1,
-            encoding: auscult_proto::encoding_to_proto(self.encoding).into(),
-            samples: Bytes::from(self.samples(sensor, seq)),
-        }
+        let samples = Bytes::from(self.samples(sensor, seq));
+        self.identity
+            .frame(sensor, seq, self.sample_rate_hz, 1, self.encoding, samples)
     }
 }
 
 impl FrameSource for SyntheticSource {
     fn next_frame(&mut self) -> Result<Option<pb::Frame>, SourceError> {
-        let sensors = self.identity.sensors.len() as u64;
-        if sensors == 0 || self.next >= self.total() {
+        let Some((sensor, seq)) = self.identity.turn(self.next, self.frames_per_sensor) else {
             return Ok(None);
-        }
-        let (seq, sensor) = (self.next / sensors, self.next % sensors);
+        };
         self.next += 1;
-        Ok(Some(
-            self.frame(usize::try_from(sensor).unwrap_or_default(), seq),
-        ))
+        Ok(Some(self.frame(sensor, seq)))
     }
 
     fn total(&self) -> u64 {
@@ -240,14 +263,9 @@ impl WavSource {
 
 impl FrameSource for WavSource {
     fn next_frame(&mut self) -> Result<Option<pb::Frame>, SourceError> {
-        let sensors = self.identity.sensors.len() as u64;
-        if sensors == 0 || self.next >= self.total() {
+        let Some((sensor, seq)) = self.identity.turn(self.next, self.frames_per_sensor) else {
             return Ok(None);
-        }
-        let (seq, sensor) = (
-            self.next / sensors,
-            usize::try_from(self.next % sensors).unwrap_or_default(),
-        );
+        };
         self.next += 1;
         let files = &self.files;
         let cursor = &mut self.sensors[sensor];
@@ -279,17 +297,14 @@ impl FrameSource for WavSource {
         }
         let samples = clip.data.slice(clip.offset..clip.offset + frame_bytes);
         clip.offset += frame_bytes;
-        Ok(Some(pb::Frame {
-            device_id: self.identity.device_id.clone(),
-            sensor_id: self.identity.sensors[sensor].clone(),
-            stream_epoch: self.identity.stream_epoch,
+        Ok(Some(self.identity.frame(
+            sensor,
             seq,
-            captured_at: Some(auscult_proto::system_time_to_timestamp(SystemTime::now())),
-            sample_rate_hz: clip.sample_rate_hz,
-            channels: u32::from(clip.channels),
-            encoding: auscult_proto::encoding_to_proto(clip.encoding).into(),
+            clip.sample_rate_hz,
+            clip.channels,
+            clip.encoding,
             samples,
-        }))
+        )))
     }
 
     fn total(&self) -> u64 {

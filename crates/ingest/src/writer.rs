@@ -93,7 +93,7 @@ async fn write_batches(
         let frames = batch.len();
         let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
         let span = info_span!("batch", writer, frames, bytes);
-        let ok = commit(pool, batch).instrument(span).await;
+        let ok = commit(pool, batch, bytes).instrument(span).await;
         if ok {
             failures = 0;
         } else {
@@ -132,7 +132,7 @@ async fn gather(
 }
 
 /// Commits one batch and tells each stream what became of its frames. Returns whether the commit succeeded.
-async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
+async fn commit(pool: &Pool, batch: Vec<PendingFrame>, bytes: usize) -> bool {
     let started = Instant::now();
     let result = async {
         let mut client = pool.get().await?;
@@ -142,7 +142,6 @@ async fn commit(pool: &Pool, batch: Vec<PendingFrame>) -> bool {
     .await;
     let elapsed = started.elapsed();
 
-    let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(m::INFLIGHT_BYTES).decrement(bytes as f64);
     let mut by_stream: HashMap<StreamId, (ReplyTo, Vec<(FrameKey, InsertOutcome)>)> =

@@ -119,11 +119,7 @@ async fn store_by_copy(
             &[&ids],
         )
         .await?;
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&FRAMES_CHANNEL, &new.len().to_string()],
-        )
-        .await?;
+        notify(&tx, new.len()).await?;
     }
     tx.commit().await?;
     Ok((new.into_iter().map(|f| f.key.clone()).collect(), existing))
@@ -148,11 +144,7 @@ async fn store_by_insert(
         HashMap::new()
     };
     if !inserted.is_empty() {
-        tx.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&FRAMES_CHANNEL, &inserted.len().to_string()],
-        )
-        .await?;
+        notify(&tx, inserted.len()).await?;
     }
     tx.commit().await?;
     Ok((inserted, existing))
@@ -233,10 +225,12 @@ async fn insert_unique(
     frames: &[&Frame],
     received_at: SystemTime,
 ) -> Result<HashSet<FrameKey>, StoreError> {
-    let device_ids: Vec<&str> = frames.iter().map(|f| f.key.device_id.as_str()).collect();
-    let sensor_ids: Vec<&str> = frames.iter().map(|f| f.key.sensor_id.as_str()).collect();
-    let epochs: Vec<i64> = frames.iter().map(|f| f.key.stream_epoch).collect();
-    let seqs: Vec<i64> = frames.iter().map(|f| f.key.seq).collect();
+    let KeyColumns {
+        device_ids,
+        sensor_ids,
+        epochs,
+        seqs,
+    } = KeyColumns::of(frames);
     let captured: Vec<SystemTime> = frames.iter().map(|f| f.captured_at).collect();
     let rates: Vec<i32> = frames
         .iter()
@@ -293,16 +287,7 @@ async fn insert_unique(
             ],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(FrameKey {
-                device_id: row.try_get(0)?,
-                sensor_id: row.try_get(1)?,
-                stream_epoch: row.try_get(2)?,
-                seq: row.try_get(3)?,
-            })
-        })
-        .collect()
+    Ok(rows.iter().map(key_of_row).collect::<Result<_, _>>()?)
 }
 
 /// The stored checksums of frames whose keys already existed.
@@ -310,10 +295,12 @@ async fn stored_checksums(
     tx: &tokio_postgres::Transaction<'_>,
     frames: &[&Frame],
 ) -> Result<HashMap<FrameKey, [u8; 32]>, StoreError> {
-    let device_ids: Vec<&str> = frames.iter().map(|f| f.key.device_id.as_str()).collect();
-    let sensor_ids: Vec<&str> = frames.iter().map(|f| f.key.sensor_id.as_str()).collect();
-    let epochs: Vec<i64> = frames.iter().map(|f| f.key.stream_epoch).collect();
-    let seqs: Vec<i64> = frames.iter().map(|f| f.key.seq).collect();
+    let KeyColumns {
+        device_ids,
+        sensor_ids,
+        epochs,
+        seqs,
+    } = KeyColumns::of(frames);
     let rows = tx
         .query(
             "SELECT f.device_id, f.sensor_id, f.stream_epoch, f.seq, f.samples_sha256
@@ -324,12 +311,7 @@ async fn stored_checksums(
         .await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let key = FrameKey {
-            device_id: row.try_get(0)?,
-            sensor_id: row.try_get(1)?,
-            stream_epoch: row.try_get(2)?,
-            seq: row.try_get(3)?,
-        };
+        let key = key_of_row(row)?;
         let digest: &[u8] = row.try_get(4)?;
         // The column has a length check; anything else cannot be our digest and counts as a conflict.
         if let Ok(digest) = <[u8; 32]>::try_from(digest) {
@@ -337,4 +319,43 @@ async fn stored_checksums(
         }
     }
     Ok(out)
+}
+
+/// A batch's keys as one array per column, the shape `unnest` takes.
+struct KeyColumns<'a> {
+    device_ids: Vec<&'a str>,
+    sensor_ids: Vec<&'a str>,
+    epochs: Vec<i64>,
+    seqs: Vec<i64>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn of(frames: &[&'a Frame]) -> Self {
+        Self {
+            device_ids: frames.iter().map(|f| f.key.device_id.as_str()).collect(),
+            sensor_ids: frames.iter().map(|f| f.key.sensor_id.as_str()).collect(),
+            epochs: frames.iter().map(|f| f.key.stream_epoch).collect(),
+            seqs: frames.iter().map(|f| f.key.seq).collect(),
+        }
+    }
+}
+
+/// Reads a key from a row whose first four columns are device_id, sensor_id, stream_epoch, seq.
+fn key_of_row(row: &tokio_postgres::Row) -> Result<FrameKey, tokio_postgres::Error> {
+    Ok(FrameKey {
+        device_id: row.try_get(0)?,
+        sensor_id: row.try_get(1)?,
+        stream_epoch: row.try_get(2)?,
+        seq: row.try_get(3)?,
+    })
+}
+
+/// The one wake-up per transaction that stored frames.
+async fn notify(tx: &tokio_postgres::Transaction<'_>, new_frames: usize) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&FRAMES_CHANNEL, &new_frames.to_string()],
+    )
+    .await?;
+    Ok(())
 }
