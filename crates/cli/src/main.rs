@@ -1,5 +1,5 @@
-//! `auscult`: the operator's command line — database migrations, the device registry, the gateway simulator
-//! and the benchmarks.
+//! `auscult`: the operator's command line — database migrations, the device registry, the gateway simulator,
+//! the model commands (train, evaluate, score, enroll) and the benchmarks.
 
 mod commands;
 mod database;
@@ -23,6 +23,14 @@ enum Command {
     Device(commands::device::Command),
     /// Act as gateways: stream frames from WAV files or a synthetic signal to ingest.
     Simulate(commands::simulate::Args),
+    /// Train a model on labelled recordings (dataset folders with a manifest.csv).
+    Train(commands::train::Args),
+    /// Measure a model on labelled recordings: AUC, pAUC, precision, recall and F1 per machine type.
+    Evaluate(commands::evaluate::Args),
+    /// Judge recordings: verdict, class, anomaly score, threshold and the bands that explain it.
+    Score(commands::score::Args),
+    /// Fit a model's statistics for new machines from recordings of their normal sound.
+    Enroll(commands::enroll::Args),
     /// Measure the system on this machine.
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -36,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => commands::migrate::run(args).await,
         Command::Device(command) => commands::device::run(command).await,
         Command::Simulate(args) => commands::simulate::run(args).await,
+        Command::Train(args) => commands::train::run(args),
+        Command::Evaluate(args) => commands::evaluate::run(args),
+        Command::Score(args) => commands::score::run(args),
+        Command::Enroll(args) => commands::enroll::run(args),
         Command::Bench(command) => commands::bench::run(command).await,
     }
 }

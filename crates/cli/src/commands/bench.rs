@@ -21,7 +21,12 @@ pub enum Command {
     /// same rows into the same PostgreSQL (the ceiling). Uses DATABASE_URL (its bench rows are deleted
     /// afterwards) or starts a throwaway PostgreSQL.
     Ingest(IngestArgs),
+    /// Time the analysis path on this machine: spectrogram, CNN at batch 1 and 32, throughput on all
+    /// cores, and the ratio to PyTorch's CPU speed on the same architecture.
+    Analysis(analysis::Args),
 }
+
+mod analysis;
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -48,6 +53,7 @@ pub struct IngestArgs {
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Ingest(args) => ingest(args).await,
+        Command::Analysis(args) => tokio::task::spawn_blocking(move || analysis::run(args)).await?,
     }
 }
 

@@ -2,5 +2,10 @@
 
 pub mod bench;
 pub mod device;
+pub mod enroll;
+pub mod evaluate;
 pub mod migrate;
+pub mod recordings;
+pub mod score;
 pub mod simulate;
+pub mod train;

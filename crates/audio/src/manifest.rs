@@ -1,0 +1,250 @@
+//! Labelled dataset folders: a `manifest.csv` with one row per recording.
+//!
+//! Required columns: `path` (relative to the manifest's folder), `machine_type`, `machine_id`,
+//! `label` (`normal` or `anomaly`). `domain` and `attribute` (the operating pattern) may be empty
+//! or absent; other columns (sample rate, md5, provenance…) are carried by the file and ignored.
+
+use std::path::{Path, PathBuf};
+
+/// The file every dataset folder holds.
+pub const MANIFEST: &str = "manifest.csv";
+
+/// Whether a recording is of a healthy machine.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Label {
+    Normal,
+    Anomaly,
+}
+
+impl Label {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Anomaly => "anomaly",
+        }
+    }
+}
+
+/// One labelled recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    pub path: PathBuf,
+    pub machine_type: String,
+    pub machine_id: String,
+    pub domain: String,
+    pub attribute: String,
+    pub label: Label,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: no {MANIFEST} in this folder or in its subfolders", .0.display())]
+    NotADataset(PathBuf),
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+    #[error("{}, line {line}, field `{field}`: {problem}", path.display())]
+    Field {
+        path: PathBuf,
+        line: u64,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// The most rows one manifest may hold; a runaway file should fail, not fill memory.
+pub const MAX_ROWS: usize = 1_000_000;
+
+/// Every recording under `dir`: a dataset folder (with a manifest) or a folder of them.
+pub fn discover(dir: &Path) -> Result<Vec<Recording>, ManifestError> {
+    let own = dir.join(MANIFEST);
+    if own.is_file() {
+        return read(&own);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| ManifestError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut folders: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.join(MANIFEST).is_file())
+        .collect();
+    if folders.is_empty() {
+        return Err(ManifestError::NotADataset(dir.to_owned()));
+    }
+    folders.sort();
+    let mut recordings = Vec::new();
+    for folder in folders {
+        recordings.extend(read(&folder.join(MANIFEST))?);
+    }
+    Ok(recordings)
+}
+
+/// Reads one manifest; paths in it become paths relative to the current directory.
+pub fn read(manifest: &Path) -> Result<Vec<Recording>, ManifestError> {
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(manifest)
+        .map_err(|e| invalid(manifest, e))?;
+    let headers = reader.headers().map_err(|e| invalid(manifest, e))?.clone();
+    let column = |name: &'static str| headers.iter().position(|h| h == name);
+    let required = |name: &'static str| {
+        column(name).ok_or_else(|| ManifestError::Invalid {
+            path: manifest.to_owned(),
+            problem: format!("missing column `{name}`"),
+        })
+    };
+    let (path, machine_type, machine_id, label) = (
+        required("path")?,
+        required("machine_type")?,
+        required("machine_id")?,
+        required("label")?,
+    );
+    let (domain, attribute) = (column("domain"), column("attribute"));
+
+    let mut recordings = Vec::new();
+    for row in reader.records() {
+        let row = row.map_err(|e| invalid(manifest, e))?;
+        let line = row.position().map_or(0, csv::Position::line);
+        if recordings.len() == MAX_ROWS {
+            return Err(ManifestError::Invalid {
+                path: manifest.to_owned(),
+                problem: format!("more than {MAX_ROWS} rows"),
+            });
+        }
+        let field = |index: usize, name: &'static str| -> Result<String, ManifestError> {
+            match row.get(index) {
+                Some(value) if !value.is_empty() => Ok(value.to_owned()),
+                _ => Err(ManifestError::Field {
+                    path: manifest.to_owned(),
+                    line,
+                    field: name,
+                    problem: "empty".into(),
+                }),
+            }
+        };
+        let optional = |index: Option<usize>| {
+            index
+                .and_then(|i| row.get(i))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let label = match field(label, "label")?.to_ascii_lowercase().as_str() {
+            "normal" => Label::Normal,
+            "anomaly" | "anomalous" | "abnormal" => Label::Anomaly,
+            other => {
+                return Err(ManifestError::Field {
+                    path: manifest.to_owned(),
+                    line,
+                    field: "label",
+                    problem: format!("`{other}` is neither `normal` nor `anomaly`"),
+                });
+            }
+        };
+        recordings.push(Recording {
+            path: base.join(field(path, "path")?),
+            machine_type: field(machine_type, "machine_type")?,
+            machine_id: field(machine_id, "machine_id")?,
+            domain: optional(domain),
+            attribute: optional(attribute),
+            label,
+        });
+    }
+    if recordings.is_empty() {
+        return Err(ManifestError::Invalid {
+            path: manifest.to_owned(),
+            problem: "no recordings listed".into(),
+        });
+    }
+    Ok(recordings)
+}
+
+fn invalid(path: &Path, error: csv::Error) -> ManifestError {
+    match error.kind() {
+        csv::ErrorKind::Io(_) => ManifestError::Invalid {
+            path: path.to_owned(),
+            problem: format!("cannot read: {error}"),
+        },
+        _ => ManifestError::Invalid {
+            path: path.to_owned(),
+            problem: format!("not a valid CSV file: {error}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(root: &Path, name: &str, rows: &str) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join(MANIFEST),
+            format!("path,machine_type,machine_id,domain,attribute,label,md5\n{rows}"),
+        )
+        .expect("write");
+        dir
+    }
+
+    #[test]
+    fn reads_a_dataset_or_a_folder_of_datasets() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let valve = dataset(
+            root.path(),
+            "valve",
+            "a.wav,valve,s00,source,pat_00,normal,x\nb.wav,valve,s00,,pat_02,anomaly,y\n",
+        );
+        dataset(root.path(), "fan", "c.wav,fan,id_00,,,normal,z\n");
+        let one = discover(&valve).expect("one dataset");
+        assert_eq!(one.len(), 2);
+        assert_eq!(one[1].label, Label::Anomaly);
+        assert_eq!(one[1].attribute, "pat_02");
+        assert_eq!(one[0].path, valve.join("a.wav"));
+        let all = discover(root.path()).expect("folder of datasets");
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].machine_type, "fan", "folders are read in name order");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_field() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let bad = dataset(
+            root.path(),
+            "bad",
+            "a.wav,valve,s00,,,normal,x\nb.wav,valve,s00,,,broken,y\n",
+        );
+        let error = discover(&bad).expect_err("bad label").to_string();
+        assert!(
+            error.contains("manifest.csv, line 3, field `label`"),
+            "{error}"
+        );
+        assert!(error.contains("`broken`"), "{error}");
+
+        let empty_id = dataset(root.path(), "empty", "a.wav,valve,,,,normal,x\n");
+        let error = discover(&empty_id).expect_err("empty id").to_string();
+        assert!(error.contains("field `machine_id`: empty"), "{error}");
+
+        let nothing = root.path().join("nothing");
+        std::fs::create_dir_all(&nothing).expect("mkdir");
+        let error = discover(&nothing).expect_err("no manifest").to_string();
+        assert!(error.contains("no manifest.csv"), "{error}");
+
+        let no_column = root.path().join("nocol");
+        std::fs::create_dir_all(&no_column).expect("mkdir");
+        std::fs::write(no_column.join(MANIFEST), "path,label\na.wav,normal\n").expect("write");
+        let error = discover(&no_column)
+            .expect_err("missing column")
+            .to_string();
+        assert!(error.contains("missing column `machine_type`"), "{error}");
+    }
+}

@@ -1,0 +1,80 @@
+//! `auscult enroll`: onboards machines into a model from recordings of their normal sound.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use auscult_audio::ChannelChoice;
+
+use crate::commands::recordings::{self, ModelArg, round};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Dataset folders holding normal recordings of the machines to enroll (anomalous ones are ignored).
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR")]
+    data: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArg,
+    /// Where to write the model with the new profiles.
+    #[arg(long, value_name = "MODEL")]
+    out: PathBuf,
+    /// Percentile of the gamma fitted to normal scores (default: the model's).
+    #[arg(long, value_parser = crate::commands::train::percentile)]
+    threshold_percentile: Option<f64>,
+    /// Recorded channel to listen to (default: the model's).
+    #[arg(long)]
+    channel: Option<ChannelChoice>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut detector = args.model.load()?;
+    let channel = recordings::channel(&detector, args.channel)?;
+    let listed = recordings::discover(&args.data)?;
+    let clips = recordings::load(
+        &listed,
+        channel,
+        detector.info.spectrogram.sample_rate,
+        args.json,
+    )?;
+    let percentile = args
+        .threshold_percentile
+        .unwrap_or(detector.info.threshold_percentile);
+    let enrolled = auscult_model::enroll::enroll(&mut detector, &clips, percentile)?;
+    detector
+        .save(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    if args.json {
+        let json: Vec<serde_json::Value> = enrolled
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "machine": e.machine.to_string(),
+                    "scope": e.scope,
+                    "detector": e.detector,
+                    "clips": e.clips,
+                    "windows": e.windows,
+                    "window_threshold": round(e.window_threshold, 3),
+                    "clip_threshold": round(e.clip_threshold, 3),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for e in &enrolled {
+            println!(
+                "enrolled {} ({:?}, {:?} detector) from {} recordings, {} windows: threshold {:.1} per clip, {:.1} per window",
+                e.machine,
+                e.scope,
+                e.detector,
+                e.clips,
+                e.windows,
+                e.clip_threshold,
+                e.window_threshold
+            );
+        }
+        println!("wrote {}", args.out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `auscult score`: the verdict on individual recordings, with the bands that explain it.
+
+use std::path::PathBuf;
+
+use auscult_audio::{AudioLimits, ChannelChoice};
+use auscult_model::{Assessment, MachineKey};
+
+use crate::commands::recordings::{self, ModelArg, round};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// WAV files to judge.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArg,
+    /// The machine that was recorded, as TYPE/ID (default: the machine the model recognises).
+    #[arg(long, value_parser = machine)]
+    machine: Option<MachineKey>,
+    /// Recorded channel to listen to (default: the model's).
+    #[arg(long)]
+    channel: Option<ChannelChoice>,
+    /// Print JSON on stdout, one object per file in an array.
+    #[arg(long)]
+    json: bool,
+}
+
+fn machine(text: &str) -> Result<MachineKey, String> {
+    match text.split_once('/') {
+        Some((machine_type, machine_id)) if !machine_type.is_empty() && !machine_id.is_empty() => {
+            Ok(MachineKey {
+                machine_type: machine_type.into(),
+                machine_id: machine_id.into(),
+            })
+        }
+        _ => Err(format!("`{text}` is not TYPE/ID, e.g. valve/section_00")),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let detector = args.model.load()?;
+    let channel = recordings::channel(&detector, args.channel)?;
+    let mut spectrogram = detector.spectrogram();
+    let mut results = Vec::new();
+    let mut failures = 0;
+    for path in &args.files {
+        let outcome = auscult_audio::load(
+            path,
+            channel,
+            detector.info.spectrogram.sample_rate,
+            AudioLimits::default(),
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|audio| {
+            let windows = spectrogram.windows(&audio.samples, detector.info.window_hop);
+            let inference = detector.infer(&windows);
+            detector
+                .assess(&inference, args.machine.as_ref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", recordings::shown(path)))
+        });
+        match outcome {
+            Ok(assessment) => results.push((path, assessment)),
+            Err(e) => {
+                failures += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if args.json {
+        let json: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(path, a)| json(path, a, &detector.info.version))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for (path, a) in &results {
+            print(path, a);
+        }
+    }
+    anyhow::ensure!(
+        failures == 0,
+        "{failures} of {} files could not be scored",
+        args.files.len()
+    );
+    Ok(())
+}
+
+fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "file": path,
+        "verdict": a.verdict,
+        "class": a.class,
+        "class_probability": round(f64::from(a.class_probability), 4),
+        "anomaly_score": round(a.anomaly_score, 3),
+        "threshold": round(a.threshold, 3),
+        "machine": a.profile.to_string(),
+        "profile_scope": a.scope,
+        "detector": a.detector,
+        "windows": a.window_scores.len(),
+        "top_bands": a.top_bands.iter().map(|b| serde_json::json!({
+            "low_hz": b.low_hz.round(),
+            "high_hz": b.high_hz.round(),
+            "departure_db": round(f64::from(b.departure_db), 2),
+            "z": round(f64::from(b.z), 2),
+        })).collect::<Vec<_>>(),
+        "model_version": version,
+    })
+}
+
+fn print(path: &std::path::Path, a: &Assessment) {
+    println!(
+        "{}: {:?} — score {:.1} vs threshold {:.1} ({} profile {}, {} windows); sounds like {} ({:.0} %)",
+        recordings::shown(path),
+        a.verdict,
+        a.anomaly_score,
+        a.threshold,
+        match a.scope {
+            auscult_model::profile::Scope::Machine => "machine",
+            auscult_model::profile::Scope::MachineType => "machine-type",
+            auscult_model::profile::Scope::Global => "global",
+        },
+        a.profile,
+        a.window_scores.len(),
+        a.class,
+        a.class_probability * 100.0
+    );
+    for band in &a.top_bands {
+        println!(
+            "    {:>5.0}–{:<5.0} Hz  {:+.1} dB ({:+.1} σ)",
+            band.low_hz, band.high_hz, band.departure_db, band.z
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! A loaded model, ready to judge sound: windows in, verdicts out.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use burn::tensor::DType;
+use sha2::{Digest, Sha256};
+
+use auscult_signal::{BANDS, BandRange, MelSpectrogram, WINDOW_VALUES, band_means};
+
+use crate::ModelError;
+use crate::dataset::MachineKey;
+use crate::file::{self, ModelInfo};
+use crate::network::Network;
+use crate::profile::{ANY, MachineProfile, Scope};
+
+/// Windows pushed through the network at once: large enough to use both cores well, small enough
+/// that a long clip never holds more than a few megabytes of activations.
+pub const INFERENCE_BATCH: usize = 32;
+
+/// A model in memory.
+#[derive(Debug)]
+pub struct Detector {
+    pub info: ModelInfo,
+    network: Network,
+    device: Device,
+    bands: Vec<BandRange>,
+}
+
+/// The network's view of a batch of windows.
+#[derive(Debug, Clone, Default)]
+pub struct Inference {
+    pub windows: usize,
+    /// `windows × classes` softmax probabilities.
+    pub probabilities: Vec<f32>,
+    /// `windows × embedding` embeddings.
+    pub embeddings: Vec<f32>,
+    /// `windows × 64` mean band energies in dB.
+    pub band_means: Vec<f32>,
+}
+
+/// A band whose energy departs from the machine's normal.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BandDeparture {
+    pub low_hz: f32,
+    pub high_hz: f32,
+    /// Energy above (+) or below (−) the machine's normal mean, in dB.
+    pub departure_db: f32,
+    /// The same in standard deviations of the machine's normal windows.
+    pub z: f32,
+}
+
+/// The verdict on a clip or a frame.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Assessment {
+    pub verdict: Verdict,
+    /// The most probable class, e.g. `valve/section_00/pat_00/normal`.
+    pub class: String,
+    pub class_probability: f32,
+    /// Mean window score: squared Mahalanobis distance (embedding detector) or Σ z² over bands.
+    pub anomaly_score: f64,
+    pub threshold: f64,
+    pub window_scores: Vec<f64>,
+    /// The machine whose profile judged this sound, and how specific that profile is.
+    pub profile: MachineKey,
+    pub scope: Scope,
+    pub detector: crate::profile::DetectorKind,
+    pub top_bands: Vec<BandDeparture>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Normal,
+    Anomalous,
+}
+
+impl Detector {
+    /// Builds a detector from a trained network and its metadata.
+    pub fn new(info: ModelInfo, network: Network, device: Device) -> Self {
+        let bands = auscult_signal::bands(&info.spectrogram);
+        Self {
+            info,
+            network: network.valid(),
+            device,
+            bands,
+        }
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Self::from_bytes(&bytes, &crate::default_device())
+    }
+
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
+        let (info, weights) = file::decode(bytes)?;
+        let record =
+            ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(weights.to_vec()))
+                .map_err(|e| ModelError::Format(format!("weights: {e}")))?
+                .cast_to_module_dtype();
+        let network = info
+            .network
+            .init(device)
+            .try_load_record(record)
+            .map_err(|e| ModelError::Format(format!("weights do not fit the network: {e}")))?;
+        Ok(Self::new(info, network, device.clone()))
+    }
+
+    /// The file's bytes; large tensors are stored in half precision.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ModelError> {
+        file::encode(&self.info, &self.weights()?)
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<(), ModelError> {
+        let bytes = self.to_bytes()?;
+        // Write aside and rename, so a crash never leaves half a model where a good one was.
+        let temporary = path.with_extension("partial");
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .map_err(|e| ModelError::Io {
+                path: path.to_owned(),
+                source: e,
+            })
+    }
+
+    fn weights(&self) -> Result<Vec<u8>, ModelError> {
+        let half = self.network.clone().map(&mut HalfLargeTensors);
+        let bytes = half
+            .into_record()
+            .into_bytes()
+            .map_err(|e| ModelError::Format(format!("weights: {e}")))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Sets the version from today's date and the weights' hash.
+    pub fn stamp_version(&mut self, date: &str) -> Result<(), ModelError> {
+        let digest = hex::encode(Sha256::digest(self.weights()?));
+        self.info.version = format!("{date}-{}", &digest[..8]);
+        Ok(())
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A spectrogram computer matching this model.
+    pub fn spectrogram(&self) -> MelSpectrogram {
+        // The configuration was validated when the model was trained.
+        MelSpectrogram::new(self.info.spectrogram).unwrap_or_else(|_| {
+            MelSpectrogram::new(auscult_signal::SpectrogramConfig::default())
+                .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
+        })
+    }
+
+    /// Runs the network over raw (unnormalised) log-mel windows.
+    pub fn infer(&self, windows: &[f32]) -> Inference {
+        let count = windows.len() / WINDOW_VALUES;
+        let classes = self.info.network.classes;
+        let dim = self.info.network.embedding_size();
+        let mut out = Inference {
+            windows: count,
+            probabilities: Vec::with_capacity(count * classes),
+            embeddings: Vec::with_capacity(count * dim),
+            band_means: Vec::with_capacity(count * BANDS),
+        };
+        for batch in windows.chunks(INFERENCE_BATCH * WINDOW_VALUES) {
+            for window in batch.chunks_exact(WINDOW_VALUES) {
+                out.band_means.extend_from_slice(&band_means(window));
+            }
+            let (probabilities, embeddings) =
+                forward(&self.network, &self.info.normalisation, batch, &self.device);
+            out.probabilities.extend(probabilities);
+            out.embeddings.extend(embeddings);
+        }
+        out
+    }
+
+    /// The profile for `machine`: its own, else its type's, else the global one.
+    pub fn profile_for(&self, machine: &MachineKey) -> Option<&MachineProfile> {
+        let find = |machine_type: &str, machine_id: &str| {
+            self.info
+                .profiles
+                .iter()
+                .find(|p| p.machine_type == machine_type && p.machine_id == machine_id)
+        };
+        find(&machine.machine_type, &machine.machine_id)
+            .or_else(|| find(&machine.machine_type, ANY))
+            .or_else(|| find(ANY, ANY))
+    }
+
+    /// The machine the network believes it hears: the class most windows vote for.
+    pub fn predicted_machine(&self, inference: &Inference) -> Option<MachineKey> {
+        let class = self.top_class(inference)?.0;
+        let label = self.info.classes.get(class)?;
+        Some(MachineKey {
+            machine_type: label.machine_type.clone(),
+            machine_id: label.machine_id.clone(),
+        })
+    }
+
+    /// The class with the highest mean probability, and that probability.
+    fn top_class(&self, inference: &Inference) -> Option<(usize, f32)> {
+        let classes = self.info.network.classes;
+        if inference.windows == 0 || classes == 0 {
+            return None;
+        }
+        let mut mean = vec![0.0_f32; classes];
+        for row in inference.probabilities.chunks_exact(classes) {
+            for (m, p) in mean.iter_mut().zip(row) {
+                *m += p / inference.windows as f32;
+            }
+        }
+        mean.iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Judges windows of one machine (`None`: the machine the network recognises). One window is
+    /// judged against the window threshold, several against the clip threshold.
+    pub fn assess(
+        &self,
+        inference: &Inference,
+        machine: Option<&MachineKey>,
+    ) -> Result<Assessment, ModelError> {
+        if inference.windows == 0 {
+            return Err(ModelError::NoWindows);
+        }
+        let predicted = self.predicted_machine(inference);
+        let machine = machine
+            .or(predicted.as_ref())
+            .ok_or(ModelError::NoWindows)?;
+        let profile = self
+            .profile_for(machine)
+            .ok_or_else(|| ModelError::NoProfile(machine.to_string()))?;
+        let dim = self.info.network.embedding_size();
+        let window_scores: Vec<f64> =
+            crate::profile::window_pairs(&inference.embeddings, &inference.band_means, dim)
+                .map(|(e, b)| profile.score(e, b))
+                .collect();
+        let anomaly_score = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
+        let threshold = if window_scores.len() == 1 {
+            profile.window_threshold
+        } else {
+            profile.clip_threshold
+        };
+        let (class, class_probability) = self
+            .top_class(inference)
+            .map(|(i, p)| {
+                (
+                    self.info
+                        .classes
+                        .get(i)
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    p,
+                )
+            })
+            .unwrap_or_default();
+        Ok(Assessment {
+            verdict: if anomaly_score > threshold {
+                Verdict::Anomalous
+            } else {
+                Verdict::Normal
+            },
+            class,
+            class_probability,
+            anomaly_score,
+            threshold,
+            window_scores,
+            profile: profile.key(),
+            scope: profile.scope,
+            detector: profile.detector,
+            top_bands: self.top_bands(profile, &inference.band_means, 3),
+        })
+    }
+
+    /// The `count` bands whose mean energy departs most from the profile's normal.
+    pub fn top_bands(
+        &self,
+        profile: &MachineProfile,
+        band_means: &[f32],
+        count: usize,
+    ) -> Vec<BandDeparture> {
+        let windows = (band_means.len() / BANDS).max(1) as f32;
+        let mut mean = [0.0_f32; BANDS];
+        for row in band_means.chunks_exact(BANDS) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v / windows;
+            }
+        }
+        let mut departures: Vec<BandDeparture> = profile
+            .bands
+            .z_scores(&mean)
+            .iter()
+            .zip(&self.bands)
+            .zip(mean.iter().zip(&profile.bands.mean))
+            .map(|((&z, range), (value, normal))| BandDeparture {
+                low_hz: range.low_hz,
+                high_hz: range.high_hz,
+                departure_db: value - normal,
+                z,
+            })
+            .collect();
+        departures.sort_by(|a, b| b.z.abs().total_cmp(&a.z.abs()));
+        departures.truncate(count);
+        departures
+    }
+}
+
+/// Normalises a batch of raw windows and runs the network: (probabilities, embeddings).
+pub(crate) fn forward(
+    network: &Network,
+    normalisation: &auscult_signal::Normalisation,
+    raw: &[f32],
+    device: &Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let count = raw.len() / WINDOW_VALUES;
+    let mut input = raw.to_vec();
+    normalisation.apply(&mut input);
+    let tensor = Tensor::<4>::from_data(
+        TensorData::new(input, [count, 1, auscult_signal::FRAMES, BANDS]),
+        device,
+    );
+    let output = network.forward(tensor);
+    let probabilities = burn::tensor::activation::softmax(output.logits, 1);
+    (to_vec(probabilities), to_vec(output.embedding))
+}
+
+/// A tensor's values as `f32`, row-major.
+pub fn to_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+/// Casts weight tensors of a thousand values or more to f16; small ones (biases, norms) stay f32,
+/// where half precision would cost accuracy for no saving worth having.
+struct HalfLargeTensors;
+
+impl ModuleMapper for HalfLargeTensors {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|tensor| {
+            if tensor.shape().num_elements() >= 1024 {
+                tensor.cast(DType::F16)
+            } else {
+                tensor
+            }
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! The model file: everything scoring needs, in one file that can be copied, published and
+//! compared.
+//!
+//! Layout: the magic `AUSCULTM`, a little-endian `u32` format number, then two length-prefixed
+//! (`u64`) sections — the metadata as JSON (configuration, classes, normalisation, machine
+//! profiles, training record) and the network weights as a burn record, large tensors stored in
+//! half precision.
+
+use auscult_audio::manifest::Label;
+use auscult_signal::{Normalisation, SpectrogramConfig};
+
+use crate::ModelError;
+use crate::network::NetworkConfig;
+use crate::profile::MachineProfile;
+
+const MAGIC: &[u8; 8] = b"AUSCULTM";
+/// Bumped when an older reader could not understand the file.
+pub const FORMAT: u32 = 1;
+/// A model file larger than this is not one of ours.
+const MAX_SECTION: u64 = 512 << 20;
+
+/// One output of the classification head.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ClassLabel {
+    pub machine_type: String,
+    pub machine_id: String,
+    pub attribute: String,
+    pub condition: Label,
+}
+
+impl std::fmt::Display for ClassLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.machine_type, self.machine_id)?;
+        if !self.attribute.is_empty() {
+            write!(f, "/{}", self.attribute)?;
+        }
+        write!(f, "/{}", self.condition.as_str())
+    }
+}
+
+/// How the model was trained, so a result can be traced to the data behind it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainingRecord {
+    pub seed: u64,
+    /// SHA-256 over the sorted content hashes of every recording used (training and validation).
+    pub data_fingerprint: String,
+    /// Content hashes (SHA-256) of those recordings: `evaluate` skips them by default.
+    pub files: Vec<String>,
+    pub training_files: usize,
+    pub validation_files: usize,
+    /// Files set aside before training and never touched (`--test-fraction`).
+    pub test_fraction: f64,
+    /// Operating patterns left out entirely (`--hold-out-attribute`).
+    pub held_out_attributes: Vec<String>,
+    pub epochs: Vec<EpochRecord>,
+    pub best_epoch: usize,
+    /// Validation figures of the final model, per machine type.
+    pub validation: Vec<crate::evaluate::TypeReport>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub validation_loss: Option<f64>,
+    pub validation_auc: Option<f64>,
+}
+
+/// Everything about a model except its weights.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    /// `YYYYMMDD-` and the first 8 hex digits of the weights' SHA-256.
+    pub version: String,
+    pub created_at: String,
+    pub spectrogram: SpectrogramConfig,
+    /// Samples between the windows cut from a clip.
+    pub window_hop: usize,
+    /// The recorded channel the model listens to (`first`, a number, or `mix`).
+    pub channel: String,
+    pub network: NetworkConfig,
+    pub classes: Vec<ClassLabel>,
+    pub normalisation: Normalisation,
+    pub profiles: Vec<MachineProfile>,
+    /// Default percentile for gamma-fitted thresholds.
+    pub threshold_percentile: f64,
+    pub training: TrainingRecord,
+}
+
+/// Writes the file's bytes.
+pub fn encode(info: &ModelInfo, weights: &[u8]) -> Result<Vec<u8>, ModelError> {
+    let json =
+        serde_json::to_vec(info).map_err(|e| ModelError::Format(format!("metadata: {e}")))?;
+    let mut out = Vec::with_capacity(24 + json.len() + weights.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&(weights.len() as u64).to_le_bytes());
+    out.extend_from_slice(weights);
+    Ok(out)
+}
+
+/// Splits a file's bytes into metadata and weights.
+pub fn decode(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), ModelError> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| ModelError::Format("not an auscult model file (bad magic)".into()))?;
+    let (format, rest) = take(rest, 4, "format number")?;
+    let format = u32::from_le_bytes(format.try_into().unwrap_or_default());
+    if format != FORMAT {
+        return Err(ModelError::Format(format!(
+            "model file format {format}; this build reads format {FORMAT}"
+        )));
+    }
+    let (json, rest) = section(rest, "metadata")?;
+    let (weights, rest) = section(rest, "weights")?;
+    if !rest.is_empty() {
+        return Err(ModelError::Format(format!(
+            "{} unexpected bytes at the end",
+            rest.len()
+        )));
+    }
+    let info: ModelInfo =
+        serde_json::from_slice(json).map_err(|e| ModelError::Format(format!("metadata: {e}")))?;
+    Ok((info, weights))
+}
+
+fn take<'a>(bytes: &'a [u8], n: usize, what: &str) -> Result<(&'a [u8], &'a [u8]), ModelError> {
+    if bytes.len() < n {
+        return Err(ModelError::Format(format!("truncated inside the {what}")));
+    }
+    Ok(bytes.split_at(n))
+}
+
+fn section<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), ModelError> {
+    let (len, rest) = take(bytes, 8, what)?;
+    let len = u64::from_le_bytes(len.try_into().unwrap_or_default());
+    if len > MAX_SECTION {
+        return Err(ModelError::Format(format!(
+            "{what} section claims {len} bytes"
+        )));
+    }
+    take(rest, len as usize, what)
+}

@@ -1,0 +1,567 @@
+//! Training: the network learns to tell the classes in the labels apart (machine × id ×
+//! operating pattern × condition), which shapes an embedding in which a machine's normal sound is
+//! compact; the profiles are then fitted on normal windows and calibrated on recordings the
+//! network never trained on.
+//!
+//! Recordings are split by file (never windows of one clip on both sides), stratified, in an
+//! order given by the seed and each file's content. Every epoch cuts fresh windows at random
+//! offsets with a random gain, so the network cannot memorise where windows start or how loud a
+//! recording was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use auscult_signal::{BANDS, MelSpectrogram, Normalisation, SpectrogramConfig, WINDOW_VALUES};
+
+use crate::ModelError;
+use crate::dataset::{self, Clip, MachineKey};
+use crate::detector::{self, Detector};
+use crate::evaluate;
+use crate::file::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
+use crate::network::{Network, NetworkConfig};
+use crate::profile::{
+    self, ANY, DetectorKind, HeldOutScores, MachineProfile, NormalWindows, ProfileSource, Scope,
+};
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub seed: u64,
+    pub max_epochs: usize,
+    /// Stop after this many epochs without a better validation score.
+    pub patience: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f32,
+    /// Share of each stratum's files used for validation (early stopping, thresholds).
+    pub validation_fraction: f64,
+    /// Share of each stratum's files set aside and never touched, for an honest evaluation.
+    pub test_fraction: f64,
+    /// Operating patterns (manifest `attribute`) left out of training entirely.
+    pub hold_out_attributes: Vec<String>,
+    /// Samples between the windows of a clip.
+    pub window_hop: usize,
+    pub channels: [usize; 3],
+    pub hidden: [usize; 3],
+    pub dropout: f64,
+    /// Random gain applied to each training window, ± this many dB.
+    pub gain_jitter_db: f32,
+    pub threshold_percentile: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 7,
+            max_epochs: 30,
+            patience: 6,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            weight_decay: 1e-4,
+            validation_fraction: 0.2,
+            test_fraction: 0.0,
+            hold_out_attributes: Vec::new(),
+            window_hop: 8_000,
+            channels: [16, 32, 64],
+            hidden: [256, 256, 128],
+            dropout: 0.3,
+            gain_jitter_db: 3.0,
+            threshold_percentile: 90.0,
+        }
+    }
+}
+
+/// Progress reports from a training run.
+pub trait TrainObserver {
+    fn epoch_started(&self, _epoch: usize, _batches: usize) {}
+    fn batch_done(&self, _loss: f64) {}
+    fn epoch_done(&self, _record: &EpochRecord, _best: bool) {}
+    fn note(&self, _message: &str) {}
+}
+
+/// Observes nothing.
+#[derive(Debug)]
+pub struct Silent;
+impl TrainObserver for Silent {}
+
+/// The sides of a training run's split, as indices into the clips.
+#[derive(Debug, Clone, Default)]
+pub struct Sides {
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub test: Vec<usize>,
+    pub held_out_pattern: Vec<usize>,
+}
+
+/// Decides which clip serves which purpose.
+pub fn sides(clips: &[Clip], config: &TrainConfig) -> Sides {
+    let mut sides = Sides::default();
+    let mut eligible = Vec::new();
+    for (index, clip) in clips.iter().enumerate() {
+        if config
+            .hold_out_attributes
+            .contains(&clip.recording.attribute)
+        {
+            sides.held_out_pattern.push(index);
+        } else {
+            eligible.push(index);
+        }
+    }
+    let pick = |indices: &[usize], fraction: f64, salt: u64| -> (Vec<usize>, Vec<usize>) {
+        let refs: Vec<&Clip> = indices.iter().map(|&i| &clips[i]).collect();
+        let (kept, held) = dataset::split(&refs, fraction, config.seed.wrapping_add(salt));
+        (
+            kept.iter().map(|&k| indices[k]).collect(),
+            held.iter().map(|&h| indices[h]).collect(),
+        )
+    };
+    let (rest, test) = if config.test_fraction > 0.0 {
+        pick(&eligible, config.test_fraction, 1)
+    } else {
+        (eligible, Vec::new())
+    };
+    // Validation takes its share of the whole, not of what the test split left.
+    let fraction = (config.validation_fraction / (1.0 - config.test_fraction).max(1e-9)).min(0.9);
+    let (train, validation) = pick(&rest, fraction, 2);
+    sides.train = train;
+    sides.validation = validation;
+    sides.test = test;
+    sides
+}
+
+/// Trains a model on `clips`.
+pub fn train(
+    clips: &[Clip],
+    config: &TrainConfig,
+    observer: &dyn TrainObserver,
+) -> Result<Detector, ModelError> {
+    let started = Instant::now();
+    let sides = sides(clips, config);
+    if sides.train.is_empty() {
+        return Err(ModelError::Training(
+            "no recordings left to train on".into(),
+        ));
+    }
+    observer.note(&format!(
+        "{} recordings: {} to train, {} to validate, {} set aside as test, {} in held-out patterns",
+        clips.len(),
+        sides.train.len(),
+        sides.validation.len(),
+        sides.test.len(),
+        sides.held_out_pattern.len()
+    ));
+    let train_clips: Vec<&Clip> = sides.train.iter().map(|&i| &clips[i]).collect();
+    let validation_clips: Vec<&Clip> = sides.validation.iter().map(|&i| &clips[i]).collect();
+
+    let classes: Vec<ClassLabel> = train_clips
+        .iter()
+        .map(|c| class_of(c))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if classes.len() < 2 {
+        return Err(ModelError::Training(format!(
+            "the training recordings hold {} class; at least two are needed",
+            classes.len()
+        )));
+    }
+    let class_index: BTreeMap<ClassLabel, usize> = classes
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, c)| (c, i))
+        .collect();
+
+    let spectrogram_config = SpectrogramConfig::default();
+    let mut mel =
+        MelSpectrogram::new(spectrogram_config).map_err(|e| ModelError::Training(e.to_string()))?;
+    let fixed_train: Vec<Vec<f32>> = train_clips
+        .iter()
+        .map(|c| mel.windows(&c.samples, config.window_hop))
+        .collect();
+    let fixed_validation: Vec<Vec<f32>> = validation_clips
+        .iter()
+        .map(|c| mel.windows(&c.samples, config.window_hop))
+        .collect();
+    let all_train: Vec<f32> = fixed_train.iter().flatten().copied().collect();
+    if all_train.is_empty() {
+        return Err(ModelError::Training(
+            "the training recordings are shorter than one window".into(),
+        ));
+    }
+    let normalisation = Normalisation::fit(&all_train);
+    drop(all_train);
+
+    let network_config = NetworkConfig {
+        channels: config.channels,
+        hidden: config.hidden,
+        classes: classes.len(),
+        dropout: config.dropout,
+    };
+    let device = crate::default_device();
+    let train_device = device.clone().autodiff();
+    let mut network = network_config.init(&train_device);
+    let mut optimizer = AdamConfig::new()
+        .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
+        .init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+
+    let mut epochs = Vec::new();
+    let mut best: Option<(f64, usize, Network)> = None;
+    for epoch in 1..=config.max_epochs.max(1) {
+        // Fresh windows: a random start within the first hop, and a random gain per window.
+        let mut examples: Vec<(Vec<f32>, usize)> = Vec::new();
+        for clip in &train_clips {
+            let span = spectrogram_config.window_samples();
+            let slack = clip
+                .samples
+                .len()
+                .saturating_sub(span)
+                .min(config.window_hop);
+            let start = if slack > 0 {
+                rng.random_range(0..slack)
+            } else {
+                0
+            };
+            let windows = mel.windows(&clip.samples[start..], config.window_hop);
+            let label = class_index[&class_of(clip)];
+            for window in windows.chunks_exact(WINDOW_VALUES) {
+                let gain = rng.random_range(-config.gain_jitter_db..=config.gain_jitter_db);
+                examples.push((window.iter().map(|v| v + gain).collect(), label));
+            }
+        }
+        examples.shuffle(&mut rng);
+        let batches = examples.len().div_ceil(config.batch_size.max(1));
+        observer.epoch_started(epoch, batches);
+        let mut loss_sum = 0.0;
+        for batch in examples.chunks(config.batch_size.max(1)) {
+            let mut input: Vec<f32> = batch.iter().flat_map(|(w, _)| w.iter().copied()).collect();
+            normalisation.apply(&mut input);
+            let targets: Vec<i64> = batch.iter().map(|(_, label)| *label as i64).collect();
+            let input = Tensor::<4>::from_data(
+                TensorData::new(input, [batch.len(), 1, auscult_signal::FRAMES, BANDS]),
+                &train_device,
+            );
+            let targets =
+                Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &train_device);
+            let output = network.forward(input);
+            let loss = loss_fn.forward(output.logits, targets);
+            let value = f64::from(
+                detector::to_vec(loss.clone())
+                    .first()
+                    .copied()
+                    .unwrap_or(f32::NAN),
+            );
+            if !value.is_finite() {
+                return Err(ModelError::Training(format!(
+                    "the loss diverged in epoch {epoch}"
+                )));
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &network);
+            network = optimizer.step(config.learning_rate, network, grads);
+            loss_sum += value;
+            observer.batch_done(value);
+        }
+
+        let snapshot = network.valid();
+        let validation = validate(
+            &snapshot,
+            &normalisation,
+            &device,
+            &train_clips,
+            &fixed_train,
+            &validation_clips,
+            &fixed_validation,
+            &class_index,
+        );
+        let record = EpochRecord {
+            epoch,
+            loss: loss_sum / batches.max(1) as f64,
+            validation_loss: validation.loss,
+            validation_auc: validation.auc,
+        };
+        // Higher is better: validation AUC where anomalies are labelled, else −loss, else the epoch.
+        let merit = validation
+            .auc
+            .or(validation.loss.map(|l| -l))
+            .unwrap_or(epoch as f64);
+        let improved = best.as_ref().is_none_or(|(b, _, _)| merit > *b);
+        observer.epoch_done(&record, improved);
+        epochs.push(record);
+        if improved {
+            best = Some((merit, epoch, snapshot));
+        } else if best
+            .as_ref()
+            .is_some_and(|(_, e, _)| epoch - e >= config.patience)
+        {
+            observer.note(&format!(
+                "early stop: no improvement for {} epochs",
+                config.patience
+            ));
+            break;
+        }
+    }
+    let Some((_, best_epoch, network)) = best else {
+        return Err(ModelError::Training("no epoch completed".into()));
+    };
+
+    let info = ModelInfo {
+        version: String::new(),
+        created_at: String::new(),
+        spectrogram: spectrogram_config,
+        window_hop: config.window_hop,
+        channel: "first".into(),
+        network: network_config,
+        classes,
+        normalisation,
+        profiles: Vec::new(),
+        threshold_percentile: config.threshold_percentile,
+        training: TrainingRecord::default(),
+    };
+    let mut detector = Detector::new(info, network, device);
+    detector.info.profiles = fit_profiles(
+        &detector,
+        &train_clips,
+        &fixed_train,
+        &validation_clips,
+        &fixed_validation,
+        config,
+    )?;
+
+    let judged: Vec<evaluate::Judged> = validation_clips
+        .iter()
+        .filter_map(|c| evaluate::judge(&detector, c).ok())
+        .collect();
+    let used: Vec<String> = train_clips
+        .iter()
+        .chain(&validation_clips)
+        .map(|c| c.content_sha256.clone())
+        .collect();
+    detector.info.training = TrainingRecord {
+        seed: config.seed,
+        data_fingerprint: dataset::fingerprint(used.iter().map(String::as_str)),
+        files: used,
+        training_files: train_clips.len(),
+        validation_files: validation_clips.len(),
+        test_fraction: config.test_fraction,
+        held_out_attributes: config.hold_out_attributes.clone(),
+        epochs,
+        best_epoch,
+        validation: evaluate::report(&judged).machine_types,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok(detector)
+}
+
+fn class_of(clip: &Clip) -> ClassLabel {
+    ClassLabel {
+        machine_type: clip.recording.machine_type.clone(),
+        machine_id: clip.recording.machine_id.clone(),
+        attribute: clip.recording.attribute.clone(),
+        condition: clip.recording.label,
+    }
+}
+
+#[derive(Debug, Default)]
+struct Validation {
+    loss: Option<f64>,
+    auc: Option<f64>,
+}
+
+/// Per-epoch validation: cross-entropy on validation windows whose class the network knows, and
+/// the mean per-type AUC of clip scores from per-machine Gaussians fitted on training normals.
+#[allow(clippy::too_many_arguments)]
+fn validate(
+    network: &Network,
+    normalisation: &Normalisation,
+    device: &Device,
+    train_clips: &[&Clip],
+    fixed_train: &[Vec<f32>],
+    validation_clips: &[&Clip],
+    fixed_validation: &[Vec<f32>],
+    class_index: &BTreeMap<ClassLabel, usize>,
+) -> Validation {
+    if validation_clips.is_empty() {
+        return Validation::default();
+    }
+    let dim = network_embedding_dim(network, normalisation, device);
+    let embed = |windows: &[f32]| -> (Vec<f32>, Vec<f32>) {
+        let mut probabilities = Vec::new();
+        let mut embeddings = Vec::new();
+        for batch in windows.chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
+            let (p, e) = detector::forward(network, normalisation, batch, device);
+            probabilities.extend(p);
+            embeddings.extend(e);
+        }
+        (probabilities, embeddings)
+    };
+    let mut normal_by_machine: BTreeMap<MachineKey, Vec<f32>> = BTreeMap::new();
+    for (clip, windows) in train_clips.iter().zip(fixed_train) {
+        if !clip.is_anomaly() {
+            let (_, embeddings) = embed(windows);
+            normal_by_machine
+                .entry(clip.machine())
+                .or_default()
+                .extend(embeddings);
+        }
+    }
+    let gaussians: BTreeMap<MachineKey, crate::stats::Gaussian> = normal_by_machine
+        .into_iter()
+        .filter_map(|(k, e)| crate::stats::Gaussian::fit(&e, dim).ok().map(|g| (k, g)))
+        .collect();
+    let classes = class_index.len();
+    let (mut loss_sum, mut loss_count) = (0.0, 0usize);
+    let mut by_type: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for (clip, windows) in validation_clips.iter().zip(fixed_validation) {
+        if windows.is_empty() {
+            continue;
+        }
+        let (probabilities, embeddings) = embed(windows);
+        if let Some(&label) = class_index.get(&class_of(clip)) {
+            for row in probabilities.chunks_exact(classes) {
+                loss_sum -= f64::from(row[label].max(1e-7)).ln();
+                loss_count += 1;
+            }
+        }
+        if let Some(gaussian) = gaussians.get(&clip.machine()) {
+            let scores: Vec<f64> = embeddings
+                .chunks_exact(dim)
+                .map(|e| gaussian.distance_sq(e))
+                .collect();
+            let score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+            let entry = by_type
+                .entry(clip.recording.machine_type.clone())
+                .or_default();
+            if clip.is_anomaly() {
+                entry.1.push(score);
+            } else {
+                entry.0.push(score);
+            }
+        }
+    }
+    let aucs: Vec<f64> = by_type
+        .values()
+        .filter_map(|(normal, anomaly)| crate::metrics::auc(normal, anomaly))
+        .collect();
+    Validation {
+        loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
+        auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
+    }
+}
+
+fn network_embedding_dim(
+    network: &Network,
+    normalisation: &Normalisation,
+    device: &Device,
+) -> usize {
+    let probe = vec![0.0_f32; WINDOW_VALUES];
+    detector::forward(network, normalisation, &probe, device)
+        .1
+        .len()
+}
+
+/// Fits the machine, machine-type and global profiles on training normals and calibrates each on
+/// the validation recordings it covers (cross-fitted training normals where there are none).
+fn fit_profiles(
+    detector: &Detector,
+    train_clips: &[&Clip],
+    fixed_train: &[Vec<f32>],
+    validation_clips: &[&Clip],
+    fixed_validation: &[Vec<f32>],
+    config: &TrainConfig,
+) -> Result<Vec<MachineProfile>, ModelError> {
+    let dim = detector.info.network.embedding_size();
+    let scopes = |clip: &Clip| -> [(Scope, MachineKey); 3] {
+        [
+            (Scope::Machine, clip.machine()),
+            (
+                Scope::MachineType,
+                MachineKey {
+                    machine_type: clip.recording.machine_type.clone(),
+                    machine_id: ANY.into(),
+                },
+            ),
+            (
+                Scope::Global,
+                MachineKey {
+                    machine_type: ANY.into(),
+                    machine_id: ANY.into(),
+                },
+            ),
+        ]
+    };
+    let mut normals: BTreeMap<(Scope, MachineKey), NormalWindows> = BTreeMap::new();
+    for (clip, windows) in train_clips.iter().zip(fixed_train) {
+        if clip.is_anomaly() || windows.is_empty() {
+            continue;
+        }
+        let inference = detector.infer(windows);
+        for key in scopes(clip) {
+            normals
+                .entry(key)
+                .or_default()
+                .push_clip(inference.embeddings.clone(), inference.band_means.clone());
+        }
+    }
+    let validation: Vec<(&Clip, detector::Inference)> = validation_clips
+        .iter()
+        .zip(fixed_validation)
+        .filter(|(_, w)| !w.is_empty())
+        .map(|(c, w)| (*c, detector.infer(w)))
+        .collect();
+    let mut profiles = Vec::new();
+    for ((scope, key), normal) in &normals {
+        let mut profile = profile::fit_statistics(
+            *scope,
+            key,
+            DetectorKind::Embedding,
+            ProfileSource::Trained,
+            normal,
+            dim,
+        )?;
+        let mut held_out = HeldOutScores::default();
+        for (clip, inference) in &validation {
+            if !scopes(clip).iter().any(|(s, k)| s == scope && k == key) {
+                continue;
+            }
+            let scores: Vec<f64> =
+                profile::window_pairs(&inference.embeddings, &inference.band_means, dim)
+                    .map(|(e, b)| profile.score(e, b))
+                    .collect();
+            let clip_score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+            if clip.is_anomaly() {
+                held_out.anomaly_windows.extend(scores);
+                held_out.anomaly_clips.push(clip_score);
+            } else {
+                held_out.normal_windows.extend(scores);
+                held_out.normal_clips.push(clip_score);
+            }
+        }
+        if held_out.normal_clips.len() >= 2 {
+            profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile)?;
+        } else {
+            // Nothing held out for this machine: cross-fit on its training normals instead.
+            let thresholds = profile::enroll_profile(
+                *scope,
+                key,
+                DetectorKind::Embedding,
+                normal,
+                dim,
+                config.threshold_percentile,
+            )?;
+            profile.window_threshold = thresholds.window_threshold;
+            profile.clip_threshold = thresholds.clip_threshold;
+            profile.threshold_method = thresholds.threshold_method;
+        }
+        profiles.push(profile);
+    }
+    Ok(profiles)
+}

@@ -1,0 +1,116 @@
+//! Properties of the log-mel windows, and agreement with librosa.
+
+use auscult_signal::{BANDS, FRAMES, MelSpectrogram, SpectrogramConfig, band_means, bands};
+
+fn tone(hz: f32, amplitude: f32, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| amplitude * (std::f32::consts::TAU * hz * i as f32 / 16_000.0).sin())
+        .collect()
+}
+
+fn loudest_band(window: &[f32]) -> usize {
+    let means = band_means(window);
+    (0..BANDS)
+        .max_by(|&a, &b| means[a].total_cmp(&means[b]))
+        .expect("bands")
+}
+
+#[test]
+fn a_pure_tone_lands_in_the_band_that_covers_it() {
+    let config = SpectrogramConfig::default();
+    let ranges = bands(&config);
+    let mut mel = MelSpectrogram::new(config).expect("config");
+    for hz in [125.0, 440.0, 1000.0, 2500.0, 6000.0] {
+        let window = mel.window(&tone(hz, 0.5, 16_000)).expect("window");
+        let band = loudest_band(&window);
+        let range = ranges[band];
+        assert!(
+            range.low_hz <= hz && hz <= range.high_hz,
+            "{hz} Hz peaked in band {band} ({:.0}–{:.0} Hz)",
+            range.low_hz,
+            range.high_hz
+        );
+        // The nearest centre wins: neighbours may share the tone, but not more of it.
+        let nearest = (0..BANDS)
+            .min_by(|&a, &b| {
+                (ranges[a].centre_hz - hz)
+                    .abs()
+                    .total_cmp(&(ranges[b].centre_hz - hz).abs())
+            })
+            .expect("bands");
+        assert!(
+            band.abs_diff(nearest) <= 1,
+            "{hz} Hz: band {band}, nearest centre {nearest}"
+        );
+    }
+}
+
+#[test]
+fn silence_and_full_scale_clipping_stay_finite() {
+    let mut mel = MelSpectrogram::new(SpectrogramConfig::default()).expect("config");
+    let silence = mel.window(&vec![0.0; 16_000]).expect("window");
+    assert!(
+        silence.iter().all(|v| *v == -100.0),
+        "silence is the −100 dB floor"
+    );
+
+    let clipped: Vec<f32> = tone(440.0, 8.0, 16_000)
+        .iter()
+        .map(|v| v.clamp(-1.0, 1.0))
+        .collect();
+    let square = mel.window(&clipped).expect("window");
+    assert!(square.iter().all(|v| v.is_finite()));
+
+    let mut broken = tone(440.0, 0.5, 16_000);
+    broken[100] = f32::NAN;
+    broken[200] = f32::INFINITY;
+    let window = mel.window(&broken).expect("window");
+    assert!(
+        window.iter().all(|v| v.is_finite()),
+        "non-finite samples are silenced"
+    );
+}
+
+#[test]
+fn windows_are_cut_at_the_configured_hop() {
+    let config = SpectrogramConfig::default();
+    assert_eq!(config.window_samples(), 15_688);
+    let offsets: Vec<usize> = config.window_offsets(160_000, 8_000).collect();
+    assert_eq!(offsets.len(), 19);
+    assert_eq!(offsets[18], 144_000);
+    assert_eq!(config.window_offsets(15_687, 8_000).count(), 0);
+    let mut mel = MelSpectrogram::new(config).expect("config");
+    let clip = tone(440.0, 0.5, 40_000);
+    let all = mel.windows(&clip, 8_000);
+    assert_eq!(all.len(), 4 * FRAMES * BANDS);
+    let third = mel.window(&clip[16_000..]).expect("window");
+    assert_eq!(
+        &all[2 * FRAMES * BANDS..3 * FRAMES * BANDS],
+        third.as_slice()
+    );
+}
+
+/// `tests/fixtures/reference.py` computed `reference.json` from `valve_1s.wav` with librosa.
+#[test]
+fn matches_librosa_within_a_hundredth_of_a_decibel() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let audio = auscult_audio::read_wav(
+        &fixtures.join("valve_1s.wav"),
+        auscult_audio::ChannelChoice::First,
+        auscult_audio::AudioLimits::default(),
+    )
+    .expect("fixture");
+    let reference: Vec<Vec<f32>> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("reference.json")).expect("reference"),
+    )
+    .expect("json");
+    assert_eq!(reference.len(), FRAMES);
+    let mut mel = MelSpectrogram::new(SpectrogramConfig::default()).expect("config");
+    let window = mel.window(&audio.samples).expect("window");
+    let worst = window
+        .chunks_exact(BANDS)
+        .zip(&reference)
+        .flat_map(|(ours, theirs)| ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()))
+        .fold(0.0_f32, f32::max);
+    assert!(worst < 0.01, "largest difference from librosa: {worst} dB");
+}
