@@ -6,7 +6,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::DType;
 use sha2::{Digest, Sha256};
 
-use auscult_signal::{BANDS, BandRange, MelSpectrogram, WINDOW_VALUES, band_means};
+use auscult_signal::{BANDS, BandRange, MelSpectrogram, WINDOW_VALUES, band_means, band_peaks};
 
 use crate::ModelError;
 use crate::dataset::MachineKey;
@@ -37,6 +37,15 @@ pub struct Inference {
     pub embeddings: Vec<f32>,
     /// `windows × 64` mean band energies in dB.
     pub band_means: Vec<f32>,
+    /// `windows × 64` peak band energies in dB.
+    pub band_peaks: Vec<f32>,
+}
+
+impl Inference {
+    /// The clip's band profile: the mean energy of each band over all windows, then its peak.
+    pub fn clip_features(&self) -> Vec<f32> {
+        crate::profile::clip_features(&self.band_means, &self.band_peaks)
+    }
 }
 
 /// A band whose energy departs from the machine's normal.
@@ -44,10 +53,19 @@ pub struct Inference {
 pub struct BandDeparture {
     pub low_hz: f32,
     pub high_hz: f32,
+    pub measure: Measure,
     /// Energy above (+) or below (−) the machine's normal mean, in dB.
     pub departure_db: f32,
     /// The same in standard deviations of the machine's normal windows.
     pub z: f32,
+}
+
+/// Which energy of a band departs: its mean over the sound, or its loudest moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    Mean,
+    Peak,
 }
 
 /// The verdict on a clip or a frame.
@@ -57,7 +75,9 @@ pub struct Assessment {
     /// The most probable class, e.g. `valve/section_00/pat_00/normal`.
     pub class: String,
     pub class_probability: f32,
-    /// Mean window score: squared Mahalanobis distance (embedding detector) or Σ z² over bands.
+    /// For a clip, [`MachineProfile::clip_score`] (about 2 for typical normal sound); for shorter
+    /// sound, the mean window score (squared Mahalanobis distance of the embedding, or Σ z² over
+    /// bands for the band detector).
     pub anomaly_score: f64,
     pub threshold: f64,
     pub window_scores: Vec<f64>,
@@ -169,10 +189,12 @@ impl Detector {
             probabilities: Vec::with_capacity(count * classes),
             embeddings: Vec::with_capacity(count * dim),
             band_means: Vec::with_capacity(count * BANDS),
+            band_peaks: Vec::with_capacity(count * BANDS),
         };
         for batch in windows.chunks(INFERENCE_BATCH * WINDOW_VALUES) {
             for window in batch.chunks_exact(WINDOW_VALUES) {
                 out.band_means.extend_from_slice(&band_means(window));
+                out.band_peaks.extend_from_slice(&band_peaks(window));
             }
             let (probabilities, embeddings) =
                 forward(&self.network, &self.info.normalisation, batch, &self.device);
@@ -223,8 +245,7 @@ impl Detector {
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
-    /// Judges windows of one machine (`None`: the machine the network recognises). One window is
-    /// judged against the window threshold, several against the clip threshold.
+    /// Judges windows of one machine (`None`: the machine the network recognises).
     pub fn assess(
         &self,
         inference: &Inference,
@@ -245,11 +266,18 @@ impl Detector {
             crate::profile::window_pairs(&inference.embeddings, &inference.band_means, dim)
                 .map(|(e, b)| profile.score(e, b))
                 .collect();
-        let anomaly_score = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
-        let threshold = if window_scores.len() == 1 {
-            profile.window_threshold
+        // A clip long enough to show its peaks is judged as a clip; anything shorter (a live
+        // frame, a few seconds) by its mean window score against the window threshold.
+        let (anomaly_score, threshold) = if window_scores.len() >= profile.min_clip_windows {
+            (
+                profile.clip_score(&window_scores, &inference.clip_features()),
+                profile.clip_threshold,
+            )
         } else {
-            profile.clip_threshold
+            (
+                window_scores.iter().sum::<f64>() / window_scores.len() as f64,
+                profile.window_threshold,
+            )
         };
         let (class, class_probability) = self
             .top_class(inference)
@@ -278,35 +306,48 @@ impl Detector {
             profile: profile.key(),
             scope: profile.scope,
             detector: profile.detector,
-            top_bands: self.top_bands(profile, &inference.band_means, 3),
+            top_bands: self.top_bands(profile, inference, 3),
         })
     }
 
-    /// The `count` bands whose mean energy departs most from the profile's normal.
+    /// The `count` bands whose energy departs most from the profile's normal: the clip's band
+    /// means and peaks against normal clips when the clip is long enough, else its mean band
+    /// energies against normal windows.
     pub fn top_bands(
         &self,
         profile: &MachineProfile,
-        band_means: &[f32],
+        inference: &Inference,
         count: usize,
     ) -> Vec<BandDeparture> {
-        let windows = (band_means.len() / BANDS).max(1) as f32;
-        let mut mean = [0.0_f32; BANDS];
-        for row in band_means.chunks_exact(BANDS) {
-            for (m, v) in mean.iter_mut().zip(row) {
-                *m += v / windows;
+        let (features, normal) = match &profile.clip_bands {
+            Some(clip_bands) if inference.windows >= profile.min_clip_windows => {
+                (inference.clip_features(), clip_bands)
             }
-        }
-        let mut departures: Vec<BandDeparture> = profile
-            .bands
-            .z_scores(&mean)
+            _ => (
+                crate::profile::clip_features(&inference.band_means, &inference.band_means)
+                    [..BANDS]
+                    .to_vec(),
+                &profile.bands,
+            ),
+        };
+        let mut departures: Vec<BandDeparture> = normal
+            .z_scores(&features)
             .iter()
-            .zip(&self.bands)
-            .zip(mean.iter().zip(&profile.bands.mean))
-            .map(|((&z, range), (value, normal))| BandDeparture {
-                low_hz: range.low_hz,
-                high_hz: range.high_hz,
-                departure_db: value - normal,
-                z,
+            .zip(features.iter().zip(&normal.mean))
+            .enumerate()
+            .map(|(i, (&z, (value, mean)))| {
+                let range = self.bands[i % BANDS];
+                BandDeparture {
+                    low_hz: range.low_hz,
+                    high_hz: range.high_hz,
+                    measure: if i < BANDS {
+                        Measure::Mean
+                    } else {
+                        Measure::Peak
+                    },
+                    departure_db: value - mean,
+                    z,
+                }
             })
             .collect();
         departures.sort_by(|a, b| b.z.abs().total_cmp(&a.z.abs()));

@@ -49,7 +49,7 @@ pub fn enroll(
         by_machine
             .entry(clip.machine())
             .or_default()
-            .push_clip(inference.embeddings, inference.band_means);
+            .push_clip(&inference);
     }
     if by_machine.is_empty() {
         return Err(ModelError::Training(
@@ -68,6 +68,7 @@ pub fn enroll(
         let pooled = by_type.entry(machine.machine_type.clone()).or_default();
         pooled.embeddings.extend(normal.embeddings.iter().cloned());
         pooled.band_means.extend(normal.band_means.iter().cloned());
+        pooled.band_peaks.extend(normal.band_peaks.iter().cloned());
         fitted.push(profile::enroll_profile(
             Scope::Machine,
             machine,

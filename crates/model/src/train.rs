@@ -27,7 +27,8 @@ use crate::evaluate;
 use crate::file::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 use crate::network::{Network, NetworkConfig};
 use crate::profile::{
-    self, ANY, DetectorKind, HeldOutScores, MachineProfile, NormalWindows, ProfileSource, Scope,
+    self, ANY, DetectorKind, HeldOutClip, HeldOutInput, MachineProfile, NormalWindows,
+    ProfileSource, Scope,
 };
 
 /// How to train.
@@ -206,6 +207,8 @@ pub fn train(
         dropout: config.dropout,
     };
     let device = crate::default_device();
+    // Initial weights and dropout masks come from the backend's generator: seed it too.
+    device.seed(config.seed);
     let train_device = device.clone().autodiff();
     let mut network = network_config.init(&train_device);
     let mut optimizer = AdamConfig::new()
@@ -505,10 +508,7 @@ fn fit_profiles(
         }
         let inference = detector.infer(windows);
         for key in scopes(clip) {
-            normals
-                .entry(key)
-                .or_default()
-                .push_clip(inference.embeddings.clone(), inference.band_means.clone());
+            normals.entry(key).or_default().push_clip(&inference);
         }
     }
     let validation: Vec<(&Clip, detector::Inference)> = validation_clips
@@ -527,29 +527,23 @@ fn fit_profiles(
             normal,
             dim,
         )?;
-        let mut held_out = HeldOutScores::default();
-        for (clip, inference) in &validation {
-            if !scopes(clip).iter().any(|(s, k)| s == scope && k == key) {
-                continue;
-            }
-            let scores: Vec<f64> =
-                profile::window_pairs(&inference.embeddings, &inference.band_means, dim)
-                    .map(|(e, b)| profile.score(e, b))
-                    .collect();
-            let clip_score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
-            if clip.is_anomaly() {
-                held_out.anomaly_windows.extend(scores);
-                held_out.anomaly_clips.push(clip_score);
-            } else {
-                held_out.normal_windows.extend(scores);
-                held_out.normal_clips.push(clip_score);
-            }
-        }
-        if held_out.normal_clips.len() >= 2 {
+        let held_out: Vec<HeldOutClip> = validation
+            .iter()
+            .filter(|(clip, _)| scopes(clip).iter().any(|(s, k)| s == scope && k == key))
+            .map(|(clip, inference)| {
+                let input = HeldOutInput {
+                    embeddings: &inference.embeddings,
+                    band_means: &inference.band_means,
+                    band_peaks: &inference.band_peaks,
+                };
+                HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
+            })
+            .collect();
+        if held_out.iter().filter(|c| !c.anomaly).count() >= 2 {
             profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile)?;
         } else {
-            // Nothing held out for this machine: cross-fit on its training normals instead.
-            let thresholds = profile::enroll_profile(
+            // Too little held out for this machine: cross-fit on its training normals instead.
+            let mut cross_fitted = profile::enroll_profile(
                 *scope,
                 key,
                 DetectorKind::Embedding,
@@ -557,9 +551,8 @@ fn fit_profiles(
                 dim,
                 config.threshold_percentile,
             )?;
-            profile.window_threshold = thresholds.window_threshold;
-            profile.clip_threshold = thresholds.clip_threshold;
-            profile.threshold_method = thresholds.threshold_method;
+            cross_fitted.source = ProfileSource::Trained;
+            profile = cross_fitted;
         }
         profiles.push(profile);
     }

@@ -208,6 +208,21 @@ pub fn band_means(window: &[f32]) -> [f32; BANDS] {
     means
 }
 
+/// The loudest frame of each band within a window, in dB: transients such as a valve closing show
+/// in the peaks long before they move the means.
+pub fn band_peaks(window: &[f32]) -> [f32; BANDS] {
+    let mut peaks = [f32::NEG_INFINITY; BANDS];
+    for row in window.chunks_exact(BANDS) {
+        for (peak, value) in peaks.iter_mut().zip(row) {
+            *peak = peak.max(*value);
+        }
+    }
+    if window.len() < BANDS {
+        peaks = [-100.0; BANDS];
+    }
+    peaks
+}
+
 /// Per-band mean and standard deviation of training windows; the network sees
 /// `(value − mean) / std`, which keeps a quiet machine and a loud one on the same scale.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

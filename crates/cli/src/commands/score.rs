@@ -100,6 +100,7 @@ fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Va
         "top_bands": a.top_bands.iter().map(|b| serde_json::json!({
             "low_hz": b.low_hz.round(),
             "high_hz": b.high_hz.round(),
+            "measure": b.measure,
             "departure_db": round(f64::from(b.departure_db), 2),
             "z": round(f64::from(b.z), 2),
         })).collect::<Vec<_>>(),
@@ -126,8 +127,15 @@ fn print(path: &std::path::Path, a: &Assessment) {
     );
     for band in &a.top_bands {
         println!(
-            "    {:>5.0}–{:<5.0} Hz  {:+.1} dB ({:+.1} σ)",
-            band.low_hz, band.high_hz, band.departure_db, band.z
+            "    {:>5.0}–{:<5.0} Hz  {} {:+.1} dB ({:+.1} σ)",
+            band.low_hz,
+            band.high_hz,
+            match band.measure {
+                auscult_model::detector::Measure::Mean => "mean",
+                auscult_model::detector::Measure::Peak => "peak",
+            },
+            band.departure_db,
+            band.z
         );
     }
 }

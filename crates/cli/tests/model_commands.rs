@@ -1,0 +1,258 @@
+//! `auscult train | evaluate | score | enroll` on the sample recordings, through the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/recordings")
+}
+
+fn auscult(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_auscult"))
+        .args(args)
+        .output()
+        .expect("run auscult")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "auscult failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A small model, trained once per test that needs one.
+fn train_tiny(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny.model");
+    let summary = json(&auscult(&[
+        "train",
+        "--data",
+        path(&samples()),
+        "--out",
+        path(&model),
+        "--epochs",
+        "2",
+        "--channels",
+        "4,8,8",
+        "--hidden",
+        "32,32,16",
+        "--validation-fraction",
+        "0.34",
+        "--json",
+    ]));
+    assert_eq!(summary["classes"].as_array().map(Vec::len), Some(6));
+    assert!(
+        summary["version"].as_str().is_some_and(|v| v.len() == 17),
+        "{summary}"
+    );
+    model
+}
+
+#[test]
+fn evaluate_reports_every_machine_type_in_the_documented_shape() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = train_tiny(dir.path());
+    let report = json(&auscult(&[
+        "evaluate",
+        "--data",
+        path(&samples()),
+        "--model",
+        path(&model),
+        "--json",
+        "--include-training-files",
+    ]));
+    let types = report["machine_types"].as_array().expect("machine_types");
+    let names: Vec<&str> = types
+        .iter()
+        .filter_map(|t| t["machine_type"].as_str())
+        .collect();
+    assert_eq!(names, ["fan", "valve"]);
+    for t in types {
+        for key in [
+            "n_normal",
+            "n_anomaly",
+            "auc",
+            "pauc",
+            "precision",
+            "recall",
+            "f1",
+        ] {
+            assert!(t[key].is_number(), "{key} in {t}");
+        }
+    }
+    assert_eq!(types[1]["n_normal"], 6);
+    assert_eq!(types[1]["n_anomaly"], 6);
+    assert!(report["mean_auc"].is_number());
+
+    // By default the recordings the model learned from are left out.
+    let unseen = json(&auscult(&[
+        "evaluate",
+        "--data",
+        path(&samples()),
+        "--model",
+        path(&model),
+        "--json",
+    ]));
+    assert_eq!(unseen["skipped_training_files"], 14);
+    assert!(
+        !auscult(&[
+            "evaluate",
+            "--data",
+            path(&samples()),
+            "--model",
+            path(&model)
+        ])
+        .status
+        .success(),
+        "nothing left to evaluate is an error"
+    );
+}
+
+#[test]
+fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = train_tiny(dir.path());
+    let file = samples().join("section_00_source_test_anomaly_0028_pat_00.wav");
+    let scored = json(&auscult(&[
+        "score",
+        path(&file),
+        "--model",
+        path(&model),
+        "--machine",
+        "valve/section_00",
+        "--json",
+    ]));
+    let first = &scored[0];
+    assert!(
+        matches!(first["verdict"].as_str(), Some("normal" | "anomalous")),
+        "{first}"
+    );
+    assert!(
+        first["class"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("valve/") || c.starts_with("fan/"))
+    );
+    assert!(first["anomaly_score"].as_f64().is_some_and(f64::is_finite));
+    assert!(first["threshold"].as_f64().is_some_and(f64::is_finite));
+    assert_eq!(first["machine"], "valve/section_00");
+    let bands = first["top_bands"].as_array().expect("top_bands");
+    assert_eq!(bands.len(), 3);
+    for band in bands {
+        assert!(band["low_hz"].as_f64() < band["high_hz"].as_f64(), "{band}");
+        assert!(band["departure_db"].is_number() && band["z"].is_number());
+    }
+
+    // A new machine: the valve recordings under another name.
+    let pumps = dir.path().join("pumps");
+    std::fs::create_dir_all(&pumps).expect("mkdir");
+    let manifest = std::fs::read_to_string(samples().join("manifest.csv")).expect("manifest");
+    let renamed: String = manifest
+        .lines()
+        .enumerate()
+        .filter(|(i, line)| *i == 0 || line.contains(",valve,"))
+        .map(|(i, line)| {
+            let line = if i == 0 {
+                line.to_owned()
+            } else {
+                let file = line.split(',').next().unwrap_or_default();
+                let absolute = samples().join(file);
+                line.replacen(file, path(&absolute), 1)
+                    .replace(",valve,section_00,", ",pump,id_01,")
+            };
+            line + "\n"
+        })
+        .collect();
+    std::fs::write(pumps.join("manifest.csv"), renamed).expect("write manifest");
+    let enrolled_model = dir.path().join("enrolled.model");
+    let enrolled = json(&auscult(&[
+        "enroll",
+        "--data",
+        path(&pumps),
+        "--model",
+        path(&model),
+        "--out",
+        path(&enrolled_model),
+        "--json",
+    ]));
+    let machine = enrolled
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["machine"] == "pump/id_01"))
+        .expect("pump/id_01 enrolled");
+    assert_eq!(machine["detector"], "bands");
+    assert_eq!(machine["clips"], 6);
+    let scored = json(&auscult(&[
+        "score",
+        path(&file),
+        "--model",
+        path(&enrolled_model),
+        "--machine",
+        "pump/id_01",
+        "--json",
+    ]));
+    assert_eq!(scored[0]["profile_scope"], "machine");
+}
+
+#[test]
+fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
+    let report = json(&auscult(&[
+        "evaluate",
+        "--data",
+        path(&samples()),
+        "--json",
+    ]));
+    assert_eq!(
+        report["skipped_training_files"], 0,
+        "the samples are the model's held-out test split"
+    );
+    let auc = |machine_type: &str| {
+        report["machine_types"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["machine_type"] == machine_type))
+            .and_then(|t| t["auc"].as_f64())
+            .unwrap_or(0.0)
+    };
+    assert!(auc("valve") >= 0.85, "valve AUC {}", auc("valve"));
+    assert!(auc("fan") >= 0.95, "fan AUC {}", auc("fan"));
+}
+
+#[test]
+fn bad_recordings_and_manifests_are_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("broken");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("cut.wav"), b"RIFF\x10\0\0\0WAVEfmt ").expect("write");
+    std::fs::write(
+        data.join("manifest.csv"),
+        "path,machine_type,machine_id,domain,attribute,label\ncut.wav,valve,s00,,,normal\n",
+    )
+    .expect("write");
+    let output = auscult(&["evaluate", "--data", path(&data)]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cut.wav"), "{stderr}");
+
+    std::fs::write(
+        data.join("manifest.csv"),
+        "path,machine_type,machine_id,domain,attribute,label\ncut.wav,valve,s00,,,broken\n",
+    )
+    .expect("write");
+    let output = auscult(&["evaluate", "--data", path(&data)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("manifest.csv, line 2, field `label`"),
+        "{stderr}"
+    );
+
+    let output = auscult(&["score", path(&data.join("missing.wav"))]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("missing.wav: no such file"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,188 @@
+//! Training, saving, loading, enrolling and judging on real recordings (the samples in
+//! `tests/data/recordings`), with a network small enough to train in seconds.
+
+use std::path::PathBuf;
+
+use auscult_audio::ChannelChoice;
+use auscult_audio::manifest;
+use auscult_model::profile::{DetectorKind, Scope};
+use auscult_model::train::{Silent, TrainConfig};
+use auscult_model::{Clip, Detector, MachineKey, ModelError, Verdict, dataset, enroll, train};
+
+fn samples() -> Vec<Clip> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/recordings");
+    let recordings = manifest::discover(&dir).expect("sample manifest");
+    dataset::load_clips(&recordings, ChannelChoice::First, 16_000, &|| {}).expect("sample clips")
+}
+
+fn tiny() -> TrainConfig {
+    TrainConfig {
+        max_epochs: 2,
+        channels: [4, 8, 8],
+        hidden: [32, 32, 16],
+        validation_fraction: 0.34,
+        ..TrainConfig::default()
+    }
+}
+
+fn key(machine_type: &str, machine_id: &str) -> MachineKey {
+    MachineKey {
+        machine_type: machine_type.into(),
+        machine_id: machine_id.into(),
+    }
+}
+
+#[test]
+fn a_trained_model_survives_the_file_and_records_its_data() {
+    let clips = samples();
+    let detector = train::train(&clips, &tiny(), &Silent).expect("train");
+    let info = &detector.info;
+    assert_eq!(
+        info.classes.len(),
+        6,
+        "valve × 2 patterns × 2 conditions, fan × 2 conditions"
+    );
+    let training = &info.training;
+    assert_eq!(
+        training.training_files + training.validation_files,
+        clips.len()
+    );
+    assert_eq!(training.files.len(), clips.len());
+    assert_eq!(
+        training.data_fingerprint,
+        dataset::fingerprint(clips.iter().map(|c| c.content_sha256.as_str()))
+    );
+    assert!(!training.epochs.is_empty() && training.epochs.len() <= 2);
+    for scope in [Scope::Machine, Scope::MachineType, Scope::Global] {
+        assert!(
+            info.profiles.iter().any(|p| p.scope == scope),
+            "{scope:?} profile"
+        );
+    }
+    for profile in &info.profiles {
+        assert!(profile.window_threshold.is_finite() && profile.clip_threshold.is_finite());
+        assert!(
+            profile.clip_bands.is_some(),
+            "clip band profile for {}",
+            profile.key()
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tiny.model");
+    detector.save(&path).expect("save");
+    let loaded = Detector::load(&path).expect("load");
+    assert_eq!(loaded.info, detector.info, "metadata round-trips exactly");
+    let again = Detector::load(&path).expect("load again");
+
+    let clip = &clips[0];
+    let judge = |d: &Detector| {
+        let windows = d.spectrogram().windows(&clip.samples, d.info.window_hop);
+        d.assess(&d.infer(&windows), Some(&clip.machine()))
+            .expect("assess")
+    };
+    let (before, after, twice) = (judge(&detector), judge(&loaded), judge(&again));
+    assert_eq!(after, twice, "loading is deterministic");
+    assert_eq!(before.window_scores.len(), 19);
+    // Large weights are stored in half precision: scores move a little, not a lot.
+    let drift = (before.anomaly_score - after.anomaly_score).abs() / before.anomaly_score;
+    assert!(drift < 0.05, "score drifted {drift:.4} through the file");
+    assert_eq!(before.top_bands.len(), 3);
+    assert!(before.top_bands.iter().all(|b| b.low_hz < b.high_hz));
+}
+
+#[test]
+fn damaged_model_files_are_refused_with_a_reason() {
+    let clips = samples();
+    let detector = train::train(
+        &clips,
+        &TrainConfig {
+            max_epochs: 1,
+            ..tiny()
+        },
+        &Silent,
+    )
+    .expect("train");
+    let bytes = detector.to_bytes().expect("bytes");
+    let device = auscult_model::default_device();
+    let reason = |bytes: &[u8]| match Detector::from_bytes(bytes, &device) {
+        Err(ModelError::Format(reason)) => reason,
+        other => panic!("expected a format error, got {other:?}"),
+    };
+    assert!(reason(&bytes[..bytes.len() - 10]).contains("truncated"));
+    assert!(reason(b"RIFF....WAVEfmt ").contains("not an auscult model"));
+    let mut flipped = bytes.clone();
+    flipped[30] ^= 0xff;
+    assert!(!reason(&flipped).is_empty());
+}
+
+#[test]
+fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
+    let clips = samples();
+    let mut detector = train::train(
+        &clips,
+        &TrainConfig {
+            max_epochs: 1,
+            ..tiny()
+        },
+        &Silent,
+    )
+    .expect("train");
+    // Valve recordings presented as a machine type the network never heard of.
+    let pumps: Vec<Clip> = clips
+        .iter()
+        .filter(|c| c.recording.machine_type == "valve")
+        .cloned()
+        .map(|mut c| {
+            c.recording.machine_type = "pump".into();
+            c.recording.machine_id = "id_01".into();
+            c
+        })
+        .collect();
+    let report = enroll::enroll(&mut detector, &pumps, 90.0).expect("enroll");
+    let machine = report
+        .iter()
+        .find(|e| e.scope == Scope::Machine)
+        .expect("machine profile");
+    assert_eq!(machine.machine, key("pump", "id_01"));
+    assert_eq!(
+        machine.detector,
+        DetectorKind::Bands,
+        "a new type gets the band detector"
+    );
+    assert_eq!(machine.clips, 6, "only the six normal recordings");
+    assert!(
+        report
+            .iter()
+            .any(|e| e.scope == Scope::MachineType && e.machine == key("pump", "*"))
+    );
+
+    let scope_for = |machine: MachineKey| detector.profile_for(&machine).map(|p| p.scope);
+    assert_eq!(scope_for(key("pump", "id_01")), Some(Scope::Machine));
+    assert_eq!(scope_for(key("pump", "id_02")), Some(Scope::MachineType));
+    assert_eq!(
+        scope_for(key("valve", "section_07")),
+        Some(Scope::MachineType)
+    );
+    assert_eq!(scope_for(key("drill", "id_00")), Some(Scope::Global));
+
+    // The dull valve clicks show in the clip's band peaks: the anomalous recordings stand out
+    // against the cross-fitted threshold.
+    let flagged = pumps
+        .iter()
+        .filter(|c| c.is_anomaly())
+        .filter(|c| {
+            let windows = detector
+                .spectrogram()
+                .windows(&c.samples, detector.info.window_hop);
+            let assessment = detector
+                .assess(&detector.infer(&windows), Some(&c.machine()))
+                .expect("assess");
+            assessment.verdict == Verdict::Anomalous
+        })
+        .count();
+    assert!(flagged >= 5, "{flagged} of 6 anomalous recordings flagged");
+
+    let too_few = enroll::enroll(&mut detector, &pumps[..1], 90.0);
+    assert!(too_few.is_err(), "one recording is not a normal profile");
+}
