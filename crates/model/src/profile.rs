@@ -317,10 +317,10 @@ pub fn calibrate_profile(
             .into_iter()
             .map(|w| (auc_with(w), w))
             .max_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((auc, weights)) = best {
-            if auc > both + 0.02 {
-                profile.clip_weights = weights;
-            }
+        if let Some((auc, weights)) = best
+            && auc > both + 0.02
+        {
+            profile.clip_weights = weights;
         }
     }
     let (normal_windows, anomaly_windows) = split(&|c| c.window_scores.clone());

@@ -127,7 +127,8 @@ fn invert_spd(a: &[f64], n: usize) -> Option<Vec<f64>> {
             let sum: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
             if i == j {
                 let d = a[i * n + i] - sum;
-                if !(d > 0.0) {
+                // NaN fails too: `d > 0.0` is false for it.
+                if d.is_nan() || d <= 0.0 {
                     return None;
                 }
                 l[i * n + i] = d.sqrt();

@@ -331,6 +331,7 @@ pub fn train(
     };
     let mut detector = Detector::new(info, network, device);
     detector.info.profiles = fit_profiles(
+        observer,
         &detector,
         &train_clips,
         &fixed_train,
@@ -474,6 +475,7 @@ fn network_embedding_dim(
 /// Fits the machine, machine-type and global profiles on training normals and calibrates each on
 /// the validation recordings it covers (cross-fitted training normals where there are none).
 fn fit_profiles(
+    observer: &dyn TrainObserver,
     detector: &Detector,
     train_clips: &[&Clip],
     fixed_train: &[Vec<f32>],
@@ -543,14 +545,23 @@ fn fit_profiles(
             profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile)?;
         } else {
             // Too little held out for this machine: cross-fit on its training normals instead.
-            let mut cross_fitted = profile::enroll_profile(
+            let cross_fitted = profile::enroll_profile(
                 *scope,
                 key,
                 DetectorKind::Embedding,
                 normal,
                 dim,
                 config.threshold_percentile,
-            )?;
+            );
+            let mut cross_fitted = match (cross_fitted, scope) {
+                (Ok(profile), _) => profile,
+                (Err(e), Scope::Global) => return Err(e.into()),
+                (Err(e), _) => {
+                    // Its machines fall back to the broader profile.
+                    observer.note(&format!("no {scope:?} profile for {key}: {e}"));
+                    continue;
+                }
+            };
             cross_fitted.source = ProfileSource::Trained;
             profile = cross_fitted;
         }

@@ -38,10 +38,10 @@ pub struct Args {
     #[arg(long = "hold-out-attribute", value_name = "ATTRIBUTE")]
     hold_out_attributes: Vec<String>,
     /// Output channels of the three convolution blocks.
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [16, 32, 64])]
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64])]
     channels: Vec<usize>,
     /// Units of the three hidden layers (the last is the embedding).
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [256, 256, 128])]
+    #[arg(long, value_delimiter = ',', default_values_t = [256, 256, 128])]
     hidden: Vec<usize>,
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     batch_size: u64,
@@ -211,19 +211,19 @@ impl TrainObserver for Progress {
             l.1 += 1;
             l.0 / l.1 as f64
         });
-        if let (Ok(slot), Ok(mean)) = (self.bar.lock(), mean) {
-            if let Some(bar) = slot.as_ref() {
-                bar.inc(1);
-                bar.set_message(format!("loss {mean:.4}"));
-            }
+        if let (Ok(slot), Ok(mean)) = (self.bar.lock(), mean)
+            && let Some(bar) = slot.as_ref()
+        {
+            bar.inc(1);
+            bar.set_message(format!("loss {mean:.4}"));
         }
     }
 
     fn epoch_done(&self, record: &EpochRecord, best: bool) {
-        if let Ok(mut slot) = self.bar.lock() {
-            if let Some(bar) = slot.take() {
-                bar.finish_and_clear();
-            }
+        if let Ok(mut slot) = self.bar.lock()
+            && let Some(bar) = slot.take()
+        {
+            bar.finish_and_clear();
         }
         let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
         eprintln!(
@@ -243,10 +243,10 @@ impl TrainObserver for Progress {
 
 impl Progress {
     fn finish(&self) {
-        if let Ok(mut slot) = self.bar.lock() {
-            if let Some(bar) = slot.take() {
-                bar.finish_and_clear();
-            }
+        if let Ok(mut slot) = self.bar.lock()
+            && let Some(bar) = slot.take()
+        {
+            bar.finish_and_clear();
         }
     }
 }
