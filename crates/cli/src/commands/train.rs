@@ -37,6 +37,9 @@ pub struct Args {
     /// Leave an operating pattern (manifest `attribute`) out of training entirely; repeatable.
     #[arg(long = "hold-out-attribute", value_name = "ATTRIBUTE")]
     hold_out_attributes: Vec<String>,
+    /// Samples between the windows cut from each recording (16 kHz: 8000 = half a second).
+    #[arg(long, default_value_t = 8_000, value_parser = clap::value_parser!(u64).range(160..=160_000))]
+    window_hop: u64,
     /// Output channels of the three convolution blocks.
     #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64])]
     channels: Vec<usize>,
@@ -99,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         channels: dims(&args.channels, "channels")?,
         hidden: dims(&args.hidden, "hidden")?,
         threshold_percentile: args.threshold_percentile,
+        window_hop: args.window_hop as usize,
         ..TrainConfig::default()
     };
     anyhow::ensure!(
