@@ -117,6 +117,7 @@ impl Detector {
 
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
         let (info, weights) = file::decode(bytes)?;
+        check(&info)?;
         let record =
             ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(weights.to_vec()))
                 .map_err(|e| ModelError::Format(format!("weights: {e}")))?
@@ -324,9 +325,7 @@ impl Detector {
                 (inference.clip_features(), clip_bands)
             }
             _ => (
-                crate::profile::clip_features(&inference.band_means, &inference.band_means)
-                    [..BANDS]
-                    .to_vec(),
+                crate::profile::mean_bands(&inference.band_means),
                 &profile.bands,
             ),
         };
@@ -354,6 +353,47 @@ impl Detector {
         departures.truncate(count);
         departures
     }
+}
+
+/// Refuses metadata that would make scoring fail or silently differ from training.
+fn check(info: &ModelInfo) -> Result<(), ModelError> {
+    let bad = |what: String| Err(ModelError::Format(what));
+    if let Err(e) = MelSpectrogram::new(info.spectrogram) {
+        return bad(format!("spectrogram: {e}"));
+    }
+    if info.window_hop == 0 {
+        return bad("window hop is 0".into());
+    }
+    if info.normalisation.mean.len() != BANDS || info.normalisation.std.len() != BANDS {
+        return bad("normalisation statistics do not cover 64 bands".into());
+    }
+    if info.classes.len() != info.network.classes {
+        return bad(format!(
+            "{} class labels for a head of {}",
+            info.classes.len(),
+            info.network.classes
+        ));
+    }
+    let dim = info.network.embedding_size();
+    for profile in &info.profiles {
+        let embedding_ok = profile
+            .embedding
+            .as_ref()
+            .is_none_or(|g| g.mean.len() == dim && g.precision.len() == dim * dim);
+        let bands_ok = profile.bands.mean.len() == BANDS
+            && profile.bands.std.len() == BANDS
+            && profile
+                .clip_bands
+                .as_ref()
+                .is_none_or(|c| c.mean.len() == 2 * BANDS && c.std.len() == 2 * BANDS);
+        if !embedding_ok || !bands_ok {
+            return bad(format!(
+                "profile {} does not fit the network",
+                profile.key()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Normalises a batch of raw windows and runs the network: (probabilities, embeddings).

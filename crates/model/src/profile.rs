@@ -106,21 +106,27 @@ impl MachineProfile {
 
 /// A clip's band profile from its windows' band means and peaks: `[mean of means; peak of peaks]`.
 pub fn clip_features(band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
-    let windows = (band_means.len() / BANDS).max(1) as f32;
-    let mut features = vec![0.0_f32; 2 * BANDS];
-    let (means, peaks) = features.split_at_mut(BANDS);
-    peaks.fill(-100.0);
-    for row in band_means.chunks_exact(BANDS) {
-        for (m, v) in means.iter_mut().zip(row) {
-            *m += v / windows;
-        }
-    }
+    let mut features = mean_bands(band_means);
+    let mut peaks = vec![-100.0_f32; BANDS];
     for row in band_peaks.chunks_exact(BANDS) {
         for (p, v) in peaks.iter_mut().zip(row) {
             *p = p.max(*v);
         }
     }
+    features.extend(peaks);
     features
+}
+
+/// The mean over windows of per-window band values (`windows × 64` → 64).
+pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
+    let windows = (rows.len() / BANDS).max(1) as f32;
+    let mut means = vec![0.0_f32; BANDS];
+    for row in rows.chunks_exact(BANDS) {
+        for (m, v) in means.iter_mut().zip(row) {
+            *m += v / windows;
+        }
+    }
+    means
 }
 
 /// Normal windows of one machine, grouped by clip (cross-fitting needs the grouping).

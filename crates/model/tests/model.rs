@@ -116,6 +116,17 @@ fn damaged_model_files_are_refused_with_a_reason() {
     let mut flipped = bytes.clone();
     flipped[30] ^= 0xff;
     assert!(!reason(&flipped).is_empty());
+
+    // Well-formed files whose metadata contradicts the network are refused too.
+    let (info, weights) = auscult_model::file::decode(&bytes).expect("decode");
+    let mut fewer_classes = info.clone();
+    fewer_classes.classes.pop();
+    let forged = auscult_model::file::encode(&fewer_classes, weights).expect("encode");
+    assert!(reason(&forged).contains("class labels"));
+    let mut bad_hop = info;
+    bad_hop.window_hop = 0;
+    let forged = auscult_model::file::encode(&bad_hop, weights).expect("encode");
+    assert!(reason(&forged).contains("hop"));
 }
 
 #[test]
