@@ -31,6 +31,9 @@ enum Command {
     Score(commands::score::Args),
     /// Fit a model's statistics for new machines from recordings of their normal sound.
     Enroll(commands::enroll::Args),
+    /// The model registry: publish model files, list them, activate one.
+    #[command(subcommand)]
+    Model(commands::model::Command),
     /// Measure the system on this machine.
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -48,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Evaluate(args) => commands::evaluate::run(args),
         Command::Score(args) => commands::score::run(args),
         Command::Enroll(args) => commands::enroll::run(args),
+        Command::Model(command) => commands::model::run(command).await,
         Command::Bench(command) => commands::bench::run(command).await,
     }
 }

@@ -25,6 +25,12 @@ pub enum StoreError {
     UnknownDevice(String),
     #[error("device id must be 1..=128 bytes, got {0}")]
     InvalidDeviceId(usize),
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    #[error("model version {0:?} is already published with different contents")]
+    ModelVersionConflict(String),
+    #[error("no model version {0:?}: `auscult model list` shows the published ones")]
+    UnknownModel(String),
 }
 
 impl StoreError {

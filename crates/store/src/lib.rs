@@ -5,6 +5,7 @@ mod devices;
 mod error;
 mod frames;
 mod migrations;
+mod models;
 mod pool;
 
 pub use devices::{
@@ -13,6 +14,10 @@ pub use devices::{
 pub use error::StoreError;
 pub use frames::{FRAMES_CHANNEL, InsertOutcome, copy_frames, insert_frames};
 pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
+pub use models::{
+    MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,
+    list_models, publish_model,
+};
 pub use pool::{Pool, connect_pool};
 
 /// Re-exported so that callers name one `Client` type without depending on the pool crate themselves.

@@ -7,8 +7,14 @@ use tracing::info;
 use crate::StoreError;
 
 /// (version, name, SQL). Append only: an applied migration is never edited, a change is a new migration.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "model registry",
+        include_str!("../migrations/0002_model_registry.sql"),
+    ),
+];
 
 /// The schema version this build expects.
 pub const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -50,7 +50,10 @@ async fn migrations_apply_once_and_the_schema_checks_out() {
         Err(StoreError::SchemaBehind { found: 0, .. })
     ));
     let applied = auscult_store::migrate(&mut client).await.expect("migrate");
-    assert_eq!(applied, vec![auscult_store::LATEST_VERSION]);
+    assert_eq!(
+        applied,
+        (1..=auscult_store::LATEST_VERSION).collect::<Vec<_>>()
+    );
     assert!(
         auscult_store::migrate(&mut client)
             .await
@@ -240,4 +243,98 @@ async fn frames_of_unknown_devices_are_refused_by_the_schema() {
         .expect("count")
         .get(0);
     assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn the_registry_keeps_one_file_per_version_and_one_active_model() {
+    let (pg, mut client) = migrated().await;
+    let summary = serde_json::json!({"classes": ["valve/section_00/pat_00/normal"]});
+    let publish = |version: &'static str, file: &'static [u8]| {
+        let client = &client;
+        let summary = summary.clone();
+        async move { auscult_store::publish_model(client, version, file, &summary).await }
+    };
+    assert_eq!(
+        publish("v1", b"first model").await.expect("publish"),
+        auscult_store::PublishOutcome::Published
+    );
+    assert_eq!(
+        publish("v1", b"first model").await.expect("again"),
+        auscult_store::PublishOutcome::AlreadyPublished
+    );
+    assert!(matches!(
+        publish("v1", b"other bytes").await,
+        Err(StoreError::ModelVersionConflict(v)) if v == "v1"
+    ));
+    publish("v2", b"second model").await.expect("publish v2");
+    assert!(
+        auscult_store::active_model(&client)
+            .await
+            .expect("active")
+            .is_none()
+    );
+
+    // Activation is announced on the models channel.
+    let (listener, mut connection) = tokio_postgres::connect(&pg.url(), NoTls)
+        .await
+        .expect("connect");
+    let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = sender.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN auscult_models")
+        .await
+        .expect("listen");
+
+    auscult_store::activate_model(&mut client, "v1")
+        .await
+        .expect("activate v1");
+    auscult_store::activate_model(&mut client, "v2")
+        .await
+        .expect("activate v2");
+    let (version, file) = auscult_store::active_model(&client)
+        .await
+        .expect("active")
+        .expect("one");
+    assert_eq!(
+        (version.as_str(), file.as_slice()),
+        ("v2", b"second model".as_slice())
+    );
+    let listed = auscult_store::list_models(&client).await.expect("list");
+    assert_eq!(listed.iter().filter(|m| m.active).count(), 1);
+    assert_eq!(
+        listed
+            .iter()
+            .find(|m| m.version == "v1")
+            .map(|m| m.size_bytes),
+        Some(11)
+    );
+    assert_eq!(listed[0].summary, summary);
+
+    // Rolling back is activating an older version.
+    auscult_store::activate_model(&mut client, "v1")
+        .await
+        .expect("roll back");
+    let (version, _) = auscult_store::active_model(&client)
+        .await
+        .expect("active")
+        .expect("one");
+    assert_eq!(version, "v1");
+    assert!(matches!(
+        auscult_store::activate_model(&mut client, "v9").await,
+        Err(StoreError::UnknownModel(v)) if v == "v9"
+    ));
+    for expected in ["v1", "v2", "v1"] {
+        let (channel, payload) = notifications.recv().await.expect("notification");
+        assert_eq!(
+            (channel.as_str(), payload.as_str()),
+            ("auscult_models", expected)
+        );
+    }
 }

@@ -5,6 +5,7 @@ pub mod device;
 pub mod enroll;
 pub mod evaluate;
 pub mod migrate;
+pub mod model;
 pub mod recordings;
 pub mod score;
 pub mod simulate;
