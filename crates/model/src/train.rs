@@ -8,6 +8,8 @@
 //! offsets with a random gain, so the network cannot memorise where windows start or how loud a
 //! recording was.
 
+mod fitting;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -21,15 +23,12 @@ use rand::{Rng, SeedableRng};
 use auscult_signal::{BANDS, MelSpectrogram, Normalisation, SpectrogramConfig, WINDOW_VALUES};
 
 use crate::ModelError;
-use crate::dataset::{self, Clip, MachineKey};
+use crate::dataset::{self, Clip};
 use crate::detector::{self, Detector};
 use crate::evaluate;
 use crate::file::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 use crate::network::{Network, NetworkConfig};
-use crate::profile::{
-    self, ANY, DetectorKind, HeldOutClip, HeldOutInput, MachineProfile, NormalWindows,
-    ProfileSource, Scope,
-};
+use fitting::{fit_profiles, validate};
 
 /// How to train.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -365,207 +364,11 @@ pub fn train(
     Ok(detector)
 }
 
-fn class_of(clip: &Clip) -> ClassLabel {
+pub(super) fn class_of(clip: &Clip) -> ClassLabel {
     ClassLabel {
         machine_type: clip.recording.machine_type.clone(),
         machine_id: clip.recording.machine_id.clone(),
         attribute: clip.recording.attribute.clone(),
         condition: clip.recording.label,
     }
-}
-
-#[derive(Debug, Default)]
-struct Validation {
-    loss: Option<f64>,
-    auc: Option<f64>,
-}
-
-/// Per-epoch validation: cross-entropy on validation windows whose class the network knows, and
-/// the mean per-type AUC of clip scores from per-machine Gaussians fitted on training normals.
-#[allow(clippy::too_many_arguments)]
-fn validate(
-    network: &Network,
-    normalisation: &Normalisation,
-    device: &Device,
-    train_clips: &[&Clip],
-    fixed_train: &[Vec<f32>],
-    validation_clips: &[&Clip],
-    fixed_validation: &[Vec<f32>],
-    class_index: &BTreeMap<ClassLabel, usize>,
-) -> Validation {
-    if validation_clips.is_empty() {
-        return Validation::default();
-    }
-    let dim = network_embedding_dim(network, normalisation, device);
-    let embed = |windows: &[f32]| -> (Vec<f32>, Vec<f32>) {
-        let mut probabilities = Vec::new();
-        let mut embeddings = Vec::new();
-        for batch in windows.chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
-            let (p, e) = detector::forward(network, normalisation, batch, device);
-            probabilities.extend(p);
-            embeddings.extend(e);
-        }
-        (probabilities, embeddings)
-    };
-    let mut normal_by_machine: BTreeMap<MachineKey, Vec<f32>> = BTreeMap::new();
-    for (clip, windows) in train_clips.iter().zip(fixed_train) {
-        if !clip.is_anomaly() {
-            let (_, embeddings) = embed(windows);
-            normal_by_machine
-                .entry(clip.machine())
-                .or_default()
-                .extend(embeddings);
-        }
-    }
-    let gaussians: BTreeMap<MachineKey, crate::stats::Gaussian> = normal_by_machine
-        .into_iter()
-        .filter_map(|(k, e)| crate::stats::Gaussian::fit(&e, dim).ok().map(|g| (k, g)))
-        .collect();
-    let classes = class_index.len();
-    let (mut loss_sum, mut loss_count) = (0.0, 0usize);
-    let mut by_type: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for (clip, windows) in validation_clips.iter().zip(fixed_validation) {
-        if windows.is_empty() {
-            continue;
-        }
-        let (probabilities, embeddings) = embed(windows);
-        if let Some(&label) = class_index.get(&class_of(clip)) {
-            for row in probabilities.chunks_exact(classes) {
-                loss_sum -= f64::from(row[label].max(1e-7)).ln();
-                loss_count += 1;
-            }
-        }
-        if let Some(gaussian) = gaussians.get(&clip.machine()) {
-            let scores: Vec<f64> = embeddings
-                .chunks_exact(dim)
-                .map(|e| gaussian.distance_sq(e))
-                .collect();
-            let score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
-            let entry = by_type
-                .entry(clip.recording.machine_type.clone())
-                .or_default();
-            if clip.is_anomaly() {
-                entry.1.push(score);
-            } else {
-                entry.0.push(score);
-            }
-        }
-    }
-    let aucs: Vec<f64> = by_type
-        .values()
-        .filter_map(|(normal, anomaly)| crate::metrics::auc(normal, anomaly))
-        .collect();
-    Validation {
-        loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
-        auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
-    }
-}
-
-fn network_embedding_dim(
-    network: &Network,
-    normalisation: &Normalisation,
-    device: &Device,
-) -> usize {
-    let probe = vec![0.0_f32; WINDOW_VALUES];
-    detector::forward(network, normalisation, &probe, device)
-        .1
-        .len()
-}
-
-/// Fits the machine, machine-type and global profiles on training normals and calibrates each on
-/// the validation recordings it covers (cross-fitted training normals where there are none).
-fn fit_profiles(
-    observer: &dyn TrainObserver,
-    detector: &Detector,
-    train_clips: &[&Clip],
-    fixed_train: &[Vec<f32>],
-    validation_clips: &[&Clip],
-    fixed_validation: &[Vec<f32>],
-    config: &TrainConfig,
-) -> Result<Vec<MachineProfile>, ModelError> {
-    let dim = detector.info.network.embedding_size();
-    let scopes = |clip: &Clip| -> [(Scope, MachineKey); 3] {
-        [
-            (Scope::Machine, clip.machine()),
-            (
-                Scope::MachineType,
-                MachineKey {
-                    machine_type: clip.recording.machine_type.clone(),
-                    machine_id: ANY.into(),
-                },
-            ),
-            (
-                Scope::Global,
-                MachineKey {
-                    machine_type: ANY.into(),
-                    machine_id: ANY.into(),
-                },
-            ),
-        ]
-    };
-    let mut normals: BTreeMap<(Scope, MachineKey), NormalWindows> = BTreeMap::new();
-    for (clip, windows) in train_clips.iter().zip(fixed_train) {
-        if clip.is_anomaly() || windows.is_empty() {
-            continue;
-        }
-        let inference = detector.infer(windows);
-        for key in scopes(clip) {
-            normals.entry(key).or_default().push_clip(&inference);
-        }
-    }
-    let validation: Vec<(&Clip, detector::Inference)> = validation_clips
-        .iter()
-        .zip(fixed_validation)
-        .filter(|(_, w)| !w.is_empty())
-        .map(|(c, w)| (*c, detector.infer(w)))
-        .collect();
-    let mut profiles = Vec::new();
-    for ((scope, key), normal) in &normals {
-        let mut profile = profile::fit_statistics(
-            *scope,
-            key,
-            DetectorKind::Embedding,
-            ProfileSource::Trained,
-            normal,
-            dim,
-        )?;
-        let held_out: Vec<HeldOutClip> = validation
-            .iter()
-            .filter(|(clip, _)| scopes(clip).iter().any(|(s, k)| s == scope && k == key))
-            .map(|(clip, inference)| {
-                let input = HeldOutInput {
-                    embeddings: &inference.embeddings,
-                    band_means: &inference.band_means,
-                    band_peaks: &inference.band_peaks,
-                };
-                HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
-            })
-            .collect();
-        if held_out.iter().filter(|c| !c.anomaly).count() >= 2 {
-            profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile)?;
-        } else {
-            // Too little held out for this machine: cross-fit on its training normals instead.
-            let cross_fitted = profile::enroll_profile(
-                *scope,
-                key,
-                DetectorKind::Embedding,
-                normal,
-                dim,
-                config.threshold_percentile,
-            );
-            let mut cross_fitted = match (cross_fitted, scope) {
-                (Ok(profile), _) => profile,
-                (Err(e), Scope::Global) => return Err(e.into()),
-                (Err(e), _) => {
-                    // Its machines fall back to the broader profile.
-                    observer.note(&format!("no {scope:?} profile for {key}: {e}"));
-                    continue;
-                }
-            };
-            cross_fitted.source = ProfileSource::Trained;
-            profile = cross_fitted;
-        }
-        profiles.push(profile);
-    }
-    Ok(profiles)
 }
