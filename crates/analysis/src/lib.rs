@@ -1,0 +1,11 @@
+//! The analysis service's core. [`ScoringPool`] scores audio on dedicated threads — the CNN costs
+//! milliseconds per window, far too long for the async runtime — behind a bounded queue, so a burst
+//! is refused ([`ScoreError::Busy`]) rather than buffered without limit; and it follows the active
+//! model: a swapped model serves every job that starts after the swap, while jobs already running
+//! finish on the model they started with, so no request is dropped.
+
+mod audio;
+mod pool;
+
+pub use audio::{FrameAudio, mono_16k};
+pub use pool::{ScoreError, Scored, ScoringPool};

@@ -1,0 +1,175 @@
+//! The scoring pool: worker threads, a bounded queue, and the model they share.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use auscult_model::{Assessment, Detector, MachineKey};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+/// Why a job was not scored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoreError {
+    /// The queue is full: the caller should back off and retry (gRPC RESOURCE_EXHAUSTED).
+    #[error("the scoring queue is full ({0} jobs waiting)")]
+    Busy(usize),
+    /// The audio cannot be judged (too short, no profile for the machine…).
+    #[error("{0}")]
+    Unscorable(String),
+    /// The pool is shutting down.
+    #[error("the scoring pool has stopped")]
+    Stopped,
+}
+
+/// A verdict and the model version that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub model_version: String,
+    pub assessment: Assessment,
+    /// Class probabilities, in the model's class order (`Detector::info.classes`).
+    pub probabilities: Vec<f32>,
+}
+
+struct Job {
+    samples: Vec<f32>,
+    machine: Option<MachineKey>,
+    reply: oneshot::Sender<Result<Scored, ScoreError>>,
+}
+
+/// Scoring threads behind a bounded queue, sharing the current model.
+#[derive(Debug)]
+pub struct ScoringPool {
+    queue: mpsc::Sender<Job>,
+    /// Kept here as well as in the workers, so the queue stays open (and bounded) even with none.
+    _receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    depth: usize,
+    model: Arc<RwLock<Arc<Detector>>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("samples", &self.samples.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScoringPool {
+    /// Starts `workers` threads with a queue of `depth` waiting jobs. The threads end when the pool
+    /// is dropped and the queue is empty.
+    pub fn start(model: Detector, workers: usize, depth: usize) -> Self {
+        let (queue, receiver) = mpsc::channel::<Job>(depth.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let model = Arc::new(RwLock::new(Arc::new(model)));
+        for worker in 0..workers {
+            let (receiver, model) = (Arc::clone(&receiver), Arc::clone(&model));
+            std::thread::Builder::new()
+                .name(format!("scoring-{worker}"))
+                .spawn(move || work(&receiver, &model))
+                .map(drop)
+                .unwrap_or_else(|e| tracing::error!("cannot start scoring thread {worker}: {e}"));
+        }
+        Self {
+            queue,
+            _receiver: receiver,
+            depth: depth.max(1),
+            model,
+        }
+    }
+
+    /// The model jobs starting now will use.
+    pub fn model(&self) -> Arc<Detector> {
+        match self.model.read() {
+            Ok(model) => Arc::clone(&model),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Serves every job that starts from now on with `model`.
+    pub fn replace_model(&self, model: Detector) {
+        let model = Arc::new(model);
+        match self.model.write() {
+            Ok(mut slot) => *slot = model,
+            Err(poisoned) => *poisoned.into_inner() = model,
+        }
+    }
+
+    /// Jobs waiting for a thread.
+    pub fn waiting(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Queues mono audio at the model's sample rate; refuses at once when the queue is full.
+    pub fn submit(
+        &self,
+        samples: Vec<f32>,
+        machine: Option<MachineKey>,
+    ) -> Result<oneshot::Receiver<Result<Scored, ScoreError>>, ScoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job {
+                samples,
+                machine,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ScoreError::Busy(self.depth),
+                mpsc::error::TrySendError::Closed(_) => ScoreError::Stopped,
+            })?;
+        Ok(answer)
+    }
+
+    /// Queues and waits for the verdict.
+    pub async fn score(
+        &self,
+        samples: Vec<f32>,
+        machine: Option<MachineKey>,
+    ) -> Result<Scored, ScoreError> {
+        self.submit(samples, machine)?
+            .await
+            .map_err(|_| ScoreError::Stopped)?
+    }
+}
+
+fn work(receiver: &Mutex<mpsc::Receiver<Job>>, model: &RwLock<Arc<Detector>>) {
+    loop {
+        // Hold the lock only to take a job, never while scoring.
+        let job = match receiver.lock() {
+            Ok(mut receiver) => receiver.blocking_recv(),
+            Err(_) => None,
+        };
+        let Some(job) = job else { return };
+        let detector = match model.read() {
+            Ok(current) => Arc::clone(&current),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        let result = score(&detector, &job.samples, job.machine.as_ref());
+        debug!(version = %detector.info.version, ok = result.is_ok(), "scored");
+        let _ = job.reply.send(result);
+    }
+}
+
+fn score(
+    detector: &Detector,
+    samples: &[f32],
+    machine: Option<&MachineKey>,
+) -> Result<Scored, ScoreError> {
+    let windows = detector
+        .spectrogram()
+        .windows(samples, detector.info.window_hop);
+    let inference = detector.infer(&windows);
+    let assessment = detector
+        .assess(&inference, machine)
+        .map_err(|e| ScoreError::Unscorable(e.to_string()))?;
+    let classes = detector.info.network.classes.max(1);
+    let mut probabilities = vec![0.0_f32; classes];
+    for row in inference.probabilities.chunks_exact(classes) {
+        for (p, v) in probabilities.iter_mut().zip(row) {
+            *p += v / inference.windows as f32;
+        }
+    }
+    Ok(Scored {
+        model_version: detector.info.version.clone(),
+        assessment,
+        probabilities,
+    })
+}

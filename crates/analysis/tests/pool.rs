@@ -1,0 +1,85 @@
+//! The scoring pool with the shipped model and real recordings.
+
+use std::path::PathBuf;
+
+use auscult_analysis::{FrameAudio, ScoreError, ScoringPool, mono_16k};
+use auscult_audio::{AudioLimits, ChannelChoice};
+use auscult_frame::{SampleEncoding, encode_pcm_s16le};
+use auscult_model::{Detector, MachineKey, Verdict};
+
+fn shipped() -> Detector {
+    let bytes = auscult_model::shipped::bytes().expect("this build ships a model");
+    Detector::from_bytes(bytes, &auscult_model::default_device()).expect("shipped model")
+}
+
+fn recording(name: &str) -> Vec<f32> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/recordings")
+        .join(name);
+    auscult_audio::load(&path, ChannelChoice::First, 16_000, AudioLimits::default())
+        .expect("sample")
+        .samples
+}
+
+fn valve() -> Option<MachineKey> {
+    Some(MachineKey {
+        machine_type: "valve".into(),
+        machine_id: "section_00".into(),
+    })
+}
+
+#[tokio::test]
+async fn frames_and_clips_are_judged_by_the_current_model() {
+    let pool = ScoringPool::start(shipped(), 2, 8);
+    let clip = recording("section_00_source_test_anomaly_0028_pat_00.wav");
+
+    // One second, sent as a gateway sends it: PCM16 bytes.
+    let pcm = encode_pcm_s16le(&clip[..16_000]);
+    let frame = FrameAudio {
+        sample_rate_hz: 16_000,
+        channels: 1,
+        encoding: SampleEncoding::PcmS16le,
+        samples: &pcm,
+    };
+    let second = mono_16k(&frame, 16_000).expect("decode");
+    let scored = pool.score(second, valve()).await.expect("score a frame");
+    assert_eq!(scored.assessment.window_scores.len(), 1);
+    assert_eq!(scored.model_version, pool.model().info.version);
+    let total: f32 = scored.probabilities.iter().sum();
+    assert!((total - 1.0).abs() < 1e-3, "probabilities sum to {total}");
+
+    // The whole faulty clip is judged as a clip, and heard as faulty.
+    let scored = pool.score(clip, valve()).await.expect("score a clip");
+    assert_eq!(scored.assessment.verdict, Verdict::Anomalous);
+
+    let short = pool.score(vec![0.0; 8_000], valve()).await;
+    assert!(matches!(short, Err(ScoreError::Unscorable(_))), "{short:?}");
+
+    // A swapped model serves the next job.
+    let mut renamed = shipped();
+    renamed.info.version = "test-version".into();
+    pool.replace_model(renamed);
+    let scored = pool
+        .score(vec![0.01; 16_000], valve())
+        .await
+        .expect("score");
+    assert_eq!(scored.model_version, "test-version");
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_instead_of_buffering() {
+    // No workers: nothing drains, so the queue's capacity is exactly what it accepts.
+    let pool = ScoringPool::start(shipped(), 0, 3);
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            pool.submit(vec![0.0; 16_000], valve())
+                .expect("room in the queue")
+        })
+        .collect();
+    assert_eq!(pool.waiting(), 3);
+    assert_eq!(
+        pool.submit(vec![0.0; 16_000], valve()).err(),
+        Some(ScoreError::Busy(3))
+    );
+    drop(waiting);
+}
