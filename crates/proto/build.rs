@@ -6,7 +6,10 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 const PROTO_ROOT: &str = "../../proto";
-const PROTOS: &[&str] = &["auscult/ingest/v1/ingest.proto"];
+const PROTOS: &[&str] = &[
+    "auscult/ingest/v1/ingest.proto",
+    "auscult/analysis/v1/analysis.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");

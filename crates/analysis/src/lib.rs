@@ -5,6 +5,7 @@
 //! finish on the model they started with, so no request is dropped.
 
 mod audio;
+pub mod grpc;
 mod pool;
 
 pub use audio::{FrameAudio, mono_16k};

@@ -11,6 +11,14 @@ pub mod ingest {
     }
 }
 
+/// Version 1 of the listener → analysis contract.
+pub mod analysis {
+    pub mod v1 {
+        #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("auscult.analysis.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every auscult proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("auscult_descriptor");
 

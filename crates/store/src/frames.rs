@@ -359,3 +359,46 @@ async fn notify(tx: &tokio_postgres::Transaction<'_>, new_frames: usize) -> Resu
     .await?;
     Ok(())
 }
+
+/// The audio of a stored frame, as the analysis service needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAudio {
+    pub sample_rate_hz: u32,
+    pub channels: u16,
+    pub encoding: auscult_frame::SampleEncoding,
+    pub samples: Vec<u8>,
+}
+
+/// The audio of the frames with these ids; ids without a frame are absent from the map.
+pub async fn frame_audio(
+    client: &impl tokio_postgres::GenericClient,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, StoredAudio>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, sample_rate_hz, channels, encoding, samples FROM frames WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut audio = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let encoding: String = row.try_get(3)?;
+        let encoding = match encoding.as_str() {
+            "f32le" => auscult_frame::SampleEncoding::F32le,
+            // The schema admits only the two encodings.
+            _ => auscult_frame::SampleEncoding::PcmS16le,
+        };
+        let sample_rate: i32 = row.try_get(1)?;
+        let channels: i16 = row.try_get(2)?;
+        audio.insert(
+            row.try_get(0)?,
+            StoredAudio {
+                sample_rate_hz: u32::try_from(sample_rate).unwrap_or_default(),
+                channels: u16::try_from(channels).unwrap_or_default(),
+                encoding,
+                samples: row.try_get(4)?,
+            },
+        );
+    }
+    Ok(audio)
+}

@@ -12,7 +12,9 @@ pub use devices::{
     DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens,
 };
 pub use error::StoreError;
-pub use frames::{FRAMES_CHANNEL, InsertOutcome, copy_frames, insert_frames};
+pub use frames::{
+    FRAMES_CHANNEL, InsertOutcome, StoredAudio, copy_frames, frame_audio, insert_frames,
+};
 pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
 pub use models::{
     MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,

@@ -1,0 +1,229 @@
+//! The `Analysis` gRPC service over a [`ScoringPool`]: items are decoded and queued together, so a
+//! request is scored in parallel and refused as a whole when the queue cannot take it.
+
+use std::sync::Arc;
+
+use auscult_model::MachineKey;
+use auscult_proto::analysis::v1 as pb;
+use auscult_proto::ingest::v1::SampleEncoding as ProtoEncoding;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::{FrameAudio, ScoreError, Scored, ScoringPool, mono_16k};
+
+/// The most items one request may carry.
+pub const MAX_ITEMS: usize = 256;
+
+/// Serves `Analysis.Score`.
+#[derive(Debug, Clone)]
+pub struct AnalysisService {
+    pub pool: Arc<ScoringPool>,
+    /// Where stored frames are read from; without it, only inline audio is accepted.
+    pub store: Option<auscult_store::Pool>,
+}
+
+type Outcome = Result<Scored, (pb::FailureReason, String)>;
+
+#[tonic::async_trait]
+impl pb::analysis_server::Analysis for AnalysisService {
+    #[instrument(skip_all, fields(items = request.get_ref().items.len()))]
+    async fn score(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
+        let items = request.into_inner().items;
+        if items.len() > MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "{} items in one request; the limit is {MAX_ITEMS}",
+                items.len()
+            )));
+        }
+        let stored = self.stored_audio(&items).await?;
+        let rate = self.pool.model().info.spectrogram.sample_rate;
+        let mut pending = Vec::with_capacity(items.len());
+        for item in &items {
+            let machine = machine(item);
+            let audio = match &item.source {
+                Some(pb::score_item::Source::FrameId(id)) => match stored.get(id) {
+                    Some(audio) => Ok(FrameAudio {
+                        sample_rate_hz: audio.sample_rate_hz,
+                        channels: audio.channels,
+                        encoding: audio.encoding,
+                        samples: &audio.samples,
+                    }),
+                    None => Err((pb::FailureReason::NotFound, format!("no stored frame {id}"))),
+                },
+                Some(pb::score_item::Source::Audio(inline)) => inline_audio(inline),
+                None => Err((
+                    pb::FailureReason::InvalidAudio,
+                    "item has neither a frame id nor audio".into(),
+                )),
+            };
+            let queued = audio
+                .and_then(|audio| {
+                    mono_16k(&audio, rate).map_err(|e| (pb::FailureReason::InvalidAudio, e))
+                })
+                .map(|samples| self.pool.submit(samples, machine));
+            pending.push(match queued {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(ScoreError::Busy(depth))) => {
+                    return Err(Status::resource_exhausted(format!(
+                        "the scoring queue is full ({depth} jobs waiting): retry with backoff"
+                    )));
+                }
+                Ok(Err(e)) => return Err(Status::unavailable(e.to_string())),
+                Err(failure) => Err(failure),
+            });
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for entry in pending {
+            let outcome: Outcome = match entry {
+                Ok(answer) => match answer.await {
+                    Ok(Ok(scored)) => Ok(scored),
+                    Ok(Err(ScoreError::Unscorable(why))) => {
+                        Err((pb::FailureReason::Unscorable, why))
+                    }
+                    Ok(Err(e)) => return Err(Status::unavailable(e.to_string())),
+                    Err(_) => return Err(Status::unavailable("the scoring pool stopped")),
+                },
+                Err(failure) => Err(failure),
+            };
+            results.push(self.result(outcome));
+        }
+        Ok(Response::new(pb::ScoreResponse { results }))
+    }
+}
+
+impl AnalysisService {
+    async fn stored_audio(
+        &self,
+        items: &[pb::ScoreItem],
+    ) -> Result<std::collections::HashMap<i64, auscult_store::StoredAudio>, Status> {
+        let ids: Vec<i64> = items
+            .iter()
+            .filter_map(|item| match item.source {
+                Some(pb::score_item::Source::FrameId(id)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let Some(store) = &self.store else {
+            return Err(Status::failed_precondition(
+                "this analysis service has no database: send audio inline",
+            ));
+        };
+        let client = store
+            .get()
+            .await
+            .map_err(|e| Status::unavailable(format!("database: {e}")))?;
+        auscult_store::frame_audio(&**client, &ids)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    fn result(&self, outcome: Outcome) -> pb::ScoreResult {
+        let outcome = match outcome {
+            Ok(scored) => pb::score_result::Outcome::Verdict(self.verdict(scored)),
+            Err((reason, detail)) => pb::score_result::Outcome::Failure(pb::Failure {
+                reason: reason.into(),
+                detail,
+            }),
+        };
+        pb::ScoreResult {
+            outcome: Some(outcome),
+        }
+    }
+
+    fn verdict(&self, scored: Scored) -> pb::Verdict {
+        let model = self.pool.model();
+        let a = scored.assessment;
+        let classes: Vec<String> = if model.info.version == scored.model_version {
+            model.info.classes.iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        pb::Verdict {
+            anomalous: a.verdict == auscult_model::Verdict::Anomalous,
+            anomaly_score: a.anomaly_score,
+            threshold: a.threshold,
+            class: a.class,
+            class_probability: a.class_probability,
+            probabilities: classes
+                .into_iter()
+                .zip(scored.probabilities)
+                .map(|(class, probability)| pb::ClassProbability { class, probability })
+                .collect(),
+            model_version: scored.model_version,
+            profile: a.profile.to_string(),
+            profile_scope: match a.scope {
+                auscult_model::profile::Scope::Machine => "machine",
+                auscult_model::profile::Scope::MachineType => "machine_type",
+                auscult_model::profile::Scope::Global => "global",
+            }
+            .into(),
+            top_bands: a
+                .top_bands
+                .iter()
+                .map(|b| pb::BandDeparture {
+                    low_hz: b.low_hz,
+                    high_hz: b.high_hz,
+                    measure: match b.measure {
+                        auscult_model::detector::Measure::Mean => "mean",
+                        auscult_model::detector::Measure::Peak => "peak",
+                    }
+                    .into(),
+                    departure_db: b.departure_db,
+                    z: b.z,
+                })
+                .collect(),
+            windows: u32::try_from(a.window_scores.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+fn machine(item: &pb::ScoreItem) -> Option<MachineKey> {
+    (!item.machine_type.is_empty()).then(|| MachineKey {
+        machine_type: item.machine_type.clone(),
+        machine_id: if item.machine_id.is_empty() {
+            auscult_model::profile::ANY.into()
+        } else {
+            item.machine_id.clone()
+        },
+    })
+}
+
+fn inline_audio(inline: &pb::InlineAudio) -> Result<FrameAudio<'_>, (pb::FailureReason, String)> {
+    let invalid = |detail: String| (pb::FailureReason::InvalidAudio, detail);
+    let encoding = match ProtoEncoding::try_from(inline.encoding) {
+        Ok(ProtoEncoding::PcmS16le) => auscult_frame::SampleEncoding::PcmS16le,
+        Ok(ProtoEncoding::F32le) => auscult_frame::SampleEncoding::F32le,
+        _ => {
+            return Err(invalid(format!(
+                "unknown sample encoding {}",
+                inline.encoding
+            )));
+        }
+    };
+    if !(1000..=192_000).contains(&inline.sample_rate_hz) {
+        return Err(invalid(format!("sample rate {} Hz", inline.sample_rate_hz)));
+    }
+    let channels = u16::try_from(inline.channels)
+        .ok()
+        .filter(|c| (1..=16).contains(c))
+        .ok_or_else(|| invalid(format!("{} channels", inline.channels)))?;
+    let frame_bytes = encoding.bytes_per_sample() * usize::from(channels);
+    if inline.samples.is_empty() || !inline.samples.len().is_multiple_of(frame_bytes) {
+        return Err(invalid(format!(
+            "{} bytes is not a whole number of {channels}-channel samples",
+            inline.samples.len()
+        )));
+    }
+    Ok(FrameAudio {
+        sample_rate_hz: inline.sample_rate_hz,
+        channels,
+        encoding,
+        samples: &inline.samples,
+    })
+}
