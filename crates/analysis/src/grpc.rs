@@ -1,7 +1,7 @@
 //! The `Analysis` gRPC service over a [`ScoringPool`]: items are decoded and queued together, so a
 //! request is scored in parallel and refused as a whole when the queue cannot take it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use auscult_model::MachineKey;
 use auscult_proto::analysis::v1 as pb;
@@ -14,12 +14,28 @@ use crate::{FrameAudio, ScoreError, Scored, ScoringPool, mono_16k};
 /// The most items one request may carry.
 pub const MAX_ITEMS: usize = 256;
 
-/// Serves `Analysis.Score`.
+/// Serves `Analysis.Score`; answers UNAVAILABLE until its first model is loaded.
 #[derive(Debug, Clone)]
 pub struct AnalysisService {
-    pub pool: Arc<ScoringPool>,
+    pub pool: Arc<OnceLock<ScoringPool>>,
     /// Where stored frames are read from; without it, only inline audio is accepted.
     pub store: Option<auscult_store::Pool>,
+}
+
+impl AnalysisService {
+    /// A service that scores with `pool` at once.
+    pub fn ready(pool: ScoringPool, store: Option<auscult_store::Pool>) -> Self {
+        Self {
+            pool: Arc::new(OnceLock::from(pool)),
+            store,
+        }
+    }
+
+    fn scoring(&self) -> Result<&ScoringPool, Status> {
+        self.pool
+            .get()
+            .ok_or_else(|| Status::unavailable("no model loaded yet: publish and activate one"))
+    }
 }
 
 type Outcome = Result<Scored, (pb::FailureReason, String)>;
@@ -38,8 +54,9 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 items.len()
             )));
         }
+        let pool = self.scoring()?;
         let stored = self.stored_audio(&items).await?;
-        let rate = self.pool.model().info.spectrogram.sample_rate;
+        let rate = pool.model().info.spectrogram.sample_rate;
         let mut pending = Vec::with_capacity(items.len());
         for item in &items {
             let machine = machine(item);
@@ -63,7 +80,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 .and_then(|audio| {
                     mono_16k(&audio, rate).map_err(|e| (pb::FailureReason::InvalidAudio, e))
                 })
-                .map(|samples| self.pool.submit(samples, machine));
+                .map(|samples| pool.submit(samples, machine));
             pending.push(match queued {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(ScoreError::Busy(depth))) => {
@@ -88,7 +105,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 },
                 Err(failure) => Err(failure),
             };
-            results.push(self.result(outcome));
+            results.push(result(pool, outcome));
         }
         Ok(Response::new(pb::ScoreResponse { results }))
     }
@@ -122,10 +139,12 @@ impl AnalysisService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))
     }
+}
 
-    fn result(&self, outcome: Outcome) -> pb::ScoreResult {
+fn result(pool: &ScoringPool, outcome: Outcome) -> pb::ScoreResult {
+    {
         let outcome = match outcome {
-            Ok(scored) => pb::score_result::Outcome::Verdict(self.verdict(scored)),
+            Ok(scored) => pb::score_result::Outcome::Verdict(verdict(pool, scored)),
             Err((reason, detail)) => pb::score_result::Outcome::Failure(pb::Failure {
                 reason: reason.into(),
                 detail,
@@ -135,9 +154,11 @@ impl AnalysisService {
             outcome: Some(outcome),
         }
     }
+}
 
-    fn verdict(&self, scored: Scored) -> pb::Verdict {
-        let model = self.pool.model();
+fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
+    {
+        let model = pool.model();
         let a = scored.assessment;
         let classes: Vec<String> = if model.info.version == scored.model_version {
             model.info.classes.iter().map(ToString::to_string).collect()

@@ -7,6 +7,10 @@
 mod audio;
 pub mod grpc;
 mod pool;
+mod service;
+mod settings;
 
 pub use audio::{FrameAudio, mono_16k};
 pub use pool::{ScoreError, Scored, ScoringPool};
+pub use service::{AnalysisError, Listeners, run};
+pub use settings::{InvalidSetting, Settings};

@@ -1,7 +1,6 @@
 //! `Analysis.Score` over a real gRPC connection, with stored frames in a real PostgreSQL.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use auscult_analysis::ScoringPool;
@@ -88,10 +87,10 @@ async fn stored_and_inline_frames_get_verdicts_and_bad_items_get_reasons() {
     )
     .expect("model");
     let version = detector.info.version.clone();
-    let service = AnalysisService {
-        pool: Arc::new(ScoringPool::start(detector, 2, 16)),
-        store: Some(auscult_store::connect_pool(&pg.url(), 2, "analysis-test").expect("pool")),
-    };
+    let service = AnalysisService::ready(
+        ScoringPool::start(detector, 2, 16),
+        Some(auscult_store::connect_pool(&pg.url(), 2, "analysis-test").expect("pool")),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -1,0 +1,60 @@
+//! `auscult-analysis`: scores frames with the active model over gRPC.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use auscult_analysis::{Listeners, Settings};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Scores machine sound with the active model: stored frames by id, or audio inline.
+///
+/// Settings come from defaults, then --config, then AUSCULT__* environment variables
+/// (e.g. AUSCULT__DATABASE__URL, AUSCULT__SCORING__WORKERS).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML settings file.
+    #[arg(long, env = "AUSCULT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info");
+    let settings = Settings::load(args.config.as_deref()).context("loading settings")?;
+    settings.validate()?;
+    let listeners = Listeners {
+        grpc: TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("binding listen_addr {}", settings.listen_addr))?,
+        admin: TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding admin_addr {}", settings.admin_addr))?,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    auscult_analysis::run(settings, listeners, shutdown)
+        .await
+        .context("running analysis")
+}
+
+/// SIGTERM (Kubernetes, systemd) or Ctrl-C starts the ordered shutdown.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted"),
+        () = terminate => info!("terminated"),
+    }
+    shutdown.cancel();
+}
