@@ -130,10 +130,14 @@ async fn serves_the_active_model_and_follows_activations() {
     .await;
     assert!(switched.is_some(), "never switched:\n{}", service.log());
 
-    let metrics = reqwest_free_get(admin).await;
+    let metrics = http_get_metrics(admin).await;
     assert!(
         metrics.starts_with("HTTP/1.1 200"),
         "metrics endpoint answers: {metrics}"
+    );
+    assert!(
+        metrics.contains("auscult_analysis_items_total{outcome=\"verdict\"}"),
+        "scored items are counted: {metrics}"
     );
     service
         .terminate(Duration::from_secs(10))
@@ -141,7 +145,7 @@ async fn serves_the_active_model_and_follows_activations() {
 }
 
 /// `/metrics` over a plain TCP socket, to keep an HTTP client out of the test's dependencies.
-async fn reqwest_free_get(port: u16) -> String {
+async fn http_get_metrics(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

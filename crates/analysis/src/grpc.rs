@@ -54,7 +54,9 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 items.len()
             )));
         }
+        let started = std::time::Instant::now();
         let pool = self.scoring()?;
+        metrics::gauge!("auscult_analysis_queue_waiting").set(pool.waiting() as f64);
         let stored = self.stored_audio(&items).await?;
         let rate = pool.model().info.spectrogram.sample_rate;
         let mut pending = Vec::with_capacity(items.len());
@@ -84,6 +86,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
             pending.push(match queued {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(ScoreError::Busy(depth))) => {
+                    metrics::counter!("auscult_analysis_requests_refused_total", "reason" => "busy").increment(1);
                     return Err(Status::resource_exhausted(format!(
                         "the scoring queue is full ({depth} jobs waiting): retry with backoff"
                     )));
@@ -105,8 +108,17 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 },
                 Err(failure) => Err(failure),
             };
+            let label = match &outcome {
+                Ok(_) => "verdict",
+                Err((pb::FailureReason::NotFound, _)) => "not_found",
+                Err((pb::FailureReason::InvalidAudio, _)) => "invalid_audio",
+                Err(_) => "unscorable",
+            };
+            metrics::counter!("auscult_analysis_items_total", "outcome" => label).increment(1);
             results.push(result(pool, outcome));
         }
+        metrics::histogram!("auscult_analysis_request_seconds")
+            .record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::ScoreResponse { results }))
     }
 }
