@@ -7,7 +7,6 @@ use auscult_analysis::{Listeners, Settings};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 /// Scores machine sound with the active model: stored frames by id, or audio inline.
 ///
@@ -36,25 +35,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("binding admin_addr {}", settings.admin_addr))?,
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(auscult_telemetry::cancel_on_signal(shutdown.clone()));
     auscult_analysis::run(settings, listeners, shutdown)
         .await
         .context("running analysis")
-}
-
-/// SIGTERM (Kubernetes, systemd) or Ctrl-C starts the ordered shutdown.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("interrupted"),
-        () = terminate => info!("terminated"),
-    }
-    shutdown.cancel();
 }

@@ -83,33 +83,19 @@ pub fn report(judged: &[Judged]) -> EvaluationReport {
                 items
                     .iter()
                     .filter(|j| j.anomaly == anomalous && j.verdict == Verdict::Anomalous)
-                    .count() as f64
+                    .count()
             };
-            let (true_pos, false_pos) = (flagged(true), flagged(false));
-            let precision = if true_pos + false_pos > 0.0 {
-                true_pos / (true_pos + false_pos)
-            } else {
-                0.0
-            };
-            let recall = if anomaly.is_empty() {
-                0.0
-            } else {
-                true_pos / anomaly.len() as f64
-            };
-            let f1 = if precision + recall > 0.0 {
-                2.0 * precision * recall / (precision + recall)
-            } else {
-                0.0
-            };
+            let detection =
+                metrics::detection_from_counts(flagged(true), flagged(false), anomaly.len());
             TypeReport {
                 machine_type: machine_type.to_owned(),
                 n_normal: normal.len(),
                 n_anomaly: anomaly.len(),
                 auc: metrics::auc(&normal, &anomaly),
                 pauc: metrics::partial_auc(&normal, &anomaly, 0.1),
-                precision,
-                recall,
-                f1,
+                precision: detection.precision,
+                recall: detection.recall,
+                f1: detection.f1,
                 profile_scope: items
                     .iter()
                     .map(|j| j.scope)

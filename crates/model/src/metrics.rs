@@ -64,17 +64,24 @@ pub struct Detection {
 }
 
 pub fn detection(normal: &[f64], anomaly: &[f64], threshold: f64) -> Detection {
-    let true_pos = anomaly.iter().filter(|&&s| s > threshold).count() as f64;
-    let false_pos = normal.iter().filter(|&&s| s > threshold).count() as f64;
+    let true_pos = anomaly.iter().filter(|&&s| s > threshold).count();
+    let false_pos = normal.iter().filter(|&&s| s > threshold).count();
+    detection_from_counts(true_pos, false_pos, anomaly.len())
+}
+
+/// Precision, recall and F1 from the anomalies flagged (`true_pos`), the normal recordings flagged
+/// (`false_pos`) and the number of anomalies.
+pub fn detection_from_counts(true_pos: usize, false_pos: usize, anomalies: usize) -> Detection {
+    let (true_pos, false_pos) = (true_pos as f64, false_pos as f64);
     let precision = if true_pos + false_pos > 0.0 {
         true_pos / (true_pos + false_pos)
     } else {
         0.0
     };
-    let recall = if anomaly.is_empty() {
+    let recall = if anomalies == 0 {
         0.0
     } else {
-        true_pos / anomaly.len() as f64
+        true_pos / anomalies as f64
     };
     let f1 = if precision + recall > 0.0 {
         2.0 * precision * recall / (precision + recall)

@@ -137,3 +137,20 @@ pub async fn serve_admin(
         .await?;
     Ok(())
 }
+
+/// Cancels `shutdown` on SIGTERM (Kubernetes, systemd) or Ctrl-C: every service's ordered shutdown starts here.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        () = terminate => tracing::info!("terminated"),
+    }
+    shutdown.cancel();
+}
