@@ -13,6 +13,7 @@ use crate::dataset::MachineKey;
 use crate::file::{self, ModelInfo};
 use crate::network::Network;
 use crate::profile::{ANY, MachineProfile, Scope};
+use crate::stats::BandGaussian;
 
 /// Windows pushed through the network at once: large enough to use both cores well, small enough
 /// that a long clip never holds more than a few megabytes of activations.
@@ -44,6 +45,67 @@ pub struct Inference {
 impl Inference {
     /// The clip's band profile: the mean energy of each band over all windows, then its peak.
     pub fn clip_features(&self) -> Vec<f32> {
+        crate::profile::clip_features(&self.band_means, &self.band_peaks)
+    }
+}
+
+/// What a stream remembers of one scored frame: enough to judge later frames together with it
+/// without hearing its sound again. Band energies are the spectrogram's, whatever the model; the
+/// score belongs to `model_version`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WindowSummary {
+    pub model_version: String,
+    pub windows: usize,
+    /// Mean anomaly score of the frame's windows.
+    pub mean_score: f64,
+    /// Mean energy of each of the 64 bands over the frame's windows, in dB.
+    pub band_means: Vec<f32>,
+    /// Loudest moment of each band over the frame's windows, in dB.
+    pub band_peaks: Vec<f32>,
+}
+
+/// A frame's windows with the remembered windows before it, as one clip.
+struct StreamWindows {
+    scores: Vec<f64>,
+    band_means: Vec<f32>,
+    band_peaks: Vec<f32>,
+}
+
+impl StreamWindows {
+    fn new(
+        inference: &Inference,
+        window_scores: &[f64],
+        history: &[WindowSummary],
+        version: &str,
+    ) -> Self {
+        let mut stream = Self {
+            scores: Vec::new(),
+            band_means: Vec::new(),
+            band_peaks: Vec::new(),
+        };
+        let usable = history.iter().filter(|h| {
+            h.model_version == version
+                && h.windows > 0
+                && h.band_means.len() == BANDS
+                && h.band_peaks.len() == BANDS
+                && h.mean_score.is_finite()
+        });
+        for summary in usable {
+            // A summary stands for its windows: its mean repeated keeps the clip's means weighted
+            // by duration, and its peak row carries the loudest moment.
+            for _ in 0..summary.windows {
+                stream.scores.push(summary.mean_score);
+                stream.band_means.extend_from_slice(&summary.band_means);
+            }
+            stream.band_peaks.extend_from_slice(&summary.band_peaks);
+        }
+        stream.scores.extend_from_slice(window_scores);
+        stream.band_means.extend_from_slice(&inference.band_means);
+        stream.band_peaks.extend_from_slice(&inference.band_peaks);
+        stream
+    }
+
+    fn clip_features(&self) -> Vec<f32> {
         crate::profile::clip_features(&self.band_means, &self.band_peaks)
     }
 }
@@ -86,6 +148,9 @@ pub struct Assessment {
     pub scope: Scope,
     pub detector: crate::profile::DetectorKind,
     pub top_bands: Vec<BandDeparture>,
+    /// Windows of earlier frames of the stream judged with this one (0: judged alone).
+    #[serde(default)]
+    pub history_windows: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -252,6 +317,19 @@ impl Detector {
         inference: &Inference,
         machine: Option<&MachineKey>,
     ) -> Result<Assessment, ModelError> {
+        self.assess_in_stream(inference, machine, &[])
+    }
+
+    /// Judges the newest frame of a stream together with what is remembered of the frames before it
+    /// (`history`, oldest first): once the frames reach a clip's length they are judged as a clip, so
+    /// faults that show only in a clip's band peaks (a valve's dull click) are heard live. History
+    /// from another model version is ignored: its scores are on another scale.
+    pub fn assess_in_stream(
+        &self,
+        inference: &Inference,
+        machine: Option<&MachineKey>,
+        history: &[WindowSummary],
+    ) -> Result<Assessment, ModelError> {
         if inference.windows == 0 {
             return Err(ModelError::NoWindows);
         }
@@ -267,11 +345,13 @@ impl Detector {
             crate::profile::window_pairs(&inference.embeddings, &inference.band_means, dim)
                 .map(|(e, b)| profile.score(e, b))
                 .collect();
+        let stream = StreamWindows::new(inference, &window_scores, history, &self.info.version);
         // A clip long enough to show its peaks is judged as a clip; anything shorter (a live
-        // frame, a few seconds) by its mean window score against the window threshold.
-        let (anomaly_score, threshold) = if window_scores.len() >= profile.min_clip_windows {
+        // frame without history, a few seconds) by its mean window score against the window threshold.
+        let as_clip = stream.scores.len() >= profile.min_clip_windows;
+        let (anomaly_score, threshold) = if as_clip {
             (
-                profile.clip_score(&window_scores, &inference.clip_features()),
+                profile.clip_score(&stream.scores, &stream.clip_features()),
                 profile.clip_threshold,
             )
         } else {
@@ -293,6 +373,11 @@ impl Detector {
                 )
             })
             .unwrap_or_default();
+        let top_bands = if as_clip {
+            self.top_bands_of(profile, &stream.band_means, &stream.band_peaks, 3)
+        } else {
+            self.top_bands(profile, inference, 3)
+        };
         Ok(Assessment {
             verdict: if anomaly_score > threshold {
                 Verdict::Anomalous
@@ -307,8 +392,27 @@ impl Detector {
             profile: profile.key(),
             scope: profile.scope,
             detector: profile.detector,
-            top_bands: self.top_bands(profile, inference, 3),
+            top_bands,
+            history_windows: stream.scores.len() - inference.windows,
         })
+    }
+
+    /// What a stream should remember of this frame to judge the frames after it.
+    pub fn summarise(&self, inference: &Inference, assessment: &Assessment) -> WindowSummary {
+        let windows = inference.windows.max(1);
+        let mut band_peaks = vec![-100.0_f32; BANDS];
+        for row in inference.band_peaks.chunks_exact(BANDS) {
+            for (p, v) in band_peaks.iter_mut().zip(row) {
+                *p = p.max(*v);
+            }
+        }
+        WindowSummary {
+            model_version: self.info.version.clone(),
+            windows: inference.windows,
+            mean_score: assessment.window_scores.iter().sum::<f64>() / windows as f64,
+            band_means: crate::profile::mean_bands(&inference.band_means),
+            band_peaks,
+        }
     }
 
     /// The `count` bands whose energy departs most from the profile's normal: the clip's band
@@ -320,17 +424,49 @@ impl Detector {
         inference: &Inference,
         count: usize,
     ) -> Vec<BandDeparture> {
-        let (features, normal) = match &profile.clip_bands {
-            Some(clip_bands) if inference.windows >= profile.min_clip_windows => {
-                (inference.clip_features(), clip_bands)
-            }
-            _ => (
-                crate::profile::mean_bands(&inference.band_means),
+        if inference.windows >= profile.min_clip_windows {
+            self.top_bands_of(profile, &inference.band_means, &inference.band_peaks, count)
+        } else {
+            self.departures(
+                &crate::profile::mean_bands(&inference.band_means),
                 &profile.bands,
+                count,
+            )
+        }
+    }
+
+    /// [`Self::top_bands`] of a clip given as `windows × 64` band means and peaks.
+    fn top_bands_of(
+        &self,
+        profile: &MachineProfile,
+        band_means: &[f32],
+        band_peaks: &[f32],
+        count: usize,
+    ) -> Vec<BandDeparture> {
+        match &profile.clip_bands {
+            Some(clip_bands) => self.departures(
+                &crate::profile::clip_features(band_means, band_peaks),
+                clip_bands,
+                count,
             ),
-        };
+            None => self.departures(
+                &crate::profile::mean_bands(band_means),
+                &profile.bands,
+                count,
+            ),
+        }
+    }
+
+    /// The `count` features furthest from `normal`, as band departures (features past the 64th are
+    /// band peaks).
+    fn departures(
+        &self,
+        features: &[f32],
+        normal: &BandGaussian,
+        count: usize,
+    ) -> Vec<BandDeparture> {
         let mut departures: Vec<BandDeparture> = normal
-            .z_scores(&features)
+            .z_scores(features)
             .iter()
             .zip(features.iter().zip(&normal.mean))
             .enumerate()

@@ -23,7 +23,7 @@ pub mod stats;
 pub mod train;
 
 pub use dataset::{Clip, MachineKey};
-pub use detector::{Assessment, Detector, Verdict};
+pub use detector::{Assessment, Detector, Verdict, WindowSummary};
 
 use std::path::PathBuf;
 
