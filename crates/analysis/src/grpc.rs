@@ -9,10 +9,13 @@ use auscult_proto::ingest::v1::SampleEncoding as ProtoEncoding;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::{FrameAudio, ScoreError, Scored, ScoringPool, mono_16k};
+use crate::{FrameAudio, ScoreError, ScoreInput, Scored, ScoringPool, mono_16k};
 
 /// The most items one request may carry.
 pub const MAX_ITEMS: usize = 256;
+
+/// The most history summaries one item may carry: a minute of one-second frames, far more than a clip.
+pub const MAX_HISTORY: usize = 64;
 
 /// Serves `Analysis.Score`; answers UNAVAILABLE until its first model is loaded.
 #[derive(Debug, Clone)]
@@ -48,6 +51,12 @@ impl pb::analysis_server::Analysis for AnalysisService {
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
         let items = request.into_inner().items;
+        if let Some(item) = items.iter().find(|i| i.history.len() > MAX_HISTORY) {
+            return Err(Status::invalid_argument(format!(
+                "an item carries {} history summaries; the limit is {MAX_HISTORY}",
+                item.history.len()
+            )));
+        }
         if items.len() > MAX_ITEMS {
             return Err(Status::invalid_argument(format!(
                 "{} items in one request; the limit is {MAX_ITEMS}",
@@ -82,7 +91,13 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 .and_then(|audio| {
                     mono_16k(&audio, rate).map_err(|e| (pb::FailureReason::InvalidAudio, e))
                 })
-                .map(|samples| pool.submit(samples, machine));
+                .map(|samples| {
+                    pool.submit(ScoreInput {
+                        samples,
+                        machine,
+                        history: item.history.iter().filter_map(window_summary).collect(),
+                    })
+                });
             pending.push(match queued {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(ScoreError::Busy(depth))) => {
@@ -212,8 +227,31 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
                 })
                 .collect(),
             windows: u32::try_from(a.window_scores.len()).unwrap_or(u32::MAX),
+            history_windows: u32::try_from(a.history_windows).unwrap_or(u32::MAX),
+            summary: Some(pb::WindowSummary {
+                model_version: scored.summary.model_version,
+                windows: u32::try_from(scored.summary.windows).unwrap_or(u32::MAX),
+                mean_score: scored.summary.mean_score,
+                band_means: scored.summary.band_means,
+                band_peaks: scored.summary.band_peaks,
+            }),
         }
     }
+}
+
+/// A history summary as the model takes it; malformed ones (wrong band count) are left out, the
+/// model ignores them anyway.
+fn window_summary(summary: &pb::WindowSummary) -> Option<auscult_model::WindowSummary> {
+    let bands = auscult_signal::BANDS;
+    (summary.band_means.len() == bands && summary.band_peaks.len() == bands).then(|| {
+        auscult_model::WindowSummary {
+            model_version: summary.model_version.clone(),
+            windows: usize::try_from(summary.windows).unwrap_or(0).min(1024),
+            mean_score: summary.mean_score,
+            band_means: summary.band_means.clone(),
+            band_peaks: summary.band_peaks.clone(),
+        }
+    })
 }
 
 fn machine(item: &pb::ScoreItem) -> Option<MachineKey> {

@@ -11,6 +11,6 @@ mod service;
 mod settings;
 
 pub use audio::{FrameAudio, mono_16k};
-pub use pool::{ScoreError, Scored, ScoringPool};
+pub use pool::{ScoreError, ScoreInput, Scored, ScoringPool};
 pub use service::{AnalysisError, Listeners, run};
 pub use settings::{InvalidSetting, Settings};

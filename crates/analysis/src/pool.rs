@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use auscult_model::{Assessment, Detector, MachineKey};
+use auscult_model::{Assessment, Detector, MachineKey, WindowSummary};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -27,11 +27,34 @@ pub struct Scored {
     pub assessment: Assessment,
     /// Class probabilities, in the model's class order (`Detector::info.classes`).
     pub probabilities: Vec<f32>,
+    /// What the stream should remember of this audio for the frames after it.
+    pub summary: WindowSummary,
+}
+
+/// Audio to score and what is known about it.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreInput {
+    /// Mono samples at the model's sample rate.
+    pub samples: Vec<f32>,
+    /// The machine recorded; `None`: the one the model recognises.
+    pub machine: Option<MachineKey>,
+    /// Summaries of the stream's preceding frames, oldest first.
+    pub history: Vec<WindowSummary>,
+}
+
+impl ScoreInput {
+    /// Audio judged on its own.
+    pub fn new(samples: Vec<f32>, machine: Option<MachineKey>) -> Self {
+        Self {
+            samples,
+            machine,
+            history: Vec::new(),
+        }
+    }
 }
 
 struct Job {
-    samples: Vec<f32>,
-    machine: Option<MachineKey>,
+    input: ScoreInput,
     reply: oneshot::Sender<Result<Scored, ScoreError>>,
 }
 
@@ -48,7 +71,7 @@ pub struct ScoringPool {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
-            .field("samples", &self.samples.len())
+            .field("samples", &self.input.samples.len())
             .finish_non_exhaustive()
     }
 }
@@ -101,16 +124,11 @@ impl ScoringPool {
     /// Queues mono audio at the model's sample rate; refuses at once when the queue is full.
     pub fn submit(
         &self,
-        samples: Vec<f32>,
-        machine: Option<MachineKey>,
+        input: ScoreInput,
     ) -> Result<oneshot::Receiver<Result<Scored, ScoreError>>, ScoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Job {
-                samples,
-                machine,
-                reply,
-            })
+            .try_send(Job { input, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ScoreError::Busy(self.depth),
                 mpsc::error::TrySendError::Closed(_) => ScoreError::Stopped,
@@ -119,14 +137,8 @@ impl ScoringPool {
     }
 
     /// Queues and waits for the verdict.
-    pub async fn score(
-        &self,
-        samples: Vec<f32>,
-        machine: Option<MachineKey>,
-    ) -> Result<Scored, ScoreError> {
-        self.submit(samples, machine)?
-            .await
-            .map_err(|_| ScoreError::Stopped)?
+    pub async fn score(&self, input: ScoreInput) -> Result<Scored, ScoreError> {
+        self.submit(input)?.await.map_err(|_| ScoreError::Stopped)?
     }
 }
 
@@ -142,23 +154,19 @@ fn work(receiver: &Mutex<mpsc::Receiver<Job>>, model: &RwLock<Arc<Detector>>) {
             Ok(current) => Arc::clone(&current),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
-        let result = score(&detector, &job.samples, job.machine.as_ref());
+        let result = score(&detector, &job.input);
         debug!(version = %detector.info.version, ok = result.is_ok(), "scored");
         let _ = job.reply.send(result);
     }
 }
 
-fn score(
-    detector: &Detector,
-    samples: &[f32],
-    machine: Option<&MachineKey>,
-) -> Result<Scored, ScoreError> {
+fn score(detector: &Detector, input: &ScoreInput) -> Result<Scored, ScoreError> {
     let windows = detector
         .spectrogram()
-        .windows(samples, detector.info.window_hop);
+        .windows(&input.samples, detector.info.window_hop);
     let inference = detector.infer(&windows);
     let assessment = detector
-        .assess(&inference, machine)
+        .assess_in_stream(&inference, input.machine.as_ref(), &input.history)
         .map_err(|e| ScoreError::Unscorable(e.to_string()))?;
     let classes = detector.info.network.classes.max(1);
     let mut probabilities = vec![0.0_f32; classes];
@@ -169,6 +177,7 @@ fn score(
     }
     Ok(Scored {
         model_version: detector.info.version.clone(),
+        summary: detector.summarise(&inference, &assessment),
         assessment,
         probabilities,
     })

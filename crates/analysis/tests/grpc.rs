@@ -64,6 +64,7 @@ fn inline(pcm: &[u8], channels: u32) -> pb::ScoreItem {
         })),
         machine_type: "valve".into(),
         machine_id: "section_00".into(),
+        history: Vec::new(),
     }
 }
 
@@ -72,6 +73,7 @@ fn by_id(id: i64) -> pb::ScoreItem {
         source: Some(pb::score_item::Source::FrameId(id)),
         machine_type: "valve".into(),
         machine_id: "section_00".into(),
+        history: Vec::new(),
     }
 }
 
@@ -150,4 +152,84 @@ async fn stored_and_inline_frames_get_verdicts_and_bad_items_get_reasons() {
         .await
         .expect_err("too many");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn frames_sent_with_their_history_are_judged_as_a_clip() {
+    let detector = auscult_model::Detector::from_bytes(
+        auscult_model::shipped::bytes().expect("shipped model"),
+        &auscult_model::default_device(),
+    )
+    .expect("model");
+    let service = AnalysisService::ready(ScoringPool::start(detector, 2, 16), None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AnalysisServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = AnalysisClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+
+    // A faulty valve, streamed second by second, each frame carrying the summaries of the last nine.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/recordings/section_00_source_test_anomaly_0028_pat_00.wav");
+    let audio = auscult_audio::load(&path, ChannelChoice::First, 16_000, AudioLimits::default())
+        .expect("sample");
+    let mut history: Vec<pb::WindowSummary> = Vec::new();
+    let mut verdicts = Vec::new();
+    for second in audio.samples.chunks_exact(16_000) {
+        let mut item = inline(&encode_pcm_s16le(second), 1);
+        item.history = history.clone();
+        let mut results = client
+            .score(pb::ScoreRequest { items: vec![item] })
+            .await
+            .expect("score")
+            .into_inner()
+            .results;
+        let Some(pb::score_result::Outcome::Verdict(verdict)) =
+            results.pop().and_then(|r| r.outcome)
+        else {
+            panic!("expected a verdict");
+        };
+        history.push(verdict.summary.clone().expect("a summary to remember"));
+        if history.len() > 9 {
+            history.remove(0);
+        }
+        verdicts.push(verdict);
+    }
+    assert_eq!(verdicts[0].history_windows, 0);
+    let last = verdicts.last().expect("ten frames");
+    assert_eq!(last.history_windows, 9);
+    assert!(
+        last.anomalous,
+        "a faulty valve heard over ten seconds: score {} vs threshold {}",
+        last.anomaly_score, last.threshold
+    );
+    let summary = last.summary.as_ref().expect("summary");
+    assert_eq!(
+        (summary.band_means.len(), summary.band_peaks.len()),
+        (64, 64)
+    );
+
+    // A summary with the wrong number of bands is ignored, not trusted.
+    let mut item = inline(&encode_pcm_s16le(&audio.samples[..16_000]), 1);
+    item.history = vec![pb::WindowSummary {
+        band_means: vec![0.0; 3],
+        ..summary.clone()
+    }];
+    let results = client
+        .score(pb::ScoreRequest { items: vec![item] })
+        .await
+        .expect("score")
+        .into_inner()
+        .results;
+    match &results[0].outcome {
+        Some(pb::score_result::Outcome::Verdict(v)) => assert_eq!(v.history_windows, 0),
+        other => panic!("expected a verdict, got {other:?}"),
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use auscult_analysis::{FrameAudio, ScoreError, ScoringPool, mono_16k};
+use auscult_analysis::{FrameAudio, ScoreError, ScoreInput, ScoringPool, mono_16k};
 use auscult_audio::{AudioLimits, ChannelChoice};
 use auscult_frame::{SampleEncoding, encode_pcm_s16le};
 use auscult_model::{Detector, MachineKey, Verdict};
@@ -42,17 +42,23 @@ async fn frames_and_clips_are_judged_by_the_current_model() {
         samples: &pcm,
     };
     let second = mono_16k(&frame, 16_000).expect("decode");
-    let scored = pool.score(second, valve()).await.expect("score a frame");
+    let scored = pool
+        .score(ScoreInput::new(second, valve()))
+        .await
+        .expect("score a frame");
     assert_eq!(scored.assessment.window_scores.len(), 1);
     assert_eq!(scored.model_version, pool.model().info.version);
     let total: f32 = scored.probabilities.iter().sum();
     assert!((total - 1.0).abs() < 1e-3, "probabilities sum to {total}");
 
     // The whole faulty clip is judged as a clip, and heard as faulty.
-    let scored = pool.score(clip, valve()).await.expect("score a clip");
+    let scored = pool
+        .score(ScoreInput::new(clip, valve()))
+        .await
+        .expect("score a clip");
     assert_eq!(scored.assessment.verdict, Verdict::Anomalous);
 
-    let short = pool.score(vec![0.0; 8_000], valve()).await;
+    let short = pool.score(ScoreInput::new(vec![0.0; 8_000], valve())).await;
     assert!(matches!(short, Err(ScoreError::Unscorable(_))), "{short:?}");
 
     // A swapped model serves the next job.
@@ -60,7 +66,7 @@ async fn frames_and_clips_are_judged_by_the_current_model() {
     renamed.info.version = "test-version".into();
     pool.replace_model(renamed);
     let scored = pool
-        .score(vec![0.01; 16_000], valve())
+        .score(ScoreInput::new(vec![0.01; 16_000], valve()))
         .await
         .expect("score");
     assert_eq!(scored.model_version, "test-version");
@@ -72,13 +78,14 @@ async fn a_full_queue_refuses_instead_of_buffering() {
     let pool = ScoringPool::start(shipped(), 0, 3);
     let waiting: Vec<_> = (0..3)
         .map(|_| {
-            pool.submit(vec![0.0; 16_000], valve())
+            pool.submit(ScoreInput::new(vec![0.0; 16_000], valve()))
                 .expect("room in the queue")
         })
         .collect();
     assert_eq!(pool.waiting(), 3);
     assert_eq!(
-        pool.submit(vec![0.0; 16_000], valve()).err(),
+        pool.submit(ScoreInput::new(vec![0.0; 16_000], valve()))
+            .err(),
         Some(ScoreError::Busy(3))
     );
     drop(waiting);
