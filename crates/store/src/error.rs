@@ -31,6 +31,8 @@ pub enum StoreError {
     ModelVersionConflict(String),
     #[error("no model version {0:?}: `auscult model list` shows the published ones")]
     UnknownModel(String),
+    #[error("cannot encode a row for the database: {0}")]
+    Encode(String),
 }
 
 impl StoreError {

@@ -1,13 +1,21 @@
 //! PostgreSQL, the source of truth: the connection pool, the embedded schema migrations, and the queries every
 //! service runs. Query functions take a client or transaction so that callers decide transaction boundaries.
 
+mod alerts;
 mod devices;
 mod error;
 mod frames;
+mod health;
+mod jobs;
 mod migrations;
 mod models;
 mod pool;
+mod results;
 
+pub use alerts::{
+    ALERTS_CHANNEL, AlertChange, AlertEvent, AlertRecord, AlertRule, Delivery, claim_deliveries,
+    list_alerts, settle_delivery,
+};
 pub use devices::{
     DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens,
 };
@@ -15,12 +23,20 @@ pub use error::StoreError;
 pub use frames::{
     FRAMES_CHANNEL, InsertOutcome, StoredAudio, copy_frames, frame_audio, insert_frames,
 };
+pub use health::{HealthEvent, HealthRule, sensor_states, watch_sensors};
+pub use jobs::{
+    Claim, ClaimedJob, FailedAttempt, QueueDepth, claim_jobs, extend_leases, fail_jobs,
+    queue_depth, release_jobs,
+};
 pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
 pub use models::{
     MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,
     list_models, publish_model,
 };
 pub use pool::{Pool, connect_pool};
+pub use results::{
+    Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,
+};
 
 /// Re-exported so that callers name one `Client` type without depending on the pool crate themselves.
 pub use deadpool_postgres::{Client, Transaction};

@@ -14,6 +14,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "model registry",
         include_str!("../migrations/0002_model_registry.sql"),
     ),
+    (
+        3,
+        "results, alerts and sensor health",
+        include_str!("../migrations/0003_results_alerts_health.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

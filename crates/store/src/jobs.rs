@@ -1,0 +1,248 @@
+//! The analysis work queue: claiming jobs under a lease, keeping the lease alive, and settling failed
+//! attempts. Completing a job is in [`crate::results`], because it happens with the verdict's write.
+//!
+//! A job is `queued` until a listener claims it; claiming makes it `running` under the listener's
+//! lease and counts the attempt in the same committed statement, so a listener that dies mid-work has
+//! still used the attempt. A lease that expires returns the job to whoever claims next; a job that has
+//! used all its attempts goes to `dead` with its last error.
+
+use std::time::{Duration, SystemTime};
+
+use tokio_postgres::GenericClient;
+use tracing::instrument;
+
+use crate::StoreError;
+
+/// A job a listener now holds, with what it needs to score the frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub frame_id: i64,
+    /// Attempts including this one.
+    pub attempts: i32,
+    pub device_id: String,
+    pub sensor_id: String,
+    pub stream_epoch: i64,
+    pub seq: i64,
+    pub captured_at: SystemTime,
+    pub received_at: SystemTime,
+    /// When the frame's transaction stored it (its job's enqueue time).
+    pub stored_at: SystemTime,
+    /// The machine the sensor records (`sensor_machines`), if registered.
+    pub machine: Option<(String, String)>,
+}
+
+/// What claiming found: jobs to work on, and jobs given up because their attempts ran out while a
+/// lease was held (the listener holding them vanished each time).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claim {
+    pub jobs: Vec<ClaimedJob>,
+    pub dead: u64,
+}
+
+/// The size of the queue, for metrics and for watching a backlog grow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Waiting and claimable now.
+    pub ready: i64,
+    /// Waiting for a retry's backoff.
+    pub delayed: i64,
+    pub running: i64,
+    pub dead: i64,
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Claims up to `limit` jobs for `owner` with a lease of `lease`: queued jobs past their backoff and
+/// running jobs whose lease expired, oldest first, skipping rows other listeners hold. Jobs whose
+/// attempts are used up go to `dead` instead. The claim is committed when this returns.
+#[instrument(skip(client))]
+pub async fn claim_jobs(
+    client: &mut tokio_postgres::Client,
+    owner: &str,
+    limit: i64,
+    lease: Duration,
+    max_attempts: i32,
+) -> Result<Claim, StoreError> {
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "WITH picked AS (
+                SELECT frame_id FROM analysis_jobs
+                WHERE (state = 'queued' AND not_before <= now())
+                   OR (state = 'running' AND lease_expires_at < now())
+                ORDER BY frame_id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE analysis_jobs j SET
+                state = CASE WHEN j.attempts >= $4 THEN 'dead' ELSE 'running' END,
+                attempts = CASE WHEN j.attempts >= $4 THEN j.attempts ELSE j.attempts + 1 END,
+                last_error = CASE WHEN j.attempts >= $4
+                    THEN coalesce(j.last_error, 'lease expired') || format(' (gave up after %s attempts)', j.attempts)
+                    ELSE j.last_error END,
+                lease_owner = CASE WHEN j.attempts >= $4 THEN NULL ELSE $1 END,
+                lease_expires_at = now() + make_interval(secs => $3::float8 / 1000.0),
+                updated_at = now()
+            FROM picked
+            WHERE j.frame_id = picked.frame_id
+            RETURNING j.frame_id, j.state, j.attempts, j.enqueued_at",
+            &[&owner, &limit, &millis(lease), &max_attempts],
+        )
+        .await?;
+    let mut claimed: Vec<(i64, i32, SystemTime)> = Vec::with_capacity(rows.len());
+    let mut dead = 0;
+    for row in &rows {
+        let state: &str = row.try_get(1)?;
+        if state == "dead" {
+            dead += 1;
+        } else {
+            claimed.push((row.try_get(0)?, row.try_get(2)?, row.try_get(3)?));
+        }
+    }
+    let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+    let frames = tx
+        .query(
+            "SELECT f.id, f.device_id, f.sensor_id, f.stream_epoch, f.seq, f.captured_at, f.received_at,
+                    m.machine_type, m.machine_id
+             FROM frames f LEFT JOIN sensor_machines m USING (device_id, sensor_id)
+             WHERE f.id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let mut jobs = Vec::with_capacity(frames.len());
+    for row in &frames {
+        let frame_id: i64 = row.try_get(0)?;
+        let Some(&(_, attempts, stored_at)) = claimed.iter().find(|c| c.0 == frame_id) else {
+            continue;
+        };
+        let machine_type: Option<String> = row.try_get(7)?;
+        let machine_id: Option<String> = row.try_get(8)?;
+        jobs.push(ClaimedJob {
+            frame_id,
+            attempts,
+            device_id: row.try_get(1)?,
+            sensor_id: row.try_get(2)?,
+            stream_epoch: row.try_get(3)?,
+            seq: row.try_get(4)?,
+            captured_at: row.try_get(5)?,
+            received_at: row.try_get(6)?,
+            stored_at,
+            machine: machine_type.zip(machine_id),
+        });
+    }
+    jobs.sort_by_key(|j| j.frame_id);
+    crate::health::record_activity(&tx, &jobs).await?;
+    tx.commit().await?;
+    Ok(Claim { jobs, dead })
+}
+
+/// Extends the lease of jobs `owner` still holds; returns how many it still holds.
+pub async fn extend_leases(
+    client: &impl GenericClient,
+    owner: &str,
+    frame_ids: &[i64],
+    lease: Duration,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "UPDATE analysis_jobs SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000.0)
+             WHERE frame_id = ANY($2) AND state = 'running' AND lease_owner = $1",
+            &[&owner, &frame_ids, &millis(lease)],
+        )
+        .await?)
+}
+
+/// An attempt that did not produce a verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedAttempt {
+    pub frame_id: i64,
+    pub error: String,
+    /// Retrying cannot help (the frame is malformed for analysis): dead at once.
+    pub permanent: bool,
+}
+
+/// Settles failed attempts of jobs `owner` holds: back to the queue after a backoff that doubles
+/// with each attempt (from `backoff`, at most a minute), or `dead` when permanent or out of attempts.
+/// Returns the number of jobs that went dead.
+pub async fn fail_jobs(
+    client: &impl GenericClient,
+    owner: &str,
+    failures: &[FailedAttempt],
+    max_attempts: i32,
+    backoff: Duration,
+) -> Result<u64, StoreError> {
+    if failures.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = failures.iter().map(|f| f.frame_id).collect();
+    let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+    let permanent: Vec<bool> = failures.iter().map(|f| f.permanent).collect();
+    let rows = client
+        .query(
+            "UPDATE analysis_jobs j SET
+                state = CASE WHEN f.permanent OR j.attempts >= $5 THEN 'dead' ELSE 'queued' END,
+                last_error = f.error,
+                not_before = now() + make_interval(secs => least(60.0, $6::float8 / 1000.0 * power(2, j.attempts - 1))),
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                updated_at = now()
+             FROM unnest($2::int8[], $3::text[], $4::bool[]) AS f(frame_id, error, permanent)
+             WHERE j.frame_id = f.frame_id AND j.state = 'running' AND j.lease_owner = $1
+             RETURNING j.state",
+            &[
+                &owner,
+                &ids,
+                &errors,
+                &permanent,
+                &max_attempts,
+                &millis(backoff),
+            ],
+        )
+        .await?;
+    let mut dead = 0;
+    for row in &rows {
+        if row.try_get::<_, &str>(0)? == "dead" {
+            dead += 1;
+        }
+    }
+    Ok(dead)
+}
+
+/// Returns jobs `owner` holds to the queue without using an attempt (a listener shutting down).
+pub async fn release_jobs(
+    client: &impl GenericClient,
+    owner: &str,
+    frame_ids: &[i64],
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "UPDATE analysis_jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE frame_id = ANY($2) AND state = 'running' AND lease_owner = $1",
+            &[&owner, &frame_ids],
+        )
+        .await?)
+}
+
+/// Counts the queue by state.
+pub async fn queue_depth(client: &impl GenericClient) -> Result<QueueDepth, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT
+                count(*) FILTER (WHERE state = 'queued' AND not_before <= now()),
+                count(*) FILTER (WHERE state = 'queued' AND not_before > now()),
+                count(*) FILTER (WHERE state = 'running'),
+                (SELECT count(*) FROM analysis_jobs WHERE state = 'dead')
+             FROM analysis_jobs WHERE state IN ('queued', 'running')",
+            &[],
+        )
+        .await?;
+    Ok(QueueDepth {
+        ready: row.try_get(0)?,
+        delayed: row.try_get(1)?,
+        running: row.try_get(2)?,
+        dead: row.try_get(3)?,
+    })
+}

@@ -1,0 +1,393 @@
+//! The work queue, verdicts, alerts and sensor health against a real, throwaway PostgreSQL.
+
+use std::time::{Duration, SystemTime};
+
+use auscult_frame::{Frame, Limits, RawFrame, SampleEncoding, encode_pcm_s16le};
+use auscult_store::{AlertEvent, AlertRule, FailedAttempt, HealthRule, NewResult};
+use auscult_testkit::PostgresServer;
+use bytes::Bytes;
+use tokio_postgres::NoTls;
+
+async fn connect(pg: &PostgresServer) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// A migrated database holding `count` frames of one sensor, one second apart in capture time.
+async fn with_frames(count: u64) -> (PostgresServer, tokio_postgres::Client) {
+    let pg = PostgresServer::start().expect("postgres");
+    let mut client = connect(&pg).await;
+    auscult_store::migrate(&mut client).await.expect("migrate");
+    auscult_store::add_device(&mut client, "gw-1", "")
+        .await
+        .expect("device");
+    let now = SystemTime::now();
+    let frames: Vec<Frame> = (0..count)
+        .map(|seq| {
+            RawFrame {
+                device_id: "gw-1".into(),
+                sensor_id: "mic-0".into(),
+                stream_epoch: 1,
+                seq,
+                captured_at: Some(now - Duration::from_secs(count - seq)),
+                sample_rate_hz: 16_000,
+                channels: 1,
+                encoding: Ok(SampleEncoding::PcmS16le),
+                samples: Bytes::from(encode_pcm_s16le(&vec![0.1; 160])),
+            }
+            .validate(&Limits::default(), now)
+            .expect("valid frame")
+        })
+        .collect();
+    let refs: Vec<&Frame> = frames.iter().collect();
+    auscult_store::insert_frames(&mut client, &refs, now)
+        .await
+        .expect("insert");
+    (pg, client)
+}
+
+fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
+    NewResult {
+        frame_id,
+        model_version: "v1".into(),
+        anomalous,
+        anomaly_score: if anomalous { 9.0 } else { 1.0 },
+        threshold: 4.0,
+        class: "valve/section_00/pat_00/normal".into(),
+        class_probability: 0.9,
+        probabilities: serde_json::Map::from_iter([(
+            "valve/section_00/pat_00/normal".to_string(),
+            serde_json::json!(0.9),
+        )]),
+        profile: "valve/section_00".into(),
+        profile_scope: "machine".into(),
+        top_bands: serde_json::json!([{"low_hz": 100.0, "high_hz": 200.0, "measure": "peak", "departure_db": -4.0, "z": -3.0}]),
+        windows: 1,
+        history_windows: 0,
+        summary_windows: 1,
+        mean_window_score: 1.5,
+        band_means: vec![-40.0; 64],
+        band_peaks: vec![-20.0; 64],
+    }
+}
+
+async fn job_states(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    client
+        .query(
+            "SELECT state, count(*) FROM analysis_jobs GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await
+        .expect("states")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn claims_skip_each_other_and_expired_leases_return_to_the_queue() {
+    let (pg, mut a) = with_frames(10).await;
+    let mut b = connect(&pg).await;
+    let lease = Duration::from_secs(30);
+    let first = auscult_store::claim_jobs(&mut a, "a", 6, lease, 3)
+        .await
+        .expect("claim a");
+    let second = auscult_store::claim_jobs(&mut b, "b", 6, lease, 3)
+        .await
+        .expect("claim b");
+    assert_eq!((first.jobs.len(), second.jobs.len()), (6, 4));
+    assert!(
+        first
+            .jobs
+            .iter()
+            .all(|j| second.jobs.iter().all(|k| k.frame_id != j.frame_id)),
+        "no job is held twice"
+    );
+    assert!(first.jobs.iter().all(|j| j.attempts == 1));
+    assert!(
+        auscult_store::claim_jobs(&mut a, "a", 6, lease, 3)
+            .await
+            .expect("claim again")
+            .jobs
+            .is_empty()
+    );
+
+    // b's lease lapses (b died): its jobs go to whoever claims next, with the attempt counted.
+    b.execute(
+        "UPDATE analysis_jobs SET lease_expires_at = now() - interval '1 s' WHERE lease_owner = 'b'",
+        &[],
+    )
+    .await
+    .expect("expire");
+    let retaken = auscult_store::claim_jobs(&mut a, "a", 10, lease, 3)
+        .await
+        .expect("reclaim");
+    assert_eq!(retaken.jobs.len(), 4);
+    assert!(retaken.jobs.iter().all(|j| j.attempts == 2));
+
+    // b comes back and tries to complete what it no longer holds: nothing is written for it.
+    let stale = auscult_store::complete_jobs(
+        &mut b,
+        "b",
+        &[verdict(second.jobs[0].frame_id, false)],
+        &AlertRule::default(),
+        &[],
+    )
+    .await
+    .expect("complete stale");
+    assert!(stale.completed.is_empty() && stale.stored.is_empty());
+
+    // Heartbeats keep only one's own leases.
+    let ids: Vec<i64> = retaken.jobs.iter().map(|j| j.frame_id).collect();
+    assert_eq!(
+        auscult_store::extend_leases(&a, "a", &ids, lease)
+            .await
+            .expect("extend"),
+        4
+    );
+    assert_eq!(
+        auscult_store::extend_leases(&a, "b", &ids, lease)
+            .await
+            .expect("extend"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_back_off_and_die_after_max_attempts() {
+    let (_pg, mut client) = with_frames(2).await;
+    let lease = Duration::from_secs(30);
+    let max = 2;
+    let claim = auscult_store::claim_jobs(&mut client, "l", 10, lease, max)
+        .await
+        .expect("claim");
+    let (poison, fine) = (claim.jobs[0].frame_id, claim.jobs[1].frame_id);
+    let failure = |permanent| FailedAttempt {
+        frame_id: poison,
+        error: "analysis failed".into(),
+        permanent,
+    };
+    let dead = auscult_store::fail_jobs(&client, "l", &[failure(false)], max, Duration::ZERO)
+        .await
+        .expect("fail");
+    assert_eq!(dead, 0, "one attempt of two used");
+    let done = auscult_store::complete_jobs(
+        &mut client,
+        "l",
+        &[verdict(fine, false)],
+        &AlertRule::default(),
+        &[],
+    )
+    .await
+    .expect("complete");
+    assert_eq!(done.completed, vec![fine]);
+    assert_eq!(done.stored.len(), 1);
+    assert!(done.stored[0].latency_from_storage_ms >= 0.0);
+
+    let again = auscult_store::claim_jobs(&mut client, "l", 10, lease, max)
+        .await
+        .expect("claim again");
+    assert_eq!(again.jobs.len(), 1);
+    assert_eq!(again.jobs[0].attempts, 2);
+    let dead = auscult_store::fail_jobs(&client, "l", &[failure(false)], max, Duration::ZERO)
+        .await
+        .expect("fail again");
+    assert_eq!(dead, 1);
+    let error: String = client
+        .query_one(
+            "SELECT last_error FROM analysis_jobs WHERE frame_id = $1 AND state = 'dead'",
+            &[&poison],
+        )
+        .await
+        .expect("dead job")
+        .get(0);
+    assert_eq!(error, "analysis failed");
+    assert_eq!(
+        job_states(&client).await,
+        vec![("dead".into(), 1), ("done".into(), 1)]
+    );
+    let depth = auscult_store::queue_depth(&client).await.expect("depth");
+    assert_eq!((depth.ready, depth.running, depth.dead), (0, 0, 1));
+}
+
+#[tokio::test]
+async fn verdicts_are_stored_once_per_model_version_and_feed_the_next_frames_history() {
+    let (_pg, mut client) = with_frames(4).await;
+    let lease = Duration::from_secs(30);
+    let claim = auscult_store::claim_jobs(&mut client, "l", 3, lease, 3)
+        .await
+        .expect("claim");
+    let results: Vec<NewResult> = claim
+        .jobs
+        .iter()
+        .map(|j| verdict(j.frame_id, false))
+        .collect();
+    let done = auscult_store::complete_jobs(&mut client, "l", &results, &AlertRule::default(), &[])
+        .await
+        .expect("complete");
+    assert_eq!(done.stored.len(), 3);
+    let last = auscult_store::claim_jobs(&mut client, "l", 3, lease, 3)
+        .await
+        .expect("claim last");
+    let job = &last.jobs[0];
+    assert_eq!(job.seq, 3);
+    let history = auscult_store::stream_history(&client, &[job], 2)
+        .await
+        .expect("history");
+    let summaries = &history[&job.frame_id];
+    assert_eq!(summaries.len(), 2, "the two frames before, not three");
+    assert_eq!(summaries[0].band_peaks, vec![-20.0; 64]);
+
+    // The same verdict again (a retry after a lost commit acknowledgement) stores nothing new.
+    client
+        .execute(
+            "UPDATE analysis_jobs SET state = 'running', lease_owner = 'l' WHERE frame_id = $1",
+            &[&results[0].frame_id],
+        )
+        .await
+        .expect("reopen");
+    let again =
+        auscult_store::complete_jobs(&mut client, "l", &results[..1], &AlertRule::default(), &[])
+            .await
+            .expect("complete again");
+    assert_eq!(again.completed.len(), 1);
+    assert!(again.stored.is_empty());
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM analysis_results", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(count, 3);
+}
+
+#[tokio::test]
+async fn an_alert_fires_at_k_of_m_once_and_resolves_when_the_verdicts_clear() {
+    let (_pg, mut client) = with_frames(12).await;
+    let rule = AlertRule {
+        fire_at: 2,
+        window: 3,
+        clear_at: 0,
+    };
+    let webhooks = vec!["http://127.0.0.1:9/hook".to_string()];
+    let pattern = [
+        false, true, false, false, true, true, true, true, false, false, false, false,
+    ];
+    let mut events = Vec::new();
+    for anomalous in pattern {
+        let claim = auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
+            .await
+            .expect("claim");
+        let done = auscult_store::complete_jobs(
+            &mut client,
+            "l",
+            &[verdict(claim.jobs[0].frame_id, anomalous)],
+            &rule,
+            &webhooks,
+        )
+        .await
+        .expect("complete");
+        events.extend(done.alerts.iter().map(|a| a.event));
+    }
+    // One noisy second does not fire; two of three do, once; three clear verdicts resolve it.
+    assert_eq!(events, vec![AlertEvent::Fired, AlertEvent::Resolved]);
+    let alerts = auscult_store::list_alerts(&client).await.expect("alerts");
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].state, "resolved");
+
+    let deliveries = auscult_store::claim_deliveries(&mut client, 10, Duration::from_secs(30), 5)
+        .await
+        .expect("deliveries");
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[0].body["event"], "fired");
+    assert_eq!(deliveries[1].body["event"], "resolved");
+    assert_eq!(
+        deliveries[0].body["idempotency_key"],
+        format!("auscult-alert-{}-fired", alerts[0].id)
+    );
+    auscult_store::settle_delivery(&client, deliveries[0].id, Ok(()), Duration::ZERO)
+        .await
+        .expect("delivered");
+    auscult_store::settle_delivery(
+        &client,
+        deliveries[1].id,
+        Err("connection refused"),
+        Duration::ZERO,
+    )
+    .await
+    .expect("retry");
+    let retried = auscult_store::claim_deliveries(&mut client, 10, Duration::from_secs(30), 5)
+        .await
+        .expect("deliveries again");
+    assert_eq!(retried.len(), 1, "only the undelivered event is sent again");
+    assert_eq!(retried[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn a_sensor_that_stops_sending_goes_silent_once_and_recovers() {
+    let (_pg, mut client) = with_frames(5).await;
+    // The frames were captured a second apart; claiming them teaches the sensor's usual interval.
+    let claim = auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
+        .await
+        .expect("claim");
+    assert_eq!(claim.jobs.len(), 1);
+    for _ in 0..4 {
+        auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
+            .await
+            .expect("claim");
+    }
+    let usual: f64 = client
+        .query_one("SELECT usual_interval_s FROM sensor_health", &[])
+        .await
+        .expect("health")
+        .get(0);
+    assert!((usual - 1.0).abs() < 0.01, "usual interval {usual}");
+
+    let rule = HealthRule {
+        silent_after_intervals: 3.0,
+        min_silence: Duration::ZERO,
+        ..HealthRule::default()
+    };
+    assert!(
+        auscult_store::watch_sensors(&client, &rule)
+            .await
+            .expect("watch")
+            .is_empty(),
+        "just heard from"
+    );
+    // Ten seconds pass without a frame.
+    client
+        .execute(
+            "UPDATE sensor_health SET last_received_at = now() - interval '10 s'",
+            &[],
+        )
+        .await
+        .expect("age");
+    let events = auscult_store::watch_sensors(&client, &rule)
+        .await
+        .expect("watch");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "silent");
+    assert!(
+        auscult_store::watch_sensors(&client, &rule)
+            .await
+            .expect("watch again")
+            .is_empty(),
+        "one event per change"
+    );
+    assert_eq!(
+        auscult_store::sensor_states(&client).await.expect("states"),
+        vec![("silent".to_string(), 1)]
+    );
+    client
+        .execute("UPDATE sensor_health SET last_received_at = now()", &[])
+        .await
+        .expect("heard again");
+    let events = auscult_store::watch_sensors(&client, &rule)
+        .await
+        .expect("watch");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "recovered");
+}
