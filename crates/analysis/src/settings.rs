@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub use auscult_settings::InvalidSetting;
+
 /// Everything the analysis service can be told.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -88,29 +90,10 @@ impl Default for ModelSettings {
     }
 }
 
-/// A setting that makes no sense, named by its key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting {key}: {problem}")]
-pub struct InvalidSetting {
-    pub key: &'static str,
-    pub problem: String,
-}
-
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment.
-    pub fn load(file: Option<&std::path::Path>) -> Result<Self, config::ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = file {
-            builder = builder.add_source(config::File::from(file).required(true));
-        }
-        builder
-            .add_source(
-                config::Environment::with_prefix("AUSCULT")
-                    .prefix_separator("__")
-                    .separator("__"),
-            )
-            .build()?
-            .try_deserialize()
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, auscult_settings::ConfigError> {
+        auscult_settings::load(file)
     }
 
     pub fn validate(&self) -> Result<(), InvalidSetting> {

@@ -14,6 +14,8 @@ use crate::jobs::ClaimedJob;
 /// What a stream remembers of one scored frame (see the analysis contract's `WindowSummary`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StreamSummary {
+    /// The frame's sequence number in its stream.
+    pub seq: i64,
     pub model_version: String,
     pub windows: i32,
     pub mean_score: f64,
@@ -85,7 +87,7 @@ pub async fn stream_history(
     let rows = client
         .query(
             "SELECT DISTINCT ON (k.frame_id, r.seq)
-                    k.frame_id, r.model_version, r.summary_windows, r.mean_window_score, r.band_means, r.band_peaks
+                    k.frame_id, r.seq, r.model_version, r.summary_windows, r.mean_window_score, r.band_means, r.band_peaks
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[])
                   AS k(frame_id, device_id, sensor_id, stream_epoch, seq)
              JOIN analysis_results r
@@ -101,11 +103,12 @@ pub async fn stream_history(
             .entry(row.try_get(0)?)
             .or_default()
             .push(StreamSummary {
-                model_version: row.try_get(1)?,
-                windows: row.try_get(2)?,
-                mean_score: row.try_get(3)?,
-                band_means: row.try_get(4)?,
-                band_peaks: row.try_get(5)?,
+                seq: row.try_get(1)?,
+                model_version: row.try_get(2)?,
+                windows: row.try_get(3)?,
+                mean_score: row.try_get(4)?,
+                band_means: row.try_get(5)?,
+                band_peaks: row.try_get(6)?,
             });
     }
     Ok(history)

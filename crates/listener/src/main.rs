@@ -1,0 +1,43 @@
+//! `auscult-listener`: turns stored frames into verdicts, alerts and health events.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use auscult_listener::{Listeners, Settings};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Claims analysis jobs as frames are stored, scores them on the analysis replicas, stores the
+/// verdicts, raises alerts and watches sensor health.
+///
+/// Settings come from defaults, then --config, then AUSCULT__* environment variables
+/// (e.g. AUSCULT__DATABASE__URL, AUSCULT__ANALYSIS__ENDPOINTS=http://a:50052,http://b:50052).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TOML settings file.
+    #[arg(long, env = "AUSCULT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info");
+    let settings = Settings::load(args.config.as_deref()).context("loading settings")?;
+    settings.validate()?;
+    let listeners = Listeners {
+        grpc: TcpListener::bind(settings.listen_addr)
+            .await
+            .with_context(|| format!("binding listen_addr {}", settings.listen_addr))?,
+        admin: TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding admin_addr {}", settings.admin_addr))?,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(auscult_telemetry::cancel_on_signal(shutdown.clone()));
+    auscult_listener::run(settings, listeners, shutdown)
+        .await
+        .context("running the listener")
+}

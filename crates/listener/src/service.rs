@@ -1,0 +1,156 @@
+//! The `auscult-listener` service: its tasks, gRPC health and reflection, metrics on the admin port.
+
+use std::sync::Arc;
+
+use auscult_telemetry::Readiness;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::replicas::AnalysisReplicas;
+use crate::settings::{InvalidSetting, Settings};
+use crate::wakeup::Wakeups;
+use crate::worker::WorkerContext;
+
+/// What stops the listener from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error(transparent)]
+    Settings(#[from] InvalidSetting),
+    #[error("store: {0}")]
+    Store(#[from] auscult_store::StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] auscult_telemetry::TelemetryError),
+}
+
+/// The sockets the service serves on, bound by the caller (port 0 in tests).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Runs the listener until `shutdown` is cancelled; batches in flight get `shutdown_grace` to finish.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ListenerError> {
+    settings.validate()?;
+    let metrics_handle = auscult_telemetry::metrics_handle()?;
+    let owner: Arc<str> = settings.instance_name().into();
+    let store = auscult_store::connect_pool(
+        &settings.database.url,
+        settings.database.pool_size,
+        "auscult-listener",
+    )?;
+    let readiness = Readiness::default();
+    let wakeups = Wakeups::new();
+    let replicas = AnalysisReplicas::connect(settings.analysis.clone()).await;
+    info!(%owner, replicas = ?settings.analysis.endpoints, "listener starting");
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::wakeup::listen(
+        settings.database.url.clone(),
+        settings.database.reconnect_backoff,
+        wakeups.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )));
+    let context = WorkerContext {
+        settings: Arc::new(settings.clone()),
+        owner: Arc::clone(&owner),
+        store: store.clone(),
+        replicas: replicas.clone(),
+    };
+    let workers: Vec<_> = (0..settings.jobs.concurrency)
+        .map(|_| {
+            tokio::spawn(crate::worker::run(
+                context.clone(),
+                wakeups.frames.subscribe(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    tasks.push(tokio::spawn(crate::webhooks::deliver(
+        settings.alerts.clone(),
+        store.clone(),
+        wakeups.alerts.subscribe(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::health::watch(
+        settings.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn({
+        let (replicas, stop, every) = (
+            replicas.clone(),
+            shutdown.clone(),
+            settings.analysis.resolve_interval,
+        );
+        async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => replicas.refresh().await,
+                }
+            }
+        }
+    }));
+    let admin = tokio::spawn({
+        let (readiness, stop) = (readiness.clone(), shutdown.clone());
+        async move {
+            if let Err(e) =
+                auscult_telemetry::serve_admin(listeners.admin, metrics_handle, readiness, stop)
+                    .await
+            {
+                warn!("admin endpoint stopped: {e}");
+            }
+        }
+    });
+
+    // The listener serves no API of its own; gRPC health and reflection let the same probes and
+    // tools check it as the other services.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let stop = {
+        let (shutdown, health) = (shutdown.clone(), health.clone());
+        async move {
+            shutdown.cancelled().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop)
+        .await;
+
+    info!("shutting down: finishing batches in flight");
+    if !crate::worker::join_within(workers, settings.shutdown_grace).await {
+        warn!("batches did not finish within the shutdown grace period; their leases will expire");
+    }
+    let _ = crate::worker::join_within(tasks, std::time::Duration::from_secs(2)).await;
+    let _ = admin.await;
+    store.close();
+    info!("listener stopped");
+    served.map_err(ListenerError::from)
+}

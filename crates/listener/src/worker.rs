@@ -1,0 +1,432 @@
+//! A job worker: claim a batch, keep its lease alive, score it on the analysis replicas, store the
+//! verdicts in the transaction that completes the jobs, settle the failures.
+//!
+//! Frames of one sensor in a batch are scored in order, round by round, so that each is judged with
+//! the verdicts of the frames just before it (its stream history); frames of different sensors in
+//! the same round go in one request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use auscult_proto::analysis::v1 as pb;
+use auscult_store::{ClaimedJob, FailedAttempt, NewResult, StreamSummary};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::replicas::AnalysisReplicas;
+use crate::settings::Settings;
+
+/// What a worker needs, shared by all of a listener's workers.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    pub settings: Arc<Settings>,
+    pub owner: Arc<str>,
+    pub store: auscult_store::Pool,
+    pub replicas: AnalysisReplicas,
+}
+
+/// Claims and works batches until `shutdown`; sleeps on `wakeups` (or the sweep timer) when the
+/// queue is empty. A batch in progress is finished before stopping.
+pub async fn run(
+    context: WorkerContext,
+    mut wakeups: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) {
+    let sweep = context.settings.jobs.sweep_interval;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        wakeups.mark_unchanged();
+        let worked = match claim(&context).await {
+            Ok(jobs) if jobs.is_empty() => false,
+            Ok(jobs) => {
+                let span = info_span!("batch", jobs = jobs.len());
+                work_batch(&context, jobs).instrument(span).await;
+                true
+            }
+            Err(e) => {
+                warn!("claiming jobs: {e}");
+                false
+            }
+        };
+        if worked {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = wakeups.changed() => {}
+            () = tokio::time::sleep(sweep) => {}
+        }
+    }
+}
+
+async fn claim(context: &WorkerContext) -> Result<Vec<ClaimedJob>, String> {
+    let mut client = context.store.get().await.map_err(|e| e.to_string())?;
+    let jobs = &context.settings.jobs;
+    let claim = auscult_store::claim_jobs(
+        &mut client,
+        &context.owner,
+        jobs.batch,
+        jobs.lease,
+        jobs.max_attempts,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if claim.dead > 0 {
+        metrics::counter!("auscult_listener_jobs_total", "outcome" => "dead").increment(claim.dead);
+        warn!(
+            jobs = claim.dead,
+            "jobs gave up: their attempts ran out while leased"
+        );
+    }
+    metrics::counter!("auscult_listener_jobs_claimed_total").increment(claim.jobs.len() as u64);
+    Ok(claim.jobs)
+}
+
+/// Works one claimed batch to the end: every job is completed, failed or (on database trouble) left
+/// to its lease.
+async fn work_batch(context: &WorkerContext, jobs: Vec<ClaimedJob>) {
+    let heartbeat = tokio::spawn(keep_leases(
+        context.clone(),
+        jobs.iter().map(|j| j.frame_id).collect(),
+    ));
+    let history = match load_history(context, &jobs).await {
+        Ok(history) => history,
+        Err(e) => {
+            warn!("reading stream history: {e}; scoring without it");
+            HashMap::new()
+        }
+    };
+    let mut remembered: HashMap<(String, String, i64, i64), StreamSummary> = HashMap::new();
+    for job in &jobs {
+        for summary in history.get(&job.frame_id).into_iter().flatten() {
+            remembered.insert(
+                (
+                    job.device_id.clone(),
+                    job.sensor_id.clone(),
+                    job.stream_epoch,
+                    summary.seq,
+                ),
+                summary.clone(),
+            );
+        }
+    }
+    for round in rounds(&jobs) {
+        let items: Vec<pb::ScoreItem> = round
+            .iter()
+            .map(|job| score_item(job, &remembered, context.settings.jobs.history_frames))
+            .collect();
+        let started = std::time::Instant::now();
+        let outcome = context.replicas.score(pb::ScoreRequest { items }).await;
+        metrics::histogram!("auscult_listener_score_call_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let (results, failures) = match outcome {
+            Ok(response) if response.results.len() == round.len() => {
+                split_outcomes(&round, response.results)
+            }
+            Ok(response) => {
+                let error = format!(
+                    "analysis answered {} results for {} items",
+                    response.results.len(),
+                    round.len()
+                );
+                (Vec::new(), fail_all(&round, &error))
+            }
+            Err(e) => (Vec::new(), fail_all(&round, &e.to_string())),
+        };
+        for result in &results {
+            if let Some(job) = round.iter().find(|j| j.frame_id == result.frame_id) {
+                remembered.insert(
+                    (
+                        job.device_id.clone(),
+                        job.sensor_id.clone(),
+                        job.stream_epoch,
+                        job.seq,
+                    ),
+                    StreamSummary {
+                        seq: job.seq,
+                        model_version: result.model_version.clone(),
+                        windows: result.summary_windows,
+                        mean_score: result.mean_window_score,
+                        band_means: result.band_means.clone(),
+                        band_peaks: result.band_peaks.clone(),
+                    },
+                );
+            }
+        }
+        settle(context, &results, &failures).await;
+    }
+    heartbeat.abort();
+}
+
+/// Renews the batch's leases at a third of their length until aborted.
+async fn keep_leases(context: WorkerContext, frame_ids: Vec<i64>) {
+    let lease = context.settings.jobs.lease;
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let renewed = match context.store.get().await {
+            Ok(client) => {
+                auscult_store::extend_leases(&**client, &context.owner, &frame_ids, lease).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = renewed {
+            warn!("renewing job leases: {e}");
+        }
+    }
+}
+
+async fn load_history(
+    context: &WorkerContext,
+    jobs: &[ClaimedJob],
+) -> Result<HashMap<i64, Vec<StreamSummary>>, auscult_store::StoreError> {
+    let client = context.store.get().await?;
+    let refs: Vec<&ClaimedJob> = jobs.iter().collect();
+    auscult_store::stream_history(&**client, &refs, context.settings.jobs.history_frames).await
+}
+
+/// The batch as rounds: the n-th frame of every sensor stream in round n, streams in sequence order.
+fn rounds(jobs: &[ClaimedJob]) -> Vec<Vec<&ClaimedJob>> {
+    let mut streams: BTreeMap<(&str, &str, i64), Vec<&ClaimedJob>> = BTreeMap::new();
+    for job in jobs {
+        streams
+            .entry((&job.device_id, &job.sensor_id, job.stream_epoch))
+            .or_default()
+            .push(job);
+    }
+    let mut rounds: Vec<Vec<&ClaimedJob>> = Vec::new();
+    for mut stream in streams.into_values() {
+        stream.sort_by_key(|j| j.seq);
+        for (i, job) in stream.into_iter().enumerate() {
+            if rounds.len() <= i {
+                rounds.push(Vec::new());
+            }
+            rounds[i].push(job);
+        }
+    }
+    rounds
+}
+
+fn score_item(
+    job: &ClaimedJob,
+    remembered: &HashMap<(String, String, i64, i64), StreamSummary>,
+    depth: i64,
+) -> pb::ScoreItem {
+    let history = (job.seq.saturating_sub(depth)..job.seq)
+        .filter_map(|seq| {
+            remembered.get(&(
+                job.device_id.clone(),
+                job.sensor_id.clone(),
+                job.stream_epoch,
+                seq,
+            ))
+        })
+        .map(|s| pb::WindowSummary {
+            model_version: s.model_version.clone(),
+            windows: u32::try_from(s.windows).unwrap_or(0),
+            mean_score: s.mean_score,
+            band_means: s.band_means.clone(),
+            band_peaks: s.band_peaks.clone(),
+        })
+        .collect();
+    let (machine_type, machine_id) = job.machine.clone().unwrap_or_default();
+    pb::ScoreItem {
+        source: Some(pb::score_item::Source::FrameId(job.frame_id)),
+        machine_type,
+        machine_id,
+        history,
+    }
+}
+
+fn fail_all(round: &[&ClaimedJob], error: &str) -> Vec<FailedAttempt> {
+    round
+        .iter()
+        .map(|job| FailedAttempt {
+            frame_id: job.frame_id,
+            error: error.to_owned(),
+            permanent: false,
+        })
+        .collect()
+}
+
+/// Verdicts to store and items that failed. An item failure is retried like any other: a frame
+/// that cannot be judged today may be judged by the next model (a newly enrolled machine); the
+/// attempts and backoff bound what it costs.
+fn split_outcomes(
+    round: &[&ClaimedJob],
+    outcomes: Vec<pb::ScoreResult>,
+) -> (Vec<NewResult>, Vec<FailedAttempt>) {
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (job, outcome) in round.iter().zip(outcomes) {
+        match outcome.outcome {
+            Some(pb::score_result::Outcome::Verdict(verdict)) => {
+                results.push(new_result(job.frame_id, verdict));
+            }
+            Some(pb::score_result::Outcome::Failure(failure)) => {
+                let reason = failure
+                    .reason()
+                    .as_str_name()
+                    .trim_start_matches("FAILURE_REASON_");
+                metrics::counter!("auscult_listener_item_failures_total",
+                    "reason" => reason.to_ascii_lowercase())
+                .increment(1);
+                failures.push(FailedAttempt {
+                    frame_id: job.frame_id,
+                    error: format!("{reason}: {}", failure.detail),
+                    permanent: false,
+                });
+            }
+            None => failures.push(FailedAttempt {
+                frame_id: job.frame_id,
+                error: "analysis returned an empty result".into(),
+                permanent: false,
+            }),
+        }
+    }
+    (results, failures)
+}
+
+/// Scores as the database stores them: finite, so that JSON and SQL carry them unchanged.
+fn finite(value: f64) -> f64 {
+    if value.is_finite() {
+        value
+    } else if value > 0.0 {
+        f64::MAX
+    } else {
+        f64::MIN
+    }
+}
+
+fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
+    let summary = verdict.summary.unwrap_or_default();
+    NewResult {
+        frame_id,
+        model_version: verdict.model_version,
+        anomalous: verdict.anomalous,
+        anomaly_score: finite(verdict.anomaly_score),
+        threshold: finite(verdict.threshold),
+        class: verdict.class,
+        class_probability: verdict.class_probability,
+        probabilities: verdict
+            .probabilities
+            .into_iter()
+            .map(|p| (p.class, serde_json::json!(p.probability)))
+            .collect(),
+        profile: verdict.profile,
+        profile_scope: verdict.profile_scope,
+        top_bands: serde_json::Value::Array(
+            verdict
+                .top_bands
+                .into_iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "low_hz": b.low_hz,
+                        "high_hz": b.high_hz,
+                        "measure": b.measure,
+                        "departure_db": b.departure_db,
+                        "z": b.z,
+                    })
+                })
+                .collect(),
+        ),
+        windows: i32::try_from(verdict.windows).unwrap_or(i32::MAX),
+        history_windows: i32::try_from(verdict.history_windows).unwrap_or(i32::MAX),
+        summary_windows: i32::try_from(summary.windows).unwrap_or(i32::MAX),
+        mean_window_score: finite(summary.mean_score),
+        band_means: summary.band_means,
+        band_peaks: summary.band_peaks,
+    }
+}
+
+/// Completes the verdicts' jobs and fails the rest; database trouble leaves jobs to their leases.
+async fn settle(context: &WorkerContext, results: &[NewResult], failures: &[FailedAttempt]) {
+    let settings = &context.settings;
+    let mut client = match context.store.get().await {
+        Ok(client) => client,
+        Err(e) => {
+            warn!("cannot store verdicts: {e}; their jobs return when the lease expires");
+            return;
+        }
+    };
+    if !results.is_empty() {
+        match auscult_store::complete_jobs(
+            &mut client,
+            &context.owner,
+            results,
+            &settings.alert_rule(),
+            &settings.alerts.webhooks,
+        )
+        .await
+        {
+            Ok(completion) => {
+                metrics::counter!("auscult_listener_jobs_total", "outcome" => "scored")
+                    .increment(completion.completed.len() as u64);
+                for stored in &completion.stored {
+                    metrics::histogram!("auscult_listener_latency_from_storage_seconds")
+                        .record(stored.latency_from_storage_ms / 1000.0);
+                    metrics::histogram!("auscult_listener_latency_from_capture_seconds")
+                        .record(stored.latency_from_capture_ms / 1000.0);
+                    if stored.anomalous {
+                        metrics::counter!("auscult_listener_anomalous_verdicts_total").increment(1);
+                    }
+                }
+                let lost = results.len() - completion.completed.len();
+                if lost > 0 {
+                    metrics::counter!("auscult_listener_jobs_total", "outcome" => "lease_lost")
+                        .increment(lost as u64);
+                    warn!(
+                        jobs = lost,
+                        "leases were lost before completion; other listeners have them"
+                    );
+                }
+                for alert in &completion.alerts {
+                    metrics::counter!("auscult_alerts_total", "event" => alert.event.as_str())
+                        .increment(1);
+                    info!(
+                        alert = alert.alert_id,
+                        event = alert.event.as_str(),
+                        device = %alert.device_id,
+                        sensor = %alert.sensor_id,
+                        machine = %alert.machine,
+                        "alert"
+                    );
+                }
+                debug!(scored = completion.completed.len(), "batch round stored");
+            }
+            Err(e) => warn!("storing verdicts: {e}; their jobs return when the lease expires"),
+        }
+    }
+    if !failures.is_empty() {
+        match auscult_store::fail_jobs(
+            &**client,
+            &context.owner,
+            failures,
+            settings.jobs.max_attempts,
+            settings.jobs.retry_backoff,
+        )
+        .await
+        {
+            Ok(dead) => {
+                metrics::counter!("auscult_listener_jobs_total", "outcome" => "retry")
+                    .increment(failures.len() as u64 - dead);
+                if dead > 0 {
+                    metrics::counter!("auscult_listener_jobs_total", "outcome" => "dead")
+                        .increment(dead);
+                    warn!(jobs = dead, error = %failures[0].error, "jobs went dead after their last attempt");
+                }
+            }
+            Err(e) => warn!("recording failed attempts: {e}"),
+        }
+    }
+}
+
+/// Waits at most `grace` for `tasks`; returns whether they all finished.
+pub async fn join_within(tasks: Vec<tokio::task::JoinHandle<()>>, grace: Duration) -> bool {
+    tokio::time::timeout(grace, futures_util::future::join_all(tasks))
+        .await
+        .is_ok()
+}
