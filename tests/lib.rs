@@ -173,3 +173,114 @@ pub async fn stored_frames(
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
 }
+
+/// Publishes and activates the shipped model in the registry.
+pub async fn activate_shipped_model(client: &mut tokio_postgres::Client) -> String {
+    let shipped = std::fs::read(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/model/shipped/auscult.model"),
+    )
+    .expect("shipped model");
+    let (info, _) = auscult_model::file::decode(&shipped).expect("decode");
+    auscult_store::publish_model(&*client, &info.version, &shipped, &serde_json::json!({}))
+        .await
+        .expect("publish");
+    auscult_store::activate_model(client, &info.version)
+        .await
+        .expect("activate");
+    info.version
+}
+
+/// An `auscult-analysis` process on free ports.
+#[derive(Debug)]
+pub struct AnalysisProcess {
+    pub process: ServiceProcess,
+    pub grpc_port: u16,
+}
+
+impl AnalysisProcess {
+    /// Starts one on `database_url` and waits until it is SERVING (a model must be active).
+    pub async fn start(database_url: &str) -> Self {
+        let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
+        let process = ServiceProcess::spawn(
+            "auscult-analysis",
+            &[],
+            [
+                ("AUSCULT__DATABASE__URL", database_url.to_owned()),
+                ("AUSCULT__LISTEN_ADDR", format!("127.0.0.1:{grpc_port}")),
+                ("AUSCULT__ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+                ("AUSCULT__SCORING__WORKERS", "1".into()),
+            ],
+        )
+        .expect("start auscult-analysis");
+        let analysis = Self { process, grpc_port };
+        let endpoint = analysis.endpoint();
+        let serving = wait_for(Duration::from_secs(60), || {
+            let endpoint = endpoint.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                let request = HealthCheckRequest {
+                    service: "auscult.analysis.v1.Analysis".into(),
+                };
+                let response = HealthClient::new(channel).check(request).await.ok()?;
+                (response.get_ref().status == ServingStatus::Serving as i32).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            serving.is_some(),
+            "analysis did not become SERVING:\n{}",
+            analysis.process.log()
+        );
+        analysis
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+}
+
+/// Starts an `auscult-listener` named `instance` calling `analysis`, with `env` on top.
+pub fn start_listener(
+    database_url: &str,
+    instance: &str,
+    analysis: &[String],
+    env: &[(&str, &str)],
+) -> ServiceProcess {
+    let mut vars: Vec<(String, String)> = vec![
+        ("AUSCULT__DATABASE__URL".into(), database_url.to_owned()),
+        (
+            "AUSCULT__LISTEN_ADDR".into(),
+            format!("127.0.0.1:{}", free_port().expect("port")),
+        ),
+        (
+            "AUSCULT__ADMIN_ADDR".into(),
+            format!("127.0.0.1:{}", free_port().expect("port")),
+        ),
+        ("AUSCULT__INSTANCE".into(), instance.to_owned()),
+        ("AUSCULT__ANALYSIS__ENDPOINTS".into(), analysis.join(",")),
+        ("AUSCULT__JOBS__SWEEP_INTERVAL".into(), "500ms".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    ServiceProcess::spawn("auscult-listener", &[], vars).expect("start auscult-listener")
+}
+
+/// (done jobs, all jobs, result rows, distinct frames with a result).
+pub async fn scoring_progress(client: &tokio_postgres::Client) -> (i64, i64, i64, i64) {
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM analysis_jobs WHERE state = 'done'),
+                    (SELECT count(*) FROM analysis_jobs),
+                    (SELECT count(*) FROM analysis_results),
+                    (SELECT count(DISTINCT frame_id) FROM analysis_results)",
+            &[],
+        )
+        .await
+        .expect("progress");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}

@@ -228,6 +228,7 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
                 .collect(),
             windows: u32::try_from(a.window_scores.len()).unwrap_or(u32::MAX),
             history_windows: u32::try_from(a.history_windows).unwrap_or(u32::MAX),
+            clip: a.as_clip,
             summary: Some(pb::WindowSummary {
                 model_version: scored.summary.model_version,
                 windows: u32::try_from(scored.summary.windows).unwrap_or(u32::MAX),

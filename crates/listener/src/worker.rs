@@ -335,6 +335,7 @@ fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
         ),
         windows: i32::try_from(verdict.windows).unwrap_or(i32::MAX),
         history_windows: i32::try_from(verdict.history_windows).unwrap_or(i32::MAX),
+        clip: verdict.clip,
         summary_windows: i32::try_from(summary.windows).unwrap_or(i32::MAX),
         mean_window_score: finite(summary.mean_score),
         band_means: summary.band_means,

@@ -151,6 +151,9 @@ pub struct Assessment {
     /// Windows of earlier frames of the stream judged with this one (0: judged alone).
     #[serde(default)]
     pub history_windows: usize,
+    /// Judged over a clip's length (against the clip threshold), not as a lone window or two.
+    #[serde(default)]
+    pub as_clip: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -394,6 +397,7 @@ impl Detector {
             detector: profile.detector,
             top_bands,
             history_windows: stream.scores.len() - inference.windows,
+            as_clip,
         })
     }
 

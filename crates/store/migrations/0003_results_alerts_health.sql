@@ -42,6 +42,8 @@ CREATE TABLE analysis_results (
     top_bands              jsonb NOT NULL,
     windows                integer NOT NULL,
     history_windows        integer NOT NULL,
+    -- Judged over a clip's length; alerts count only these.
+    clip                   boolean NOT NULL,
     -- What the next frames of the stream are judged with (their history).
     summary_windows        integer NOT NULL,
     mean_window_score      double precision NOT NULL,
@@ -55,7 +57,7 @@ CREATE INDEX analysis_results_stream_idx ON analysis_results (device_id, sensor_
 CREATE INDEX analysis_results_time_idx ON analysis_results (device_id, sensor_id, captured_at);
 COMMENT ON TABLE analysis_results IS 'Verdicts, one per frame and model version, with the latencies that produced them.';
 
--- An alert is one episode of a machine sounding wrong: opened when K of its last M verdicts are anomalous,
+-- An alert is one episode of a machine sounding wrong: opened when K of its last M clip verdicts are anomalous,
 -- resolved when they clear. At most one is firing per sensor, whatever the number of listeners.
 CREATE TABLE alerts (
     id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

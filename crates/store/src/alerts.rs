@@ -11,7 +11,8 @@ use crate::StoreError;
 pub const ALERTS_CHANNEL: &str = "auscult_alerts";
 
 /// When an alert opens and when it clears: it fires when at least `fire_at` of a sensor's last
-/// `window` verdicts are anomalous, and resolves when at most `clear_at` of them are.
+/// `window` clip verdicts are anomalous, and resolves when at most `clear_at` of them are. Verdicts
+/// on a lone second (the first seconds of a stream) are stored but do not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AlertRule {
     pub fire_at: i64,
@@ -74,7 +75,7 @@ pub(crate) async fn judge_alerts(
         let latest = tx
             .query(
                 "SELECT frame_id, anomalous, anomaly_score, threshold, model_version, top_bands::text, profile
-                 FROM analysis_results WHERE device_id = $1 AND sensor_id = $2
+                 FROM analysis_results WHERE device_id = $1 AND sensor_id = $2 AND clip
                  ORDER BY captured_at DESC, scored_at DESC LIMIT $3",
                 &[&device_id, &sensor_id, &rule.window],
             )

@@ -41,6 +41,8 @@ pub struct NewResult {
     pub top_bands: serde_json::Value,
     pub windows: i32,
     pub history_windows: i32,
+    /// Judged over a clip's length; alerts count only these.
+    pub clip: bool,
     pub summary_windows: i32,
     pub mean_window_score: f64,
     pub band_means: Vec<f32>,
@@ -142,18 +144,18 @@ pub async fn complete_jobs(
                 SELECT * FROM jsonb_to_recordset($3::text::jsonb) AS r(
                     frame_id bigint, model_version text, anomalous boolean, anomaly_score float8,
                     threshold float8, class text, class_probability real, probabilities jsonb, profile text,
-                    profile_scope text, top_bands jsonb, windows integer, history_windows integer,
+                    profile_scope text, top_bands jsonb, windows integer, history_windows integer, clip boolean,
                     summary_windows integer, mean_window_score float8, band_means real[], band_peaks real[])
             ), inserted AS (
                 INSERT INTO analysis_results (
                     frame_id, model_version, device_id, sensor_id, stream_epoch, seq, captured_at, stored_at,
                     anomalous, anomaly_score, threshold, class, class_probability, probabilities, profile,
-                    profile_scope, top_bands, windows, history_windows, summary_windows, mean_window_score,
+                    profile_scope, top_bands, windows, history_windows, clip, summary_windows, mean_window_score,
                     band_means, band_peaks, latency_from_capture_ms, latency_from_storage_ms)
                 SELECT i.frame_id, i.model_version, f.device_id, f.sensor_id, f.stream_epoch, f.seq,
                        f.captured_at, d.enqueued_at, i.anomalous, i.anomaly_score, i.threshold, i.class,
                        i.class_probability, i.probabilities, i.profile, i.profile_scope, i.top_bands, i.windows,
-                       i.history_windows, i.summary_windows, i.mean_window_score, i.band_means, i.band_peaks,
+                       i.history_windows, i.clip, i.summary_windows, i.mean_window_score, i.band_means, i.band_peaks,
                        extract(epoch FROM clock_timestamp() - f.captured_at) * 1000,
                        extract(epoch FROM clock_timestamp() - d.enqueued_at) * 1000
                 FROM input i JOIN done d USING (frame_id) JOIN frames f ON f.id = i.frame_id

@@ -67,6 +67,7 @@ fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         top_bands: serde_json::json!([{"low_hz": 100.0, "high_hz": 200.0, "measure": "peak", "departure_db": -4.0, "z": -3.0}]),
         windows: 1,
         history_windows: 0,
+        clip: true,
         summary_windows: 1,
         mean_window_score: 1.5,
         band_means: vec![-40.0; 64],

@@ -1,0 +1,356 @@
+//! The whole pipeline with the real binaries: `auscult simulate` → `auscult-ingest` → PostgreSQL →
+//! `auscult-listener` → `auscult-analysis` → verdicts and alerts, through the failures a plant sees.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use auscult_e2e::{
+    AnalysisProcess, Stack, activate_shipped_model, scoring_progress, start_listener,
+};
+use auscult_testkit::{wait_for, workspace_binary};
+
+/// Streams `sensors` × `frames` synthetic one-second frames through ingest as fast as it takes them.
+async fn simulate(stack: &Stack, device: &str, sensors: u32, frames: u32) {
+    let token = stack.add_device(device).await;
+    let args = [
+        "simulate",
+        "--endpoint",
+        &stack.endpoint(),
+        "--device",
+        device,
+        "--sensors",
+        &sensors.to_string(),
+        "--frames",
+        &frames.to_string(),
+        "--rate",
+        "0",
+        "--epoch",
+        "1",
+        "--json",
+    ]
+    .map(str::to_owned);
+    let binary = workspace_binary("auscult").expect("auscult binary");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args(args)
+            .env("AUSCULT_TOKEN", token)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run simulate");
+    assert!(
+        output.status.success(),
+        "simulate failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Waits until every job is settled (done or dead); returns the progress.
+async fn settled(
+    client: &tokio_postgres::Client,
+    timeout: Duration,
+) -> Option<(i64, i64, i64, i64)> {
+    wait_for(timeout, || async {
+        let open: i64 = client
+            .query_one(
+                "SELECT count(*) FROM analysis_jobs WHERE state IN ('queued', 'running')",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (open == 0).then_some(())
+    })
+    .await?;
+    Some(scoring_progress(client).await)
+}
+
+/// Short leases and deadlines, so that a killed listener's jobs return within seconds.
+const FAST_RECOVERY: [(&str, &str); 4] = [
+    ("AUSCULT__JOBS__LEASE", "3s"),
+    ("AUSCULT__ANALYSIS__DEADLINE", "2s"),
+    ("AUSCULT__JOBS__RETRY_BACKOFF", "100ms"),
+    ("AUSCULT__JOBS__BATCH", "32"),
+];
+
+#[tokio::test]
+async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_die() {
+    let stack = Stack::start(&[]).await;
+    let mut db = stack.db().await;
+    let version = activate_shipped_model(&mut db).await;
+    let url = stack.postgres.url();
+    let analysis_a = AnalysisProcess::start(&url).await;
+    let mut analysis_b = AnalysisProcess::start(&url).await;
+    let endpoints = vec![analysis_a.endpoint(), analysis_b.endpoint()];
+    let mut listener_a = start_listener(&url, "listener-a", &endpoints, &FAST_RECOVERY);
+    let _listener_b = start_listener(&url, "listener-b", &endpoints, &FAST_RECOVERY);
+
+    simulate(&stack, "gw-1", 20, 60).await;
+
+    // Mid-run: one listener and one analysis replica die without warning.
+    let started = wait_for(Duration::from_secs(60), || async {
+        (scoring_progress(&db).await.0 >= 100).then_some(())
+    })
+    .await;
+    assert!(
+        started.is_some(),
+        "scoring never started:\n{}",
+        listener_a.log()
+    );
+    listener_a.kill().expect("kill listener a");
+    analysis_b.process.kill().expect("kill analysis b");
+    let halfway = scoring_progress(&db).await.0;
+    assert!(
+        halfway < 1200,
+        "the faults came mid-run ({halfway} of 1200 done)"
+    );
+    let _listener_a = start_listener(&url, "listener-a", &endpoints, &FAST_RECOVERY);
+
+    let (done, jobs, results, frames) = settled(&db, Duration::from_secs(180))
+        .await
+        .expect("every job settles");
+    assert_eq!(jobs, 1200, "20 sensors × 60 frames stored");
+    assert_eq!(done, 1200, "every job done, none dead");
+    assert_eq!(results, 1200, "one verdict per frame, none doubled");
+    assert_eq!(frames, 1200);
+    let versions: Vec<String> = db
+        .query("SELECT DISTINCT model_version FROM analysis_results", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![version], "every verdict names its model");
+    let unjudged: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analysis_results WHERE latency_from_storage_ms < 0 OR threshold <= 0",
+            &[],
+        )
+        .await
+        .expect("latencies")
+        .get(0);
+    assert_eq!(unjudged, 0);
+}
+
+#[tokio::test]
+async fn terminated_listener_connections_lose_no_job() {
+    let stack = Stack::start(&[]).await;
+    let mut db = stack.db().await;
+    activate_shipped_model(&mut db).await;
+    let url = stack.postgres.url();
+    let analysis = AnalysisProcess::start(&url).await;
+    let listener = start_listener(&url, "listener", &[analysis.endpoint()], &FAST_RECOVERY);
+    let connected = wait_for(Duration::from_secs(30), || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'auscult-listener'
+                   OR query LIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(
+        connected.is_some(),
+        "listener never connected:\n{}",
+        listener.log()
+    );
+
+    // Frames arrive while every listener connection is cut, again and again.
+    let terminator = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = auscult_e2e::connect(&url).await;
+            let mut cuts = 0_u32;
+            for _ in 0..12 {
+                cuts += client
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE pid <> pg_backend_pid() AND datname = current_database()
+                           AND (application_name = 'auscult-listener' OR query LIKE 'LISTEN%')",
+                        &[],
+                    )
+                    .await
+                    .map_or(0, |rows| rows.len() as u32);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            cuts
+        })
+    };
+    simulate(&stack, "gw-1", 5, 40).await;
+    let cuts = terminator.await.expect("terminator");
+    assert!(cuts >= 6, "connections were cut ({cuts})");
+
+    let (done, jobs, results, _) = settled(&db, Duration::from_secs(120))
+        .await
+        .expect("every job settles");
+    assert_eq!((done, jobs, results), (200, 200, 200), "{}", listener.log());
+    assert!(
+        listener.log().contains("notification connection lost"),
+        "the LISTEN connection was cut and re-established"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_analysis_always_fails_on_goes_dead_and_the_rest_flows() {
+    let stack = Stack::start(&[]).await;
+    let mut db = stack.db().await;
+    activate_shipped_model(&mut db).await;
+    let url = stack.postgres.url();
+    let analysis = AnalysisProcess::start(&url).await;
+    // A sensor registered as a machine no profile knows — and a global profile exists, so instead
+    // frames too short for one window: half a second, which analysis can never judge.
+    let token = stack.add_device("gw-short").await;
+    let args = [
+        "simulate",
+        "--endpoint",
+        &stack.endpoint(),
+        "--device",
+        "gw-short",
+        "--sensors",
+        "1",
+        "--frames",
+        "1",
+        "--frame-seconds",
+        "0.5",
+        "--rate",
+        "0",
+        "--json",
+    ]
+    .map(str::to_owned);
+    let binary = workspace_binary("auscult").expect("auscult binary");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args(args)
+            .env("AUSCULT_TOKEN", token)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("simulate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    simulate(&stack, "gw-1", 3, 10).await;
+    let listener = start_listener(
+        &url,
+        "listener",
+        &[analysis.endpoint()],
+        &[
+            ("AUSCULT__JOBS__MAX_ATTEMPTS", "3"),
+            ("AUSCULT__JOBS__RETRY_BACKOFF", "50ms"),
+        ],
+    );
+    let (done, jobs, results, _) = settled(&db, Duration::from_secs(60))
+        .await
+        .expect("every job settles");
+    assert_eq!((done, jobs, results), (30, 31, 30), "{}", listener.log());
+    let dead = db
+        .query_one(
+            "SELECT j.attempts, j.last_error FROM analysis_jobs j JOIN frames f ON f.id = j.frame_id
+             WHERE j.state = 'dead' AND f.device_id = 'gw-short'",
+            &[],
+        )
+        .await
+        .expect("the short frame's job is dead");
+    let (attempts, error): (i32, String) = (dead.get(0), dead.get(1));
+    assert_eq!(attempts, 3, "dead after max_attempts");
+    assert!(error.contains("UNSCORABLE"), "last error kept: {error}");
+}
+
+/// One sensor streaming a recording, registered as the machine it records.
+async fn stream_recording(stack: &Stack, device: &str, file: &str) {
+    let token = stack.add_device(device).await;
+    let mut db = stack.db().await;
+    db.execute(
+        "INSERT INTO sensor_machines VALUES ($1, 'mic-0', 'valve', 'section_00')",
+        &[&device],
+    )
+    .await
+    .expect("register machine");
+    let _ = &mut db;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data/recordings")
+        .join(file);
+    let args = [
+        "simulate",
+        "--endpoint",
+        &stack.endpoint(),
+        "--device",
+        device,
+        "--sensors",
+        "1",
+        "--wav",
+        &path.display().to_string(),
+        "--frames",
+        "20",
+        "--rate",
+        "0",
+        "--json",
+    ]
+    .map(str::to_owned);
+    let binary = workspace_binary("auscult").expect("auscult binary");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args(args)
+            .env("AUSCULT_TOKEN", token)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("simulate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_alert_fires_for_a_faulty_valve_and_not_for_a_normal_one() {
+    let stack = Stack::start(&[]).await;
+    let mut db = stack.db().await;
+    activate_shipped_model(&mut db).await;
+    let url = stack.postgres.url();
+    let analysis = AnalysisProcess::start(&url).await;
+    // The listener starts first, so the frames are scored as they arrive, one stream at a time.
+    let listener = start_listener(&url, "listener", &[analysis.endpoint()], &[]);
+    stream_recording(
+        &stack,
+        "gw-faulty",
+        "section_00_source_test_anomaly_0028_pat_00.wav",
+    )
+    .await;
+    stream_recording(
+        &stack,
+        "gw-normal",
+        "section_00_source_test_normal_0033_pat_00.wav",
+    )
+    .await;
+    let (done, jobs, _, _) = settled(&db, Duration::from_secs(60))
+        .await
+        .expect("settled");
+    assert_eq!((done, jobs), (40, 40));
+
+    let alerts = auscult_store::list_alerts(&db).await.expect("alerts");
+    let devices: Vec<&str> = alerts.iter().map(|a| a.device_id.as_str()).collect();
+    assert_eq!(devices, vec!["gw-faulty"], "{alerts:?}\n{}", listener.log());
+    assert_eq!(alerts[0].machine, "valve/section_00");
+    let judged_as_clip: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analysis_results WHERE device_id = 'gw-faulty' AND history_windows = 9",
+            &[],
+        )
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(
+        judged_as_clip, 11,
+        "from the tenth second on, every second is judged with the nine before it"
+    );
+}
