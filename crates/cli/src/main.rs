@@ -3,6 +3,7 @@
 
 mod commands;
 mod database;
+mod local_stack;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Apply pending database migrations (safe to run from several places at once).
     Migrate(commands::migrate::Args),
+    /// Run the whole system on this machine and stream sample recordings through it.
+    Demo(commands::demo::Args),
     /// Register gateway devices and manage their tokens.
     #[command(subcommand)]
     Device(commands::device::Command),
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "warn");
     match cli.command {
         Command::Migrate(args) => commands::migrate::run(args).await,
+        Command::Demo(args) => commands::demo::run(args).await,
         Command::Device(command) => commands::device::run(command).await,
         Command::Simulate(args) => commands::simulate::run(args).await,
         Command::Train(args) => commands::train::run(args),

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod demo;
 pub mod device;
 pub mod enroll;
 pub mod evaluate;
