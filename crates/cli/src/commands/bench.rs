@@ -24,9 +24,14 @@ pub enum Command {
     /// Time the analysis path on this machine: spectrogram, CNN at batch 1 and 32, throughput on all
     /// cores, and the ratio to PyTorch's CPU speed on the same architecture.
     Analysis(analysis::Args),
+    /// Run the whole stack on this machine and measure latency from frame stored to verdict stored at a
+    /// steady load, and the highest rate it scores without a growing backlog. Uses DATABASE_URL or starts a
+    /// throwaway PostgreSQL.
+    Pipeline(pipeline::Args),
 }
 
 mod analysis;
+mod pipeline;
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -54,6 +59,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Ingest(args) => ingest(args).await,
         Command::Analysis(args) => tokio::task::spawn_blocking(move || analysis::run(args)).await?,
+        Command::Pipeline(args) => pipeline::run(args).await,
     }
 }
 

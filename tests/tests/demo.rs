@@ -1,0 +1,65 @@
+//! `auscult demo`, the README's main command, end to end: its own PostgreSQL, the three services,
+//! the sample recordings, and the JSON summary operators and scripts read.
+
+use std::process::Command;
+
+use auscult_testkit::workspace_binary;
+
+#[tokio::test]
+async fn the_demo_scores_every_frame_and_alerts_on_the_faulty_valves() {
+    let binary = workspace_binary("auscult").expect("auscult binary");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args([
+                "demo",
+                "--seconds",
+                "12",
+                "--rate",
+                "0",
+                "--max-recordings",
+                "4",
+                "--json",
+            ])
+            .env_remove("DATABASE_URL")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run demo");
+    assert!(
+        output.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
+    for key in [
+        "sent",
+        "stored",
+        "scored",
+        "duplicates",
+        "alerts",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "machines",
+    ] {
+        assert!(summary.get(key).is_some(), "summary has {key}: {summary}");
+    }
+    assert_eq!(summary["sent"], 48, "4 recordings × 12 s");
+    assert_eq!(summary["stored"], 48);
+    assert_eq!(summary["scored"], 48);
+    let machines = summary["machines"].as_array().expect("machines");
+    assert_eq!(machines.len(), 4);
+    for machine in machines {
+        assert_eq!(machine["frames"], 12);
+        let expected = if machine["label"] == "anomaly" {
+            "anomalous"
+        } else {
+            "normal"
+        };
+        assert_eq!(machine["verdict"], expected, "{machine}");
+    }
+    assert_eq!(
+        summary["alerts"], 3,
+        "the three faulty valves, not the normal one"
+    );
+}
