@@ -318,8 +318,19 @@ async fn an_alert_fires_for_a_faulty_valve_and_not_for_a_normal_one() {
     activate_shipped_model(&mut db).await;
     let url = stack.postgres.url();
     let analysis = AnalysisProcess::start(&url).await;
+    let (hook_url, mut hook_bodies) = webhook_receiver().await;
     // The listener starts first, so the frames are scored as they arrive, one stream at a time.
-    let listener = start_listener(&url, "listener", &[analysis.endpoint()], &[]);
+    let listener = start_listener(
+        &url,
+        "listener",
+        &[analysis.endpoint()],
+        // One batch at a time: each frame then finds every earlier frame's verdict stored (with
+        // concurrent batches, a frame may be judged before its predecessor, with less history).
+        &[
+            ("AUSCULT__ALERTS__WEBHOOKS", hook_url.as_str()),
+            ("AUSCULT__JOBS__CONCURRENCY", "1"),
+        ],
+    );
     stream_recording(
         &stack,
         "gw-faulty",
@@ -349,8 +360,73 @@ async fn an_alert_fires_for_a_faulty_valve_and_not_for_a_normal_one() {
         .await
         .expect("history")
         .get(0);
+    let delivered = tokio::time::timeout(Duration::from_secs(30), hook_bodies.recv())
+        .await
+        .expect("the webhook is called")
+        .expect("a body");
+    assert_eq!(delivered["event"], "fired");
+    assert_eq!(delivered["device_id"], "gw-faulty");
+    assert_eq!(
+        delivered["idempotency_key"],
+        format!("auscult-alert-{}-fired", alerts[0].id)
+    );
     assert_eq!(
         judged_as_clip, 11,
         "from the tenth second on, every second is judged with the nine before it"
     );
+}
+
+/// A webhook receiver: answers 200 to every POST and hands over each JSON body.
+async fn webhook_receiver() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (bodies, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0_u8; 4096];
+                // Read the head, then as many body bytes as Content-Length says.
+                loop {
+                    let Ok(n) = socket.read(&mut buffer).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let Some(head_end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        let body = &request[head_end + 4..head_end + 4 + length];
+                        if let Ok(json) = serde_json::from_slice(body) {
+                            let _ = bodies.send(json);
+                        }
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, received)
 }
