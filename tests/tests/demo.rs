@@ -15,7 +15,7 @@ async fn the_demo_scores_every_frame_and_alerts_on_the_faulty_valves() {
                 "--seconds",
                 "12",
                 "--rate",
-                "0",
+                "5",
                 "--max-recordings",
                 "4",
                 "--json",
