@@ -210,22 +210,6 @@ pub async fn fail_jobs(
     Ok(dead)
 }
 
-/// Returns jobs `owner` holds to the queue without using an attempt (a listener shutting down).
-pub async fn release_jobs(
-    client: &impl GenericClient,
-    owner: &str,
-    frame_ids: &[i64],
-) -> Result<u64, StoreError> {
-    Ok(client
-        .execute(
-            "UPDATE analysis_jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),
-                    lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE frame_id = ANY($2) AND state = 'running' AND lease_owner = $1",
-            &[&owner, &frame_ids],
-        )
-        .await?)
-}
-
 /// Counts the queue by state.
 pub async fn queue_depth(client: &impl GenericClient) -> Result<QueueDepth, StoreError> {
     let row = client

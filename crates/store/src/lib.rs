@@ -25,8 +25,7 @@ pub use frames::{
 };
 pub use health::{HealthEvent, HealthRule, sensor_states, watch_sensors};
 pub use jobs::{
-    Claim, ClaimedJob, FailedAttempt, QueueDepth, claim_jobs, extend_leases, fail_jobs,
-    queue_depth, release_jobs,
+    Claim, ClaimedJob, FailedAttempt, QueueDepth, claim_jobs, extend_leases, fail_jobs, queue_depth,
 };
 pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
 pub use models::{

@@ -392,3 +392,52 @@ async fn a_sensor_that_stops_sending_goes_silent_once_and_recovers() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "recovered");
 }
+
+#[tokio::test]
+async fn a_sensor_sending_at_twice_its_usual_rate_is_reported_once() {
+    let (_pg, mut client) = with_frames(40).await;
+    for _ in 0..40 {
+        auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
+            .await
+            .expect("claim");
+    }
+    let rule = HealthRule {
+        min_frames: 30,
+        ..HealthRule::default()
+    };
+    assert!(
+        auscult_store::watch_sensors(&client, &rule)
+            .await
+            .expect("watch")
+            .is_empty(),
+        "one frame a second, as usual"
+    );
+    // Lately a frame every 0.3 s against a usual second.
+    client
+        .execute(
+            "UPDATE sensor_health SET recent_interval_s = 0.3, last_received_at = now()",
+            &[],
+        )
+        .await
+        .expect("faster");
+    let events = auscult_store::watch_sensors(&client, &rule)
+        .await
+        .expect("watch");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, "rate_changed");
+    assert!(
+        auscult_store::watch_sensors(&client, &rule)
+            .await
+            .expect("watch again")
+            .is_empty()
+    );
+    client
+        .execute("UPDATE sensor_health SET recent_interval_s = 1.0", &[])
+        .await
+        .expect("back to normal");
+    let events = auscult_store::watch_sensors(&client, &rule)
+        .await
+        .expect("watch");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "recovered");
+}

@@ -1,0 +1,38 @@
+//! The `auscult-listener` binary refuses settings that make no sense, naming the key, before it
+//! touches the database; lists come from the environment comma-separated.
+
+use std::process::Command;
+
+fn listener(env: &[(&str, &str)]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_auscult-listener"))
+        .envs(env.iter().copied())
+        .env(
+            "AUSCULT__DATABASE__URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .expect("run auscult-listener");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_settings_stop_the_listener_with_the_key_named() {
+    let (ok, stderr) = listener(&[("AUSCULT__ALERTS__FIRE_AT", "9")]);
+    assert!(!ok);
+    assert!(stderr.contains("alerts.fire_at"), "{stderr}");
+
+    // Two endpoints from one variable: the second is the bad one, so the list was split.
+    let (ok, stderr) = listener(&[(
+        "AUSCULT__ANALYSIS__ENDPOINTS",
+        "http://127.0.0.1:50052,not a url",
+    )]);
+    assert!(!ok);
+    assert!(stderr.contains("\"not a url\""), "{stderr}");
+
+    let (ok, stderr) = listener(&[("AUSCULT__JOBS__LEASE", "ten minutes")]);
+    assert!(!ok);
+    assert!(stderr.contains("lease"), "{stderr}");
+}
