@@ -3,12 +3,9 @@
 
 use std::{net::TcpStream, time::Duration};
 
-use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for};
+use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_grpc_serving};
 use tokio_postgres::NoTls;
 use tonic::transport::ClientTlsConfig;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 /// PostgreSQL plus one ingest process.
 #[derive(Debug)]
@@ -77,6 +74,37 @@ impl Stack {
         connect(&self.postgres.url()).await
     }
 
+    /// Runs `auscult simulate --endpoint <this ingest> --device DEVICE --json ARGS…` as the gateway with
+    /// `token`, asserts it succeeded and returns its JSON summary.
+    pub async fn simulate(&self, device: &str, token: &str, args: &[&str]) -> serde_json::Value {
+        let mut command = vec![
+            "simulate".to_owned(),
+            "--endpoint".into(),
+            self.endpoint(),
+            "--device".into(),
+            device.into(),
+            "--json".into(),
+        ];
+        command.extend(args.iter().map(|s| (*s).to_owned()));
+        let binary = auscult_testkit::workspace_binary("auscult").expect("auscult binary");
+        let token = token.to_owned();
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(binary)
+                .args(command)
+                .env("AUSCULT_TOKEN", token)
+                .output()
+        })
+        .await
+        .expect("join")
+        .expect("run simulate");
+        assert!(
+            output.status.success(),
+            "simulate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("json summary")
+    }
+
     /// Registers a device and returns its token.
     pub async fn add_device(&self, device_id: &str) -> String {
         let mut client = self.db().await;
@@ -87,25 +115,19 @@ impl Stack {
 
     /// Waits until gRPC health reports the ingest service SERVING.
     pub async fn wait_serving(&self) {
-        let endpoint = self.endpoint();
-        let serving = wait_for(Duration::from_secs(30), || {
-            let (endpoint, tls) = (endpoint.clone(), self.client_tls.clone());
-            async move {
-                let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint).ok()?;
-                if let Some(tls) = tls {
-                    endpoint = endpoint.tls_config(tls).ok()?;
-                }
-                let channel = endpoint.connect().await.ok()?;
-                let request = HealthCheckRequest {
-                    service: "auscult.ingest.v1.Ingest".into(),
-                };
-                let response = HealthClient::new(channel).check(request).await.ok()?;
-                (response.get_ref().status == ServingStatus::Serving as i32).then_some(())
-            }
-        })
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(self.endpoint()).expect("endpoint");
+        if let Some(tls) = self.client_tls.clone() {
+            endpoint = endpoint.tls_config(tls).expect("tls");
+        }
+        let serving = wait_grpc_serving(
+            &endpoint,
+            "auscult.ingest.v1.Ingest",
+            Duration::from_secs(30),
+        )
         .await;
         assert!(
-            serving.is_some(),
+            serving,
             "ingest did not become SERVING:\n{}",
             self.ingest.log()
         );
@@ -214,25 +236,16 @@ impl AnalysisProcess {
         )
         .expect("start auscult-analysis");
         let analysis = Self { process, grpc_port };
-        let endpoint = analysis.endpoint();
-        let serving = wait_for(Duration::from_secs(60), || {
-            let endpoint = endpoint.clone();
-            async move {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint)
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-                let request = HealthCheckRequest {
-                    service: "auscult.analysis.v1.Analysis".into(),
-                };
-                let response = HealthClient::new(channel).check(request).await.ok()?;
-                (response.get_ref().status == ServingStatus::Serving as i32).then_some(())
-            }
-        })
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(analysis.endpoint()).expect("endpoint");
+        let serving = wait_grpc_serving(
+            &endpoint,
+            "auscult.analysis.v1.Analysis",
+            Duration::from_secs(60),
+        )
         .await;
         assert!(
-            serving.is_some(),
+            serving,
             "analysis did not become SERVING:\n{}",
             analysis.process.log()
         );

@@ -1,11 +1,10 @@
 //! Every frame arrives exactly once: through the real `auscult simulate` and `auscult-ingest` binaries, with and
 //! without connection cuts, and across an ingest process killed with SIGKILL.
 
-use std::{collections::HashSet, process::Command, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use auscult_e2e::{Stack, stored_frames};
 use auscult_gateway::{Event, Gateway, GatewayConfig, Identity, SyntheticSource};
-use auscult_testkit::workspace_binary;
 use sha2::{Digest, Sha256};
 
 /// What the simulator sends for `sensors` × `frames` with seed 1, as (sensor_id, seq, sha256).
@@ -30,41 +29,20 @@ fn expected(device: &str, sensors: usize, frames: u64) -> Vec<(String, i64, Vec<
     out
 }
 
+/// 20 sensors × 500 frames as fast as ingest takes them, plus `extra` flags.
 async fn simulate(stack: &Stack, device: &str, token: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
-        "simulate".to_owned(),
-        "--endpoint".into(),
-        stack.endpoint(),
-        "--device".into(),
-        device.into(),
-        "--sensors".into(),
-        "20".into(),
-        "--frames".into(),
-        "500".into(),
-        "--rate".into(),
-        "0".into(),
-        "--epoch".into(),
-        "1".into(),
-        "--json".into(),
+        "--sensors",
+        "20",
+        "--frames",
+        "500",
+        "--rate",
+        "0",
+        "--epoch",
+        "1",
     ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let binary = workspace_binary("auscult").expect("auscult binary");
-    let token = token.to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(binary)
-            .args(args)
-            .env("AUSCULT_TOKEN", token)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run simulate");
-    assert!(
-        output.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("json summary")
+    args.extend_from_slice(extra);
+    stack.simulate(device, token, &args).await
 }
 
 #[tokio::test]

@@ -1,48 +1,28 @@
 //! The whole pipeline with the real binaries: `auscult simulate` → `auscult-ingest` → PostgreSQL →
 //! `auscult-listener` → `auscult-analysis` → verdicts and alerts, through the failures a plant sees.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use auscult_e2e::{
     AnalysisProcess, Stack, activate_shipped_model, scoring_progress, start_listener,
 };
-use auscult_testkit::{wait_for, workspace_binary};
+use auscult_testkit::wait_for;
 
 /// Streams `sensors` × `frames` synthetic one-second frames through ingest as fast as it takes them.
 async fn simulate(stack: &Stack, device: &str, sensors: u32, frames: u32) {
     let token = stack.add_device(device).await;
+    let (sensors, frames) = (sensors.to_string(), frames.to_string());
     let args = [
-        "simulate",
-        "--endpoint",
-        &stack.endpoint(),
-        "--device",
-        device,
         "--sensors",
-        &sensors.to_string(),
+        &sensors,
         "--frames",
-        &frames.to_string(),
+        &frames,
         "--rate",
         "0",
         "--epoch",
         "1",
-        "--json",
-    ]
-    .map(str::to_owned);
-    let binary = workspace_binary("auscult").expect("auscult binary");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(binary)
-            .args(args)
-            .env("AUSCULT_TOKEN", token)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run simulate");
-    assert!(
-        output.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ];
+    stack.simulate(device, &token, &args).await;
 }
 
 /// Waits until every job is settled (done or dead); returns the progress.
@@ -51,15 +31,8 @@ async fn settled(
     timeout: Duration,
 ) -> Option<(i64, i64, i64, i64)> {
     wait_for(timeout, || async {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM analysis_jobs WHERE state IN ('queued', 'running')",
-                &[],
-            )
-            .await
-            .ok()?
-            .get(0);
-        (open == 0).then_some(())
+        let depth = auscult_store::queue_depth(client).await.ok()?;
+        (depth.open() == 0).then_some(())
     })
     .await?;
     Some(scoring_progress(client).await)
@@ -201,15 +174,9 @@ async fn a_frame_analysis_always_fails_on_goes_dead_and_the_rest_flows() {
     activate_shipped_model(&mut db).await;
     let url = stack.postgres.url();
     let analysis = AnalysisProcess::start(&url).await;
-    // A sensor registered as a machine no profile knows — and a global profile exists, so instead
-    // frames too short for one window: half a second, which analysis can never judge.
+    // Half-second frames: shorter than one analysis window, so analysis can never judge them.
     let token = stack.add_device("gw-short").await;
     let args = [
-        "simulate",
-        "--endpoint",
-        &stack.endpoint(),
-        "--device",
-        "gw-short",
         "--sensors",
         "1",
         "--frames",
@@ -218,24 +185,8 @@ async fn a_frame_analysis_always_fails_on_goes_dead_and_the_rest_flows() {
         "0.5",
         "--rate",
         "0",
-        "--json",
-    ]
-    .map(str::to_owned);
-    let binary = workspace_binary("auscult").expect("auscult binary");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(binary)
-            .args(args)
-            .env("AUSCULT_TOKEN", token)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("simulate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ];
+    stack.simulate("gw-short", &token, &args).await;
     simulate(&stack, "gw-1", 3, 10).await;
     let listener = start_listener(
         &url,
@@ -266,49 +217,30 @@ async fn a_frame_analysis_always_fails_on_goes_dead_and_the_rest_flows() {
 /// One sensor streaming a recording, registered as the machine it records.
 async fn stream_recording(stack: &Stack, device: &str, file: &str) {
     let token = stack.add_device(device).await;
-    let mut db = stack.db().await;
-    db.execute(
-        "INSERT INTO sensor_machines VALUES ($1, 'mic-0', 'valve', 'section_00')",
-        &[&device],
-    )
-    .await
-    .expect("register machine");
-    let _ = &mut db;
+    stack
+        .db()
+        .await
+        .execute(
+            "INSERT INTO sensor_machines VALUES ($1, 'mic-0', 'valve', 'section_00')",
+            &[&device],
+        )
+        .await
+        .expect("register machine");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("data/recordings")
         .join(file);
+    let path = path.display().to_string();
     let args = [
-        "simulate",
-        "--endpoint",
-        &stack.endpoint(),
-        "--device",
-        device,
         "--sensors",
         "1",
         "--wav",
-        &path.display().to_string(),
+        &path,
         "--frames",
         "20",
         "--rate",
         "0",
-        "--json",
-    ]
-    .map(str::to_owned);
-    let binary = workspace_binary("auscult").expect("auscult binary");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(binary)
-            .args(args)
-            .env("AUSCULT_TOKEN", token)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("simulate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ];
+    stack.simulate(device, &token, &args).await;
 }
 
 #[tokio::test]

@@ -5,10 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for, wait_grpc_serving};
 
 /// A running stack; everything it started stops when it is dropped.
 #[derive(Debug)]
@@ -127,19 +124,21 @@ impl LocalStack {
     }
 }
 
-async fn wait_serving(endpoint: &str, service: &str) -> anyhow::Result<()> {
-    let serving = wait_for(Duration::from_secs(60), || async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let request = HealthCheckRequest {
-            service: service.to_owned(),
-        };
-        let response = HealthClient::new(channel).check(request).await.ok()?;
-        (response.get_ref().status == ServingStatus::Serving as i32).then_some(())
+/// Waits up to `timeout` until every analysis job is settled (done or dead); `false` if some are not.
+pub async fn wait_settled(client: &tokio_postgres::Client, timeout: Duration) -> bool {
+    wait_for(timeout, || async {
+        let depth = auscult_store::queue_depth(client).await.ok()?;
+        (depth.open() == 0).then_some(())
     })
-    .await;
-    serving.with_context(|| format!("{endpoint} did not report SERVING within a minute"))
+    .await
+    .is_some()
+}
+
+async fn wait_serving(endpoint: &str, service: &str) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?;
+    if wait_grpc_serving(&channel, service, Duration::from_secs(60)).await {
+        Ok(())
+    } else {
+        anyhow::bail!("{endpoint} did not report SERVING within a minute")
+    }
 }

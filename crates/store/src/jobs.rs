@@ -50,6 +50,13 @@ pub struct QueueDepth {
     pub dead: i64,
 }
 
+impl QueueDepth {
+    /// Jobs not yet settled (neither done nor dead).
+    pub fn open(&self) -> i64 {
+        self.ready + self.delayed + self.running
+    }
+}
+
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }

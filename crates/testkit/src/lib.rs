@@ -51,3 +51,25 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits up to `timeout` until the standard gRPC health check at `endpoint` reports `service` SERVING
+/// (`""`: the server as a whole). Connection failures count as not yet serving.
+pub async fn wait_grpc_serving(
+    endpoint: &tonic::transport::Endpoint,
+    service: &str,
+    timeout: Duration,
+) -> bool {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    wait_for(timeout, || async {
+        let channel = endpoint.connect().await.ok()?;
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let response = HealthClient::new(channel).check(request).await.ok()?;
+        (response.get_ref().status == ServingStatus::Serving as i32).then_some(())
+    })
+    .await
+    .is_some()
+}

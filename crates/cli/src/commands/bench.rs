@@ -257,34 +257,15 @@ async fn checkpoint(client: &tokio_postgres::Client) {
 }
 
 async fn wait_until_serving(endpoint: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect()
-            .await
-        {
-            let mut health = tonic_health_client(channel);
-            let request = tonic_health::pb::HealthCheckRequest {
-                service: "auscult.ingest.v1.Ingest".into(),
-            };
-            if let Ok(response) = health.check(request).await
-                && response.get_ref().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-            {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!("ingest did not become ready within 30 s");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-fn tonic_health_client(
-    channel: tonic::transport::Channel,
-) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
-    tonic_health::pb::health_client::HealthClient::new(channel)
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?;
+    let serving = auscult_testkit::wait_grpc_serving(
+        &channel,
+        "auscult.ingest.v1.Ingest",
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    anyhow::ensure!(serving, "ingest did not become ready within 30 s");
+    Ok(())
 }
 
 fn mb(bytes: u64) -> f64 {

@@ -11,7 +11,7 @@ use auscult_audio::manifest::{self, Label, Recording};
 use auscult_gateway::{Gateway, GatewayConfig, Identity, Summary, WavSource};
 use serde_json::json;
 
-use crate::local_stack::{LocalStack, StackPlan};
+use crate::local_stack::{self, LocalStack, StackPlan};
 
 /// Runs the whole system on this machine and streams recordings through it.
 #[derive(Debug, clap::Args)]
@@ -144,22 +144,11 @@ async fn stream_and_summarise(
     for gateway in gateways {
         summaries.push(gateway.await?.context("a simulated gateway failed")?);
     }
-    let settled = auscult_testkit::wait_for(Duration::from_secs(300), || async {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM analysis_jobs WHERE state IN ('queued', 'running')",
-                &[],
-            )
-            .await
-            .ok()?
-            .get(0);
-        (open == 0).then_some(())
-    })
-    .await;
+    let settled = local_stack::wait_settled(&client, Duration::from_secs(300)).await;
     // One more look so the last alerts are shown.
     tokio::time::sleep(Duration::from_millis(600)).await;
     watcher.abort();
-    if settled.is_none() {
+    if !settled {
         say("some frames were still waiting for analysis after 5 minutes");
     }
     summarise(&client, &summaries, &devices).await

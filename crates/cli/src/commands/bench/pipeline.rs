@@ -10,7 +10,7 @@ use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
 use serde_json::json;
 
 use crate::commands::simulate::round3;
-use crate::local_stack::{LocalStack, StackPlan};
+use crate::local_stack::{self, LocalStack, StackPlan};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -183,17 +183,9 @@ async fn stream(
 }
 
 async fn wait_settled(client: &tokio_postgres::Client) -> anyhow::Result<()> {
-    auscult_testkit::wait_for(Duration::from_secs(900), || async {
-        let open: i64 = client
-            .query_one(
-                "SELECT count(*) FROM analysis_jobs WHERE state IN ('queued', 'running')",
-                &[],
-            )
-            .await
-            .ok()?
-            .get(0);
-        (open == 0).then_some(())
-    })
-    .await
-    .context("frames were still waiting for analysis after 15 minutes")
+    if local_stack::wait_settled(client, Duration::from_secs(900)).await {
+        Ok(())
+    } else {
+        anyhow::bail!("frames were still waiting for analysis after 15 minutes")
+    }
 }
