@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "results, alerts and sensor health",
         include_str!("../migrations/0003_results_alerts_health.sql"),
     ),
+    (
+        4,
+        "search projection",
+        include_str!("../migrations/0004_search_projection.sql"),
+    ),
 ];
 
 /// The schema version this build expects.
