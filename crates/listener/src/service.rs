@@ -27,6 +27,8 @@ pub enum ListenerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("telemetry: {0}")]
     Telemetry(#[from] auscult_telemetry::TelemetryError),
+    #[error("elasticsearch: {0}")]
+    Search(#[from] auscult_search::IndexerError),
 }
 
 /// The sockets the service serves on, bound by the caller (port 0 in tests).
@@ -89,6 +91,15 @@ pub async fn run(
         store.clone(),
         shutdown.clone(),
     )));
+    if settings.elastic.enabled() {
+        // The projection runs beside the scoring and never in its way: its own tasks, its own
+        // connections, and nothing else waits for it.
+        let indexer = auscult_search::Indexer::new(settings.elastic.clone(), store.clone())?;
+        info!(urls = ?settings.elastic.urls, "indexing into Elasticsearch");
+        tasks.push(tokio::spawn(Arc::new(indexer).run(shutdown.clone())));
+    } else {
+        info!("no elastic.urls: search documents stay queued in the outbox");
+    }
     tasks.push(tokio::spawn({
         let (replicas, stop, every) = (
             replicas.clone(),

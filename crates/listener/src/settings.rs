@@ -22,6 +22,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub alerts: AlertSettings,
     pub health: HealthSettings,
+    /// The Elasticsearch projection this listener keeps up to date (off while `elastic.urls` is empty).
+    pub elastic: auscult_search::ElasticSettings,
     /// How long shutdown may take to finish the batches in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -125,6 +127,7 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             alerts: AlertSettings::default(),
             health: HealthSettings::default(),
+            elastic: auscult_search::ElasticSettings::default(),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -134,7 +137,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/auscult".into(),
-            pool_size: 4,
+            pool_size: 8,
             reconnect_backoff: Duration::from_millis(200),
         }
     }
@@ -201,6 +204,7 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        self.elastic.validate()?;
         let fail = |key, problem: &str| Err(InvalidSetting::new(key, problem));
         if self.analysis.endpoints.is_empty() {
             return fail("analysis.endpoints", "name at least one analysis replica");
@@ -267,10 +271,16 @@ impl Settings {
                 "silent_after_intervals must be at least 1 and rate_ratio above 1",
             );
         }
-        if self.database.pool_size < self.jobs.concurrency + 2 {
+        let indexer_connections = if self.elastic.enabled() {
+            self.elastic.concurrency + 1
+        } else {
+            0
+        };
+        if self.database.pool_size < self.jobs.concurrency + 2 + indexer_connections {
             return fail(
                 "database.pool_size",
-                "must be at least jobs.concurrency + 2 (each batch, the alert sender and the health watcher hold one)",
+                "must be at least jobs.concurrency + 2, plus elastic.concurrency + 1 when indexing (each batch, \
+                 the alert sender, the health watcher, each indexing round and its housekeeping hold one)",
             );
         }
         Ok(())

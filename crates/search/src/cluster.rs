@@ -95,7 +95,10 @@ pub enum ItemOutcome {
     /// Already there (409: same id, or an equal or newer version): the document is indexed.
     Duplicate,
     /// Not now (429, 5xx): send it again later.
-    Retry { status: u16, reason: String },
+    Retry {
+        status: u16,
+        reason: String,
+    },
     /// Refused (400 mapping conflict, 404, …): resending the same document cannot help.
     Refused {
         status: u16,
@@ -157,10 +160,12 @@ impl Cluster {
             .await
             .map_err(|e| unreachable(OP, e))?;
         let answer = json_of(OP, response).await?;
-        let items = answer["items"].as_array().ok_or_else(|| ClusterError::Decode {
-            operation: OP,
-            detail: "no items".into(),
-        })?;
+        let items = answer["items"]
+            .as_array()
+            .ok_or_else(|| ClusterError::Decode {
+                operation: OP,
+                detail: "no items".into(),
+            })?;
         if items.len() != documents.len() {
             return Err(ClusterError::Decode {
                 operation: OP,
@@ -171,7 +176,11 @@ impl Cluster {
     }
 
     /// Creates or replaces a component template.
-    pub async fn put_component_template(&self, name: &str, body: &Value) -> Result<(), ClusterError> {
+    pub async fn put_component_template(
+        &self,
+        name: &str,
+        body: &Value,
+    ) -> Result<(), ClusterError> {
         let response = self
             .client
             .cluster()
@@ -212,7 +221,12 @@ impl Cluster {
     }
 
     /// Writes a document under `id`, replacing any earlier one, visible to searches at once.
-    pub async fn put_document(&self, index: &str, id: &str, body: &Value) -> Result<(), ClusterError> {
+    pub async fn put_document(
+        &self,
+        index: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<(), ClusterError> {
         let response = self
             .client
             .index(IndexParts::IndexId(index, id))
@@ -309,7 +323,10 @@ fn unreachable(operation: &'static str, error: elasticsearch::Error) -> ClusterE
 /// The answer's JSON if it is a success, else a [`ClusterError::Status`] with the body.
 async fn json_of(operation: &'static str, response: Response) -> Result<Value, ClusterError> {
     let status = response.status_code();
-    let text = response.text().await.map_err(|e| unreachable(operation, e))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|e| unreachable(operation, e))?;
     if !status.is_success() {
         let mut body = text;
         body.truncate(2000);

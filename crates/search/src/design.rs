@@ -83,7 +83,11 @@ pub fn month_of_index(kind: SearchKind, index: &str) -> Option<(i32, u32)> {
 
 /// Whether every document of the month `(year, month)` is older than `retention` at `now`.
 pub fn month_expired(year: i32, month: u32, retention: Duration, now: SystemTime) -> bool {
-    let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     let end = days_from_civil(next_year, next_month) * 86_400;
     let Ok(now) = now.duration_since(SystemTime::UNIX_EPOCH) else {
         return false;
@@ -145,7 +149,10 @@ mod tests {
         assert_eq!(index, "auscult-frames-2026.11");
         assert_eq!(month_of_index(SearchKind::Frame, &index), Some((2026, 11)));
         assert_eq!(month_of_index(SearchKind::Result, &index), None);
-        assert_eq!(month_of_index(SearchKind::Frame, "auscult-frames-2026.13"), None);
+        assert_eq!(
+            month_of_index(SearchKind::Frame, "auscult-frames-2026.13"),
+            None
+        );
         assert_eq!(month_of_index(SearchKind::Frame, "auscult-frames"), None);
     }
 
@@ -167,7 +174,13 @@ mod tests {
         }
         for kind in SearchKind::ALL {
             let fields = fields_of(kind);
-            for shared in ["device_id", "sensor_id", "machine", "indexed_at", "index_lag_ms"] {
+            for shared in [
+                "device_id",
+                "sensor_id",
+                "machine",
+                "indexed_at",
+                "index_lag_ms",
+            ] {
                 assert!(fields.contains(shared), "{kind:?} lacks {shared}");
             }
         }

@@ -82,21 +82,21 @@ pub struct Indexer {
     settings: ElasticSettings,
     cluster: Cluster,
     pool: Pool,
-    projection_id: String,
+    /// Read from PostgreSQL on first use, so that the indexer starts while the database is away.
+    projection_id: tokio::sync::OnceCell<String>,
     design_applied: AtomicBool,
     /// One projection check-and-refill at a time in this process.
     projection_guard: tokio::sync::Mutex<()>,
 }
 
 impl Indexer {
-    pub async fn new(settings: ElasticSettings, pool: Pool) -> Result<Self, IndexerError> {
+    pub fn new(settings: ElasticSettings, pool: Pool) -> Result<Self, IndexerError> {
         let cluster = Cluster::connect(&settings)?;
-        let projection_id = auscult_store::projection_id(&**pool.get().await?).await?;
         Ok(Self {
             settings,
             cluster,
             pool,
-            projection_id,
+            projection_id: tokio::sync::OnceCell::new(),
             design_applied: AtomicBool::new(false),
             projection_guard: tokio::sync::Mutex::new(()),
         })
@@ -277,7 +277,14 @@ impl Indexer {
             apply_design(&self.cluster, self.settings.replicas).await?;
             self.design_applied.store(true, Ordering::Release);
         }
-        match projection_state(&self.cluster, &self.projection_id).await? {
+        let projection_id = self
+            .projection_id
+            .get_or_try_init(|| async {
+                let client = self.pool.get().await?;
+                Ok::<_, IndexerError>(auscult_store::projection_id(&**client).await?)
+            })
+            .await?;
+        match projection_state(&self.cluster, projection_id).await? {
             ProjectionState::Present => Ok(()),
             ProjectionState::Foreign(other) => Err(IndexerError::ForeignProjection(other)),
             ProjectionState::Missing => {
@@ -290,14 +297,16 @@ impl Indexer {
                     noticed_at,
                 )
                 .await?;
-                write_marker(&self.cluster, &self.projection_id).await?;
+                write_marker(&self.cluster, projection_id).await?;
                 counter!("auscult_search_refills_total").increment(1);
                 match queued {
                     Some(queued) => info!(
                         queued,
                         "the cluster lacked this database's projection: everything within retention is queued again"
                     ),
-                    None => info!("the cluster lacked the projection; another indexer already refilled it"),
+                    None => info!(
+                        "the cluster lacked the projection; another indexer already refilled it"
+                    ),
                 }
                 Ok(())
             }

@@ -16,4 +16,4 @@ pub use cluster::{
     Backoff, BulkDocument, Cluster, ClusterError, ItemOutcome, is_retryable_status, retry_delay,
 };
 pub use indexer::{Indexer, IndexerError, Round};
-pub use settings::{ElasticSettings, InvalidElasticSetting, Retention};
+pub use settings::{ElasticSettings, Retention};

@@ -48,7 +48,9 @@ pub async fn apply_design(cluster: &Cluster, replicas: u32) -> Result<Vec<String
         let name = kind.alias();
         let template = parse_template(name, kind.index_template())?;
         cluster.put_index_template(name, &template).await?;
-        applied.push(format!("index template {name} ({name}-YYYY.MM, alias {name})"));
+        applied.push(format!(
+            "index template {name} ({name}-YYYY.MM, alias {name})"
+        ));
     }
     info!(templates = applied.len(), "index design applied");
     Ok(applied)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use auscult_settings::InvalidSetting;
 use auscult_store::{RefillWindow, SearchKind};
 
 /// Elasticsearch connection, batching, retries and retention.
@@ -114,67 +115,66 @@ impl Retention {
     }
 }
 
-/// A setting that makes no sense, by key.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting elastic.{key}: {problem}")]
-pub struct InvalidElasticSetting {
-    pub key: &'static str,
-    pub problem: String,
-}
-
 impl ElasticSettings {
     /// Whether a cluster is configured at all.
     pub fn enabled(&self) -> bool {
         !self.urls.is_empty()
     }
 
-    pub fn validate(&self) -> Result<(), InvalidElasticSetting> {
-        let invalid = |key, problem: &str| {
-            Err(InvalidElasticSetting {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
+    /// Checks every value, naming the offending key (`elastic.batch_bytes`).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let invalid = |key, problem: &str| Err(InvalidSetting::new(key, problem));
         for url in &self.urls {
             match elasticsearch::http::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => return invalid("urls", &format!("{url:?} is not an http(s) URL")),
+                _ => return invalid("elastic.urls", &format!("{url:?} is not an http(s) URL")),
             }
         }
         if !self.api_key.is_empty() && !self.username.is_empty() {
-            return invalid("api_key", "set either api_key or username/password, not both");
+            return invalid(
+                "elastic.api_key",
+                "set either api_key or username/password, not both",
+            );
         }
         if self.username.is_empty() != self.password.is_empty() {
-            return invalid("password", "username and password go together");
+            return invalid("elastic.password", "username and password go together");
         }
         if !(1..=10_000).contains(&self.batch_documents) {
-            return invalid("batch_documents", "must be 1..=10000");
+            return invalid("elastic.batch_documents", "must be 1..=10000");
         }
         if !(64 * 1024..=100 * 1024 * 1024).contains(&self.batch_bytes) {
-            return invalid("batch_bytes", "must be 64 KiB..=100 MiB");
+            return invalid("elastic.batch_bytes", "must be 64 KiB..=100 MiB");
         }
         if !(1..=64).contains(&self.concurrency) {
-            return invalid("concurrency", "must be 1..=64");
+            return invalid("elastic.concurrency", "must be 1..=64");
         }
         if self.request_timeout < Duration::from_millis(100) {
-            return invalid("request_timeout", "must be at least 100ms");
+            return invalid("elastic.request_timeout", "must be at least 100ms");
         }
-        if self.poll_interval < Duration::from_millis(10) || self.poll_interval > Duration::from_secs(60) {
-            return invalid("poll_interval", "must be 10ms..=60s");
+        if self.poll_interval < Duration::from_millis(10)
+            || self.poll_interval > Duration::from_secs(60)
+        {
+            return invalid("elastic.poll_interval", "must be 10ms..=60s");
         }
         if self.retry_min.is_zero() || self.retry_max < self.retry_min {
-            return invalid("retry_max", "retry_min must be positive and retry_max at least retry_min");
+            return invalid(
+                "elastic.retry_max",
+                "retry_min must be positive and retry_max at least retry_min",
+            );
         }
         if self.replicas > 10 {
-            return invalid("replicas", "must be 0..=10");
+            return invalid("elastic.replicas", "must be 0..=10");
         }
         for kind in SearchKind::ALL {
             if self.retention.of(kind) < Duration::from_secs(24 * 3600) {
-                return invalid("retention", "every retention must be at least 1 day");
+                return invalid(
+                    "elastic.retention",
+                    "every retention must be at least 1 day",
+                );
             }
         }
         if self.prune_interval < Duration::from_secs(1) {
-            return invalid("prune_interval", "must be at least 1s");
+            return invalid("elastic.prune_interval", "must be at least 1s");
         }
         Ok(())
     }

@@ -39,6 +39,7 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, ConfigError> 
                 .list_separator(",")
                 .with_list_parse_key("analysis.endpoints")
                 .with_list_parse_key("alerts.webhooks")
+                .with_list_parse_key("elastic.urls")
                 .try_parsing(true),
         )
         .build()?

@@ -12,6 +12,8 @@ ALTER TABLE search_outbox
     ADD COLUMN not_before timestamptz NOT NULL DEFAULT '-infinity',
     ADD COLUMN last_error text;
 CREATE INDEX search_outbox_retry_idx ON search_outbox (not_before) WHERE attempts > 0;
+-- A refill queues only what is not queued already.
+CREATE INDEX search_outbox_ref_idx ON search_outbox (kind, ref_id);
 
 -- Documents Elasticsearch refused for good (400, 404: a mapping conflict, a rejected value), with its reason.
 -- They leave the outbox so that one bad document never holds the others back; `auscult elastic replay`

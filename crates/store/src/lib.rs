@@ -34,13 +34,13 @@ pub use models::{
     list_models, publish_model,
 };
 pub use pool::{Pool, connect_pool};
+pub use results::{
+    Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,
+};
 pub use search::{
     DeadLetter, OutboxDepth, OutboxEntry, RefillWindow, Refusal, SearchKind, Settlement,
     SourceDocument, claim_outbox, list_dead_letters, load_documents, outbox_depth, projection_id,
     refill_outbox, replay_dead_letters, settle_outbox,
-};
-pub use results::{
-    Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,
 };
 
 /// Re-exported so that callers name one `Client` type without depending on the pool crate themselves.

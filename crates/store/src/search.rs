@@ -311,7 +311,8 @@ pub async fn settle_outbox(
     settlements: &[(i64, Settlement)],
 ) -> Result<(), StoreError> {
     let mut done = Vec::new();
-    let (mut retry_ids, mut retry_errors, mut retry_after_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut retry_ids, mut retry_errors, mut retry_after_ms) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut dead_ids = Vec::new();
     let (mut indices, mut documents, mut statuses, mut types, mut reasons) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -405,7 +406,7 @@ pub struct RefillWindow {
 
 /// Queues every row within its retention again, for a cluster that lost the projection (or never had
 /// it). Returns `None` without queueing if another indexer refilled after `noticed_at` (it found the
-/// same loss); rows already queued are queued twice, which costs a duplicate send and nothing else.
+/// same loss). Rows still queued are not queued again.
 #[instrument(skip(client))]
 pub async fn refill_outbox(
     client: &mut tokio_postgres::Client,
@@ -414,10 +415,7 @@ pub async fn refill_outbox(
 ) -> Result<Option<u64>, StoreError> {
     let tx = client.transaction().await?;
     let refilled_at: Option<SystemTime> = tx
-        .query_one(
-            "SELECT refilled_at FROM search_projection FOR UPDATE",
-            &[],
-        )
+        .query_one("SELECT refilled_at FROM search_projection FOR UPDATE", &[])
         .await?
         .try_get(0)?;
     if refilled_at.is_some_and(|at| at >= noticed_at) {
@@ -428,20 +426,28 @@ pub async fn refill_outbox(
         let retention_s = window.retention.as_secs_f64();
         let sql = match window.kind {
             SearchKind::Frame => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', id FROM frames
-                 WHERE captured_at >= now() - make_interval(secs => $1) ORDER BY id"
+                "INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', s.id FROM frames s
+                 WHERE s.captured_at >= now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'frame' AND o.ref_id = s.id)
+                 ORDER BY s.id"
             }
             SearchKind::Result => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'result', id FROM analysis_results
-                 WHERE captured_at >= now() - make_interval(secs => $1) ORDER BY id"
+                "INSERT INTO search_outbox (kind, ref_id) SELECT 'result', s.id FROM analysis_results s
+                 WHERE s.captured_at >= now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'result' AND o.ref_id = s.id)
+                 ORDER BY s.id"
             }
             SearchKind::Alert => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'alert', id FROM alerts
-                 WHERE opened_at >= now() - make_interval(secs => $1) ORDER BY id"
+                "INSERT INTO search_outbox (kind, ref_id) SELECT 'alert', s.id FROM alerts s
+                 WHERE s.opened_at >= now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'alert' AND o.ref_id = s.id)
+                 ORDER BY s.id"
             }
             SearchKind::Health => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'health', id FROM health_events
-                 WHERE at >= now() - make_interval(secs => $1) ORDER BY id"
+                "INSERT INTO search_outbox (kind, ref_id) SELECT 'health', s.id FROM health_events s
+                 WHERE s.at >= now() - make_interval(secs => $1)
+                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'health' AND o.ref_id = s.id)
+                 ORDER BY s.id"
             }
         };
         queued += tx.execute(sql, &[&retention_s]).await?;

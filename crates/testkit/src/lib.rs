@@ -4,11 +4,13 @@
 
 mod postgres;
 mod process;
+mod search;
 
 use std::{future::Future, net::TcpListener, time::Duration};
 
 pub use postgres::PostgresServer;
 pub use process::{ServiceProcess, workspace_binary};
+pub use search::SearchServer;
 
 /// What can go wrong starting a throwaway server.
 #[derive(Debug, thiserror::Error)]
