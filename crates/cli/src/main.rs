@@ -1,5 +1,5 @@
 //! `auscult`: the operator's command line — database migrations, the device registry, the gateway simulator,
-//! the model commands (train, evaluate, score, enroll) and the benchmarks.
+//! the model commands (train, evaluate, score, enroll), Elasticsearch and Kibana set-up, and the benchmarks.
 
 mod commands;
 mod database;
@@ -37,6 +37,12 @@ enum Command {
     /// The model registry: publish model files, list them, activate one.
     #[command(subcommand)]
     Model(commands::model::Command),
+    /// The Elasticsearch projection: index templates, indexing status, reindex, dead letters.
+    #[command(subcommand)]
+    Elastic(commands::elastic::Command),
+    /// Kibana: load the auscult data views and dashboard.
+    #[command(subcommand)]
+    Kibana(commands::kibana::Command),
     /// Measure the system on this machine.
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -56,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Score(args) => commands::score::run(args),
         Command::Enroll(args) => commands::enroll::run(args),
         Command::Model(command) => commands::model::run(command).await,
+        Command::Elastic(command) => commands::elastic::run(command).await,
+        Command::Kibana(command) => commands::kibana::run(command).await,
         Command::Bench(command) => commands::bench::run(command).await,
     }
 }

@@ -9,6 +9,7 @@
 mod cluster;
 pub mod design;
 mod indexer;
+pub mod kibana;
 pub mod projection;
 mod settings;
 

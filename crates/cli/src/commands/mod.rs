@@ -3,8 +3,10 @@
 pub mod bench;
 pub mod demo;
 pub mod device;
+pub mod elastic;
 pub mod enroll;
 pub mod evaluate;
+pub mod kibana;
 pub mod migrate;
 pub mod model;
 pub mod recordings;
