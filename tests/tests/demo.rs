@@ -63,3 +63,51 @@ async fn the_demo_scores_every_frame_and_alerts_on_the_faulty_valves() {
         "the three faulty valves, not the normal one"
     );
 }
+
+#[tokio::test]
+async fn the_demo_with_elastic_indexes_everything_it_stores() {
+    let search = auscult_testkit::SearchServer::start()
+        .await
+        .expect("search server (pip install osmem-server)");
+    let binary = workspace_binary("auscult").expect("auscult binary");
+    let url = search.url();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(binary)
+            .args([
+                "demo",
+                "--seconds",
+                "12",
+                "--rate",
+                "5",
+                "--max-recordings",
+                "2",
+                "--elastic",
+                &url,
+                "--json",
+            ])
+            .env_remove("DATABASE_URL")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run demo");
+    assert!(
+        output.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON summary");
+    let elastic = &summary["elastic"];
+    assert_eq!(summary["stored"], 24);
+    assert_eq!(elastic["frames"], summary["stored"], "{elastic}");
+    assert_eq!(elastic["results"], summary["scored"], "{elastic}");
+    assert_eq!(elastic["alerts"], summary["alerts"], "{elastic}");
+    assert_eq!(elastic["dead_letters"], 0);
+    assert!(
+        elastic["index_lag_p50_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0),
+        "{elastic}"
+    );
+    assert!(elastic["index_lag_p99_ms"].as_f64().is_some(), "{elastic}");
+}

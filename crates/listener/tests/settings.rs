@@ -35,4 +35,19 @@ fn bad_settings_stop_the_listener_with_the_key_named() {
     let (ok, stderr) = listener(&[("AUSCULT__JOBS__LEASE", "ten minutes")]);
     assert!(!ok);
     assert!(stderr.contains("lease"), "{stderr}");
+
+    // Elasticsearch nodes from one variable, the second one malformed.
+    let (ok, stderr) = listener(&[("AUSCULT__ELASTIC__URLS", "http://127.0.0.1:9200,es-1:9200")]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("elastic.urls") && stderr.contains("es-1:9200"),
+        "{stderr}"
+    );
+
+    let (ok, stderr) = listener(&[
+        ("AUSCULT__ELASTIC__URLS", "http://127.0.0.1:9200"),
+        ("AUSCULT__ELASTIC__BATCH_BYTES", "100"),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("elastic.batch_bytes"), "{stderr}");
 }

@@ -1,10 +1,6 @@
 -- The Elasticsearch projection: retries of the search outbox, documents Elasticsearch refused, and the
 -- identity of this database's projection, so that a cluster that lost it is noticed and refilled.
 
--- Cheap spectral features of each frame, computed at ingest: energy per octave band (63 Hz to 8 kHz centres) in
--- dB relative to full scale. NULL for frames stored before this column existed.
-ALTER TABLE frames ADD COLUMN band_energies_db real[];
-
 -- A document Elasticsearch could not take for now (429, 5xx) waits before it is sent again; the rest of the
 -- outbox flows on meanwhile.
 ALTER TABLE search_outbox

@@ -211,8 +211,7 @@ fn document_query(kind: SearchKind) -> &'static str {
                             / (CASE f.encoding WHEN 'pcm_s16le' THEN 2 ELSE 4 END * f.channels * f.sample_rate_hz))::numeric, 6),
                         'rms_dbfs', f.rms_dbfs,
                         'peak_dbfs', f.peak_dbfs,
-                        'crest_factor', f.crest_factor,
-                        'band_energies_db', f.band_energies_db
+                        'crest_factor', f.crest_factor
                     )::text
              FROM unnest($1::int8[], $2::int8[]) AS o(outbox_id, ref_id)
              JOIN frames f ON f.id = o.ref_id

@@ -30,6 +30,10 @@ pub struct Args {
     /// At most this many recordings (one simulated gateway each).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=200))]
     max_recordings: u64,
+    /// Also index everything into this Elasticsearch (comma-separated node URLs) and report the
+    /// indexing lag; the index design is applied as the listener starts.
+    #[arg(long, value_name = "URL")]
+    elastic: Option<String>,
     /// Print only the summary, as JSON.
     #[arg(long)]
     json: bool,
@@ -64,16 +68,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("{line}");
         }
     };
+    let mut listener_env = vec![("AUSCULT__JOBS__SWEEP_INTERVAL".into(), "500ms".into())];
+    if let Some(urls) = &args.elastic {
+        let settings = auscult_search::ElasticSettings {
+            urls: urls.split(',').map(str::to_owned).collect(),
+            ..auscult_search::ElasticSettings::default()
+        };
+        settings.validate()?;
+        listener_env.push(("AUSCULT__ELASTIC__URLS".into(), urls.clone()));
+        // One node on this machine: a replica could never be allocated.
+        listener_env.push(("AUSCULT__ELASTIC__REPLICAS".into(), "0".into()));
+    }
     let mut stack = LocalStack::start(
         &StackPlan {
             analysis_replicas: 1,
             listener_replicas: 1,
-            listener_env: vec![("AUSCULT__JOBS__SWEEP_INTERVAL".into(), "500ms".into())],
+            listener_env,
         },
         say,
     )
     .await?;
-    let outcome = stream_and_summarise(&args, &stack, &recordings, say).await;
+    let outcome = match &args.elastic {
+        Some(urls) => check_cluster(&stack.database_url, urls).await,
+        None => Ok(()),
+    };
+    let outcome = match outcome {
+        Ok(()) => stream_and_summarise(&args, &stack, &recordings, say).await,
+        Err(e) => Err(e),
+    };
     stack.stop();
     let summary = outcome?;
     if args.json {
@@ -151,7 +173,121 @@ async fn stream_and_summarise(
     if !settled {
         say("some frames were still waiting for analysis after 5 minutes");
     }
-    summarise(&client, &summaries, &devices).await
+    let mut summary = summarise(&client, &summaries, &devices).await?;
+    if let Some(urls) = &args.elastic {
+        let ids: Vec<String> = devices.keys().cloned().collect();
+        summary["elastic"] = elastic_summary(&client, urls, &ids, &say).await?;
+    }
+    Ok(summary)
+}
+
+/// Refuses a cluster that already holds another database's projection (an earlier demo's throwaway
+/// database, another installation): the demo's documents would never be indexed there.
+async fn check_cluster(database_url: &str, urls: &str) -> anyhow::Result<()> {
+    use auscult_search::projection::{ProjectionState, projection_state};
+    let client = crate::database::connect(database_url).await?;
+    let ours = auscult_store::projection_id(&client).await?;
+    let settings = auscult_search::ElasticSettings {
+        urls: urls.split(',').map(str::to_owned).collect(),
+        ..auscult_search::ElasticSettings::default()
+    };
+    let cluster = auscult_search::Cluster::connect(&settings)?;
+    match projection_state(&cluster, &ours)
+        .await
+        .with_context(|| format!("reaching Elasticsearch at {urls}"))?
+    {
+        ProjectionState::Foreign(other) => anyhow::bail!(
+            "the cluster at {urls} already holds another auscult database's documents (projection {other}); \
+             give the demo an empty cluster, or the same database with DATABASE_URL"
+        ),
+        ProjectionState::Present | ProjectionState::Missing => Ok(()),
+    }
+}
+
+/// Waits for the indexer to drain the outbox, then reads back what Elasticsearch holds for the demo's
+/// devices: documents per alias, dead letters, indexing lag and rate.
+async fn elastic_summary(
+    client: &tokio_postgres::Client,
+    urls: &str,
+    devices: &[String],
+    say: &impl Fn(&str),
+) -> anyhow::Result<serde_json::Value> {
+    use auscult_search::design::KindLayout;
+    let settings = auscult_search::ElasticSettings {
+        urls: urls.split(',').map(str::to_owned).collect(),
+        ..auscult_search::ElasticSettings::default()
+    };
+    let cluster = auscult_search::Cluster::connect(&settings)?;
+    say("waiting for the indexer to empty the search outbox");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let depth = auscult_store::outbox_depth(client).await?;
+        if depth.pending == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            say(&format!(
+                "{} documents still waiting for Elasticsearch after 2 minutes (oldest {:.0} s)",
+                depth.pending,
+                depth.lag.as_secs_f64()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut out = serde_json::Map::new();
+    let mut total = 0;
+    for kind in auscult_store::SearchKind::ALL {
+        cluster.refresh(kind.alias()).await.ok();
+        let answer = cluster
+            .search(
+                kind.alias(),
+                &json!({"size": 0, "track_total_hits": true,
+                        "query": {"terms": {"device_id": devices}}}),
+            )
+            .await;
+        let count = answer
+            .ok()
+            .and_then(|a| a["hits"]["total"]["value"].as_i64())
+            .unwrap_or(0);
+        total += count;
+        out.insert(
+            kind.alias().trim_start_matches("auscult-").to_owned(),
+            json!(count),
+        );
+    }
+    let timing = cluster
+        .search(
+            "auscult-frames,auscult-results",
+            &json!({"size": 0, "query": {"terms": {"device_id": devices}}, "aggs": {
+                "lag": {"percentiles": {"field": "index_lag_ms", "percents": [50, 99]}},
+                "first": {"min": {"field": "indexed_at"}},
+                "last": {"max": {"field": "indexed_at"}}}}),
+        )
+        .await?;
+    let aggs = &timing["aggregations"];
+    let span_s = (aggs["last"]["value"].as_f64().unwrap_or(0.0)
+        - aggs["first"]["value"].as_f64().unwrap_or(0.0))
+        / 1000.0;
+    let round = crate::commands::simulate::round3;
+    out.insert("documents".into(), json!(total));
+    out.insert(
+        "dead_letters".into(),
+        json!(auscult_store::outbox_depth(client).await?.dead_letters),
+    );
+    out.insert(
+        "index_lag_p50_ms".into(),
+        json!(aggs["lag"]["values"]["50.0"].as_f64().map(round)),
+    );
+    out.insert(
+        "index_lag_p99_ms".into(),
+        json!(aggs["lag"]["values"]["99.0"].as_f64().map(round)),
+    );
+    out.insert(
+        "documents_per_s".into(),
+        json!((span_s > 0.0).then(|| round(total as f64 / span_s))),
+    );
+    Ok(serde_json::Value::Object(out))
 }
 
 fn file_name(recording: &Recording) -> String {
@@ -326,6 +462,21 @@ fn print_summary(summary: &serde_json::Value) {
         "latency from stored to scored: p50 {} ms, p99 {} ms",
         summary["latency_p50_ms"], summary["latency_p99_ms"]
     );
+    if let Some(elastic) = summary.get("elastic") {
+        println!(
+            "Elasticsearch: {} documents ({} frames, {} results, {} alerts, {} health events), {} dead letters; \
+             indexing lag p50 {} ms, p99 {} ms; {} documents/s",
+            elastic["documents"],
+            elastic["frames"],
+            elastic["results"],
+            elastic["alerts"],
+            elastic["health"],
+            elastic["dead_letters"],
+            elastic["index_lag_p50_ms"],
+            elastic["index_lag_p99_ms"],
+            elastic["documents_per_s"]
+        );
+    }
     println!();
     println!(
         "{:<20} {:<52} {:<8} {:>6} {:>10}  verdict",
