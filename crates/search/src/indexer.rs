@@ -273,7 +273,8 @@ impl Indexer {
     /// the design again and refilled from PostgreSQL before anything else is sent.
     async fn ensure_projection(&self) -> Result<(), IndexerError> {
         let _guard = self.projection_guard.lock().await;
-        if !self.design_applied.load(Ordering::Acquire) {
+        let applied_now = !self.design_applied.load(Ordering::Acquire);
+        if applied_now {
             apply_design(&self.cluster, self.settings.replicas).await?;
             self.design_applied.store(true, Ordering::Release);
         }
@@ -289,7 +290,9 @@ impl Indexer {
             ProjectionState::Foreign(other) => Err(IndexerError::ForeignProjection(other)),
             ProjectionState::Missing => {
                 let noticed_at = SystemTime::now();
-                apply_design(&self.cluster, self.settings.replicas).await?;
+                if !applied_now {
+                    apply_design(&self.cluster, self.settings.replicas).await?;
+                }
                 let mut client = self.pool.get().await?;
                 let queued = refill_outbox(
                     &mut client,

@@ -35,6 +35,25 @@ impl SearchKind {
         }
     }
 
+    /// The table holding the rows of this kind.
+    pub fn source_table(self) -> &'static str {
+        match self {
+            Self::Frame => "frames",
+            Self::Result => "analysis_results",
+            Self::Alert => "alerts",
+            Self::Health => "health_events",
+        }
+    }
+
+    /// The column whose month names a document's index, and against which retention counts.
+    pub fn event_time_column(self) -> &'static str {
+        match self {
+            Self::Frame | Self::Result => "captured_at",
+            Self::Alert => "opened_at",
+            Self::Health => "at",
+        }
+    }
+
     pub fn parse(kind: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == kind)
     }
@@ -423,33 +442,18 @@ pub async fn refill_outbox(
     let mut queued = 0;
     for window in windows {
         let retention_s = window.retention.as_secs_f64();
-        let sql = match window.kind {
-            SearchKind::Frame => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', s.id FROM frames s
-                 WHERE s.captured_at >= now() - make_interval(secs => $1)
-                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'frame' AND o.ref_id = s.id)
-                 ORDER BY s.id"
-            }
-            SearchKind::Result => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'result', s.id FROM analysis_results s
-                 WHERE s.captured_at >= now() - make_interval(secs => $1)
-                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'result' AND o.ref_id = s.id)
-                 ORDER BY s.id"
-            }
-            SearchKind::Alert => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'alert', s.id FROM alerts s
-                 WHERE s.opened_at >= now() - make_interval(secs => $1)
-                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'alert' AND o.ref_id = s.id)
-                 ORDER BY s.id"
-            }
-            SearchKind::Health => {
-                "INSERT INTO search_outbox (kind, ref_id) SELECT 'health', s.id FROM health_events s
-                 WHERE s.at >= now() - make_interval(secs => $1)
-                   AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = 'health' AND o.ref_id = s.id)
-                 ORDER BY s.id"
-            }
-        };
-        queued += tx.execute(sql, &[&retention_s]).await?;
+        let (kind, table, time) = (
+            window.kind.as_str(),
+            window.kind.source_table(),
+            window.kind.event_time_column(),
+        );
+        let sql = format!(
+            "INSERT INTO search_outbox (kind, ref_id) SELECT '{kind}', s.id FROM {table} s
+             WHERE s.{time} >= now() - make_interval(secs => $1)
+               AND NOT EXISTS (SELECT 1 FROM search_outbox o WHERE o.kind = '{kind}' AND o.ref_id = s.id)
+             ORDER BY s.id"
+        );
+        queued += tx.execute(&sql, &[&retention_s]).await?;
     }
     tx.execute(
         "UPDATE search_projection SET refilled_at = clock_timestamp()",

@@ -69,12 +69,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let mut listener_env = vec![("AUSCULT__JOBS__SWEEP_INTERVAL".into(), "500ms".into())];
+    let mut cluster = None;
     if let Some(urls) = &args.elastic {
         let settings = auscult_search::ElasticSettings {
             urls: urls.split(',').map(str::to_owned).collect(),
             ..auscult_search::ElasticSettings::default()
         };
         settings.validate()?;
+        cluster = Some((urls.as_str(), auscult_search::Cluster::connect(&settings)?));
         listener_env.push(("AUSCULT__ELASTIC__URLS".into(), urls.clone()));
         // One node on this machine: a replica could never be allocated.
         listener_env.push(("AUSCULT__ELASTIC__REPLICAS".into(), "0".into()));
@@ -88,12 +90,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         say,
     )
     .await?;
-    let outcome = match &args.elastic {
-        Some(urls) => check_cluster(&stack.database_url, urls).await,
+    let cluster = cluster.as_ref().map(|(urls, cluster)| (*urls, cluster));
+    let outcome = match cluster {
+        Some((urls, cluster)) => check_cluster(&stack.database_url, urls, cluster).await,
         None => Ok(()),
     };
     let outcome = match outcome {
-        Ok(()) => stream_and_summarise(&args, &stack, &recordings, say).await,
+        Ok(()) => {
+            stream_and_summarise(&args, &stack, cluster.map(|(_, c)| c), &recordings, say).await
+        }
         Err(e) => Err(e),
     };
     stack.stop();
@@ -109,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 async fn stream_and_summarise(
     args: &Args,
     stack: &LocalStack,
+    cluster: Option<&auscult_search::Cluster>,
     recordings: &[Recording],
     say: impl Fn(&str),
 ) -> anyhow::Result<serde_json::Value> {
@@ -174,25 +180,24 @@ async fn stream_and_summarise(
         say("some frames were still waiting for analysis after 5 minutes");
     }
     let mut summary = summarise(&client, &summaries, &devices).await?;
-    if let Some(urls) = &args.elastic {
+    if let Some(cluster) = cluster {
         let ids: Vec<String> = devices.keys().cloned().collect();
-        summary["elastic"] = elastic_summary(&client, urls, &ids, &say).await?;
+        summary["elastic"] = elastic_summary(&client, cluster, &ids, &say).await?;
     }
     Ok(summary)
 }
 
 /// Refuses a cluster that already holds another database's projection (an earlier demo's throwaway
 /// database, another installation): the demo's documents would never be indexed there.
-async fn check_cluster(database_url: &str, urls: &str) -> anyhow::Result<()> {
+async fn check_cluster(
+    database_url: &str,
+    urls: &str,
+    cluster: &auscult_search::Cluster,
+) -> anyhow::Result<()> {
     use auscult_search::projection::{ProjectionState, projection_state};
     let client = crate::database::connect(database_url).await?;
     let ours = auscult_store::projection_id(&client).await?;
-    let settings = auscult_search::ElasticSettings {
-        urls: urls.split(',').map(str::to_owned).collect(),
-        ..auscult_search::ElasticSettings::default()
-    };
-    let cluster = auscult_search::Cluster::connect(&settings)?;
-    match projection_state(&cluster, &ours)
+    match projection_state(cluster, &ours)
         .await
         .with_context(|| format!("reaching Elasticsearch at {urls}"))?
     {
@@ -208,16 +213,11 @@ async fn check_cluster(database_url: &str, urls: &str) -> anyhow::Result<()> {
 /// devices: documents per alias, dead letters, indexing lag and rate.
 async fn elastic_summary(
     client: &tokio_postgres::Client,
-    urls: &str,
+    cluster: &auscult_search::Cluster,
     devices: &[String],
     say: &impl Fn(&str),
 ) -> anyhow::Result<serde_json::Value> {
     use auscult_search::design::KindLayout;
-    let settings = auscult_search::ElasticSettings {
-        urls: urls.split(',').map(str::to_owned).collect(),
-        ..auscult_search::ElasticSettings::default()
-    };
-    let cluster = auscult_search::Cluster::connect(&settings)?;
     say("waiting for the indexer to empty the search outbox");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {

@@ -162,15 +162,13 @@ async fn status(database: &DatabaseArgs, cluster: &ClusterArgs, json: bool) -> a
     let depth = auscult_store::outbox_depth(&client).await?;
     let search = cluster.connect()?;
     let mut kinds = Vec::new();
-    for (kind, table) in [
-        (SearchKind::Frame, "frames"),
-        (SearchKind::Result, "analysis_results"),
-        (SearchKind::Alert, "alerts"),
-        (SearchKind::Health, "health_events"),
-    ] {
+    for kind in SearchKind::ALL {
         use auscult_search::design::KindLayout;
         let rows: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .query_one(
+                &format!("SELECT count(*) FROM {}", kind.source_table()),
+                &[],
+            )
             .await?
             .get(0);
         let documents = search_count(&search, kind.alias()).await;
