@@ -18,6 +18,10 @@ struct Args {
     /// TOML settings file.
     #[arg(long, env = "AUSCULT_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the settings and exit: 0 when the service would start with them, otherwise the
+    /// offending key (for installers that render settings, and for their tests).
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -26,6 +30,10 @@ async fn main() -> anyhow::Result<()> {
     auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info");
     let settings = Settings::load(args.config.as_deref()).context("loading settings")?;
     settings.validate()?;
+    if args.check_config {
+        println!("settings are valid");
+        return Ok(());
+    }
     let listeners = Listeners {
         grpc: TcpListener::bind(settings.listen_addr)
             .await

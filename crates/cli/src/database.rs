@@ -23,6 +23,33 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// Opens one connection, retrying for up to `wait` while PostgreSQL is not reachable yet (a database
+/// starting beside the command, as in a compose file or a fresh Kubernetes install). Each failure is
+/// reported on stderr so a waiting job shows why it waits.
+pub async fn connect_waiting(
+    url: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        match connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                eprintln!("waiting for PostgreSQL: {e:#}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "PostgreSQL was not reachable within {}",
+                    humantime::format_duration(wait)
+                )));
+            }
+        }
+    }
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

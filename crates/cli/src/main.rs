@@ -1,5 +1,6 @@
-//! `auscult`: the operator's command line — database migrations, the device registry, the gateway simulator,
-//! the model commands (train, evaluate, score, enroll), Elasticsearch and Kibana set-up, and the benchmarks.
+//! `auscult`: the operator's command line — installation set-up, health checks, database migrations, the
+//! device registry, the gateway simulator, the model commands (train, evaluate, score, enroll),
+//! Elasticsearch and Kibana set-up, and the benchmarks.
 
 mod commands;
 mod database;
@@ -19,6 +20,10 @@ struct Cli {
 enum Command {
     /// Apply pending database migrations (safe to run from several places at once).
     Migrate(commands::migrate::Args),
+    /// Prepare a fresh installation: migrations, index templates, Kibana objects, the shipped model.
+    Setup(commands::setup::Args),
+    /// Ask a service's gRPC health check; succeeds when it answers SERVING.
+    Health(commands::health::Args),
     /// Run the whole system on this machine and stream sample recordings through it.
     Demo(commands::demo::Args),
     /// Register gateway devices and manage their tokens.
@@ -54,6 +59,8 @@ async fn main() -> anyhow::Result<()> {
     auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "warn");
     match cli.command {
         Command::Migrate(args) => commands::migrate::run(args).await,
+        Command::Setup(args) => commands::setup::run(args),
+        Command::Health(args) => commands::health::run(args).await,
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Device(command) => commands::device::run(command).await,
         Command::Simulate(args) => commands::simulate::run(args).await,

@@ -27,8 +27,10 @@ use crate::source::{FrameSource, SourceError};
 /// How to reach ingest and how to behave on the way.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// e.g. `http://127.0.0.1:50051` or `https://ingest.plant.example:443`.
-    pub endpoint: String,
+    /// Ingest addresses, e.g. `http://127.0.0.1:50051` or `https://ingest.plant.example:443`. With
+    /// several (one per ingest replica, no load balancer in between), a broken or refused connection
+    /// moves on to the next one.
+    pub endpoints: Vec<String>,
     pub token: String,
     pub tls: Option<ClientTlsConfig>,
     /// Most frames sent but not yet acknowledged; sending waits when reached (the gateway's memory bound).
@@ -44,7 +46,7 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     pub fn new(endpoint: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
-            endpoint: endpoint.into(),
+            endpoints: vec![endpoint.into()],
             token: token.into(),
             tls: None,
             window: 1024,
@@ -190,13 +192,25 @@ impl Gateway {
 
     /// Streams every frame of `source` until each is acknowledged or rejected.
     pub async fn run(&self, mut source: impl FrameSource) -> Result<Summary, GatewayError> {
-        let endpoint = self.endpoint()?;
+        let endpoints = self
+            .config
+            .endpoints
+            .iter()
+            .map(|address| self.endpoint(address))
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(GatewayError::Endpoint {
+                endpoint: String::new(),
+                detail: "no ingest address".into(),
+            });
+        }
+        let mut current = 0;
         let auth: MetadataValue<_> = format!("Bearer {}", self.config.token)
             .parse()
             .map_err(|_| GatewayError::Token)?;
         let started = Instant::now();
         let summary = Summary::new().map_err(|e| GatewayError::Endpoint {
-            endpoint: self.config.endpoint.clone(),
+            endpoint: self.config.endpoints.join(","),
             detail: e.to_string(),
         })?;
         let mut run = Run {
@@ -213,7 +227,7 @@ impl Gateway {
         let mut backoff = Duration::from_millis(50);
         while !(run.source_done && run.unacked.is_empty()) {
             let answered_before = run.summary.acked + run.summary.rejected;
-            let failure = match endpoint.connect().await {
+            let failure = match endpoints[current].connect().await {
                 Err(e) => describe(&e),
                 Ok(channel) => {
                     if connections > 0 {
@@ -243,10 +257,12 @@ impl Gateway {
                 backoff = Duration::from_millis(50);
                 continue;
             }
+            // This address made no progress: try the next ingest replica.
+            current = (current + 1) % endpoints.len();
             let waited = last_progress.elapsed();
             if waited > self.config.give_up_after {
                 return Err(GatewayError::Unreachable {
-                    endpoint: self.config.endpoint.clone(),
+                    endpoint: self.config.endpoints.join(","),
                     waited,
                     last_error: failure,
                 });
@@ -263,12 +279,12 @@ impl Gateway {
         Ok(run.summary)
     }
 
-    fn endpoint(&self) -> Result<Endpoint, GatewayError> {
+    fn endpoint(&self, address: &str) -> Result<Endpoint, GatewayError> {
         let invalid = |detail: String| GatewayError::Endpoint {
-            endpoint: self.config.endpoint.clone(),
+            endpoint: address.to_owned(),
             detail,
         };
-        let mut endpoint = Endpoint::from_shared(self.config.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)

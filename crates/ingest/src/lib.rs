@@ -182,7 +182,7 @@ pub async fn run(
     served.map_err(IngestError::from)
 }
 
-/// Reports SERVING while the database answers and its schema is the one this build expects.
+/// Reports SERVING while the database answers with the schema this build expects, or a newer one.
 async fn watch_readiness(
     pool: auscult_store::Pool,
     health: tonic_health::server::HealthReporter,
@@ -193,7 +193,13 @@ async fn watch_readiness(
     loop {
         let ready = match pool.get().await {
             Ok(client) => match auscult_store::check_schema(&**client).await {
-                Ok(()) => Ok(()),
+                Ok(auscult_store::SchemaStatus::Current) => Ok(()),
+                Ok(ahead) => {
+                    if last.is_none() || last.as_ref().is_some_and(Result::is_err) {
+                        info!("{ahead}");
+                    }
+                    Ok(())
+                }
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(e.to_string()),

@@ -11,5 +11,5 @@ pub mod wakeup;
 pub mod webhooks;
 pub mod worker;
 
-pub use service::{ListenerError, Listeners, run};
+pub use service::{HEALTH_SERVICE, ListenerError, Listeners, run};
 pub use settings::{InvalidSetting, Settings};

@@ -133,6 +133,13 @@ pub async fn run(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    // "" answers whether the process serves at all (liveness); HEALTH_SERVICE whether it can work,
+    // i.e. holds its notification connection (readiness), as `/readyz` does.
+    tokio::spawn(mirror_readiness(
+        readiness.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -143,9 +150,11 @@ pub async fn run(
         let (shutdown, health) = (shutdown.clone(), health.clone());
         async move {
             shutdown.cancelled().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+            for service in ["", HEALTH_SERVICE] {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
         }
     };
     let served = Server::builder()
@@ -164,4 +173,32 @@ pub async fn run(
     store.close();
     info!("listener stopped");
     served.map_err(ListenerError::from)
+}
+
+/// The gRPC health service name that reports the listener ready.
+pub const HEALTH_SERVICE: &str = "auscult.listener.v1.Listener";
+
+/// Keeps the health status of [`HEALTH_SERVICE`] equal to `readiness` until shutdown.
+async fn mirror_readiness(
+    readiness: Readiness,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut reported = None;
+    loop {
+        let ready = readiness.get();
+        if reported != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status(HEALTH_SERVICE, status).await;
+            reported = Some(ready);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+        }
+    }
 }

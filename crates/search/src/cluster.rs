@@ -8,6 +8,7 @@ use elasticsearch::{
     BulkParts, Elasticsearch, GetParts, IndexParts, SearchParts,
     auth::Credentials,
     cat::CatIndicesParts,
+    cert::{Certificate, CertificateValidation},
     cluster::ClusterPutComponentTemplateParts,
     http::{
         Method, StatusCode, Url,
@@ -133,6 +134,14 @@ impl Cluster {
                 settings.username.clone(),
                 settings.password.clone(),
             ));
+        }
+        if let Some(path) = &settings.ca_path {
+            let pem = std::fs::read(path).map_err(|e| {
+                ClusterError::Config(format!("reading ca_path {}: {e}", path.display()))
+            })?;
+            let ca = Certificate::from_pem(&pem)
+                .map_err(|e| ClusterError::Config(format!("ca_path {}: {e}", path.display())))?;
+            builder = builder.cert_validation(CertificateValidation::Full(ca));
         }
         let transport = builder
             .build()

@@ -19,6 +19,9 @@ pub struct ElasticSettings {
     pub password: String,
     /// An API key (`id:key` base64-encoded, as Kibana shows it) instead of a user; never logged.
     pub api_key: String,
+    /// A CA certificate (PEM) that signed the cluster's HTTPS certificate, for clusters with their own
+    /// CA (ECK and Elasticsearch's own set-up create one); unset: the usual public roots.
+    pub ca_path: Option<std::path::PathBuf>,
     /// Deadline of one request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -53,6 +56,7 @@ impl Default for ElasticSettings {
             username: String::new(),
             password: String::new(),
             api_key: String::new(),
+            ca_path: None,
             request_timeout: Duration::from_secs(30),
             batch_documents: 1000,
             batch_bytes: 5 * 1024 * 1024,

@@ -28,7 +28,7 @@ pub use health::{HealthEvent, HealthRule, sensor_states, watch_sensors};
 pub use jobs::{
     Claim, ClaimedJob, FailedAttempt, QueueDepth, claim_jobs, extend_leases, fail_jobs, queue_depth,
 };
-pub use migrations::{LATEST_VERSION, check_schema, migrate, schema_version};
+pub use migrations::{LATEST_VERSION, SchemaStatus, check_schema, migrate, schema_version};
 pub use models::{
     MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,
     list_models, publish_model,

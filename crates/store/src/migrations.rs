@@ -99,16 +99,41 @@ pub async fn schema_version(client: &impl GenericClient) -> Result<i32, StoreErr
     Ok(row.try_get(0)?)
 }
 
-/// Fails unless the database is at exactly the version this build expects.
-pub async fn check_schema(client: &impl GenericClient) -> Result<(), StoreError> {
+/// How the database's schema compares with the one this build was written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaStatus {
+    Current,
+    /// Migrated by a newer release. Accepted: every migration keeps the release before it working
+    /// (columns and tables are added first and dropped a release later), so the replicas of the old
+    /// release keep serving while a rolling upgrade replaces them.
+    Ahead {
+        found: i32,
+        known: i32,
+    },
+}
+
+impl std::fmt::Display for SchemaStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Current => write!(f, "schema is at version {LATEST_VERSION}"),
+            Self::Ahead { found, known } => write!(
+                f,
+                "schema is at version {found}, ahead of this build's {known} (an upgrade is rolling out)"
+            ),
+        }
+    }
+}
+
+/// Fails unless the database holds at least the schema this build expects.
+pub async fn check_schema(client: &impl GenericClient) -> Result<SchemaStatus, StoreError> {
     let found = schema_version(client).await?;
     match found.cmp(&LATEST_VERSION) {
-        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Equal => Ok(SchemaStatus::Current),
         std::cmp::Ordering::Less => Err(StoreError::SchemaBehind {
             found,
             needed: LATEST_VERSION,
         }),
-        std::cmp::Ordering::Greater => Err(StoreError::SchemaAhead {
+        std::cmp::Ordering::Greater => Ok(SchemaStatus::Ahead {
             found,
             known: LATEST_VERSION,
         }),

@@ -60,7 +60,37 @@ async fn migrations_apply_once_and_the_schema_checks_out() {
             .expect("migrate again")
             .is_empty()
     );
-    auscult_store::check_schema(&client).await.expect("current");
+    assert_eq!(
+        auscult_store::check_schema(&client).await.expect("current"),
+        auscult_store::SchemaStatus::Current
+    );
+}
+
+#[tokio::test]
+async fn a_schema_migrated_by_a_newer_release_is_served_but_not_migrated() {
+    // During a rolling upgrade the new release migrates first and the old replicas keep serving.
+    let (_pg, mut client) = migrated().await;
+    let newer = auscult_store::LATEST_VERSION + 1;
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, 'from a newer release')",
+            &[&newer],
+        )
+        .await
+        .expect("record a newer migration");
+    assert_eq!(
+        auscult_store::check_schema(&client)
+            .await
+            .expect("accepted"),
+        auscult_store::SchemaStatus::Ahead {
+            found: newer,
+            known: auscult_store::LATEST_VERSION
+        }
+    );
+    assert!(matches!(
+        auscult_store::migrate(&mut client).await,
+        Err(StoreError::SchemaAhead { found, .. }) if found == newer
+    ));
 }
 
 #[tokio::test]

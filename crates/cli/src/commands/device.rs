@@ -1,5 +1,9 @@
 //! `auscult device …`: the device registry.
 
+use std::{io::Write, path::Path, path::PathBuf};
+
+use anyhow::Context;
+
 use crate::database::{self, DatabaseArgs};
 
 #[derive(Debug, clap::Subcommand)]
@@ -11,6 +15,13 @@ pub enum Command {
         /// Where the device is, what it listens to.
         #[arg(long, default_value = "")]
         description: String,
+        /// Write the token to this file (created readable by its owner only) instead of stdout.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// If the device is already registered, issue it an additional token instead of failing
+        /// (for scripts that run again, such as a compose file's simulator).
+        #[arg(long)]
+        exists_ok: bool,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -41,14 +52,33 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Add {
             device_id,
             description,
+            token_file,
+            exists_ok,
             database,
         } => {
             let mut client = database::connect(&database.url).await?;
-            let token = auscult_store::add_device(&mut client, &device_id, &description).await?;
-            eprintln!(
-                "device {device_id} registered; its token (store it now, it is not shown again):"
-            );
-            println!("{token}");
+            let token = match auscult_store::add_device(&mut client, &device_id, &description).await
+            {
+                Ok(token) => {
+                    eprintln!("device {device_id} registered");
+                    token
+                }
+                Err(auscult_store::StoreError::DeviceExists(_)) if exists_ok => {
+                    eprintln!("device {device_id} was already registered; issued another token");
+                    auscult_store::issue_token(&mut client, &device_id).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match token_file {
+                Some(path) => {
+                    write_secret(&path, &token)?;
+                    eprintln!("its token is in {}", path.display());
+                }
+                None => {
+                    eprintln!("its token (store it now, it is not shown again):");
+                    println!("{token}");
+                }
+            }
         }
         Command::Token {
             device_id,
@@ -94,5 +124,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Writes `secret` to `path`, readable by its owner only.
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

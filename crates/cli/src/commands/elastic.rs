@@ -29,6 +29,9 @@ pub struct ClusterArgs {
     /// Encoded API key instead of a user.
     #[arg(long, env = "ELASTIC_API_KEY", hide_env_values = true)]
     pub elastic_api_key: Option<String>,
+    /// CA certificate (PEM) that signed the cluster's HTTPS certificate.
+    #[arg(long, env = "ELASTIC_CA_FILE")]
+    pub elastic_ca: Option<std::path::PathBuf>,
 }
 
 impl ClusterArgs {
@@ -38,6 +41,7 @@ impl ClusterArgs {
             username: self.elastic_username.clone().unwrap_or_default(),
             password: self.elastic_password.clone().unwrap_or_default(),
             api_key: self.elastic_api_key.clone().unwrap_or_default(),
+            ca_path: self.elastic_ca.clone(),
             ..ElasticSettings::default()
         };
         settings.validate()?;

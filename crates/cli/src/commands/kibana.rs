@@ -27,6 +27,9 @@ pub enum Command {
         /// Encoded API key instead of a user.
         #[arg(long, env = "ELASTIC_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// CA certificate (PEM) that signed Kibana's HTTPS certificate.
+        #[arg(long, env = "KIBANA_CA_FILE")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -38,6 +41,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         username,
         password,
         api_key,
+        ca_file,
     } = command;
     let (name, ndjson) = match &file {
         Some(path) => (
@@ -62,7 +66,17 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             .file_name("auscult.ndjson")
             .mime_str("application/ndjson")?,
     );
-    let mut request = reqwest::Client::new()
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+        );
+    }
+    let mut request = client
+        .build()
+        .context("building the HTTP client")?
         .post(&url)
         .header("kbn-xsrf", "true")
         .multipart(form)

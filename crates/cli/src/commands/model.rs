@@ -10,10 +10,21 @@ use crate::database::{self, DatabaseArgs};
 pub enum Command {
     /// Store a model file in the registry under its own version (checked by loading it first).
     Publish {
-        file: PathBuf,
+        #[arg(required_unless_present = "shipped")]
+        file: Option<PathBuf>,
+        /// Publish the model built into this binary instead of a file.
+        #[arg(long, conflicts_with = "file")]
+        shipped: bool,
         /// Also make it the active model.
         #[arg(long)]
         activate: bool,
+        /// Make it the active model only if none is active yet, so that a later choice of an operator
+        /// is never undone (what an installer runs on every upgrade).
+        #[arg(long, conflicts_with = "activate")]
+        activate_if_none: bool,
+        /// Keep trying to reach PostgreSQL this long before giving up (e.g. 5m).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait_for_database: std::time::Duration,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -37,15 +48,30 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Publish {
             file,
+            shipped,
             activate,
+            activate_if_none,
+            wait_for_database,
             database,
         } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            // clap requires a file unless --shipped is given, and refuses both.
+            debug_assert!(file.is_some() != shipped);
+            let (name, bytes) = match &file {
+                Some(file) => (
+                    file.display().to_string(),
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+                ),
+                None => (
+                    "the shipped model".to_owned(),
+                    auscult_model::shipped::bytes()
+                        .context("this build ships no model: publish a file")?
+                        .to_vec(),
+                ),
+            };
             // Only a file the analysis service can load may enter the registry.
             let detector =
                 auscult_model::Detector::from_bytes(&bytes, &auscult_model::default_device())
-                    .with_context(|| format!("{} is not a usable model", file.display()))?;
+                    .with_context(|| format!("{name} is not a usable model"))?;
             let info = &detector.info;
             let summary = serde_json::json!({
                 "created_at": info.created_at,
@@ -54,7 +80,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 "data_fingerprint": info.training.data_fingerprint,
                 "validation": info.training.validation,
             });
-            let mut client = database::connect(&database.url).await?;
+            let mut client = database::connect_waiting(&database.url, wait_for_database).await?;
             let outcome =
                 auscult_store::publish_model(&client, &info.version, &bytes, &summary).await?;
             match outcome {
@@ -66,9 +92,19 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     );
                 }
             }
-            if activate {
-                auscult_store::activate_model(&mut client, &info.version).await?;
-                println!("activated {}", info.version);
+            let active = auscult_store::list_models(&client)
+                .await?
+                .into_iter()
+                .find(|m| m.active);
+            match (&active, activate || (activate_if_none && active.is_none())) {
+                (_, true) => {
+                    auscult_store::activate_model(&mut client, &info.version).await?;
+                    println!("activated {}", info.version);
+                }
+                (Some(active), false) if activate_if_none => {
+                    println!("left {} active", active.version);
+                }
+                _ => {}
             }
         }
         Command::List { json, database } => {

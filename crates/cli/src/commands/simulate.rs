@@ -15,16 +15,26 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Ingest's gRPC address.
+    /// Ingest's gRPC address; several, comma-separated, when there is no load balancer in front of
+    /// the ingest replicas (a broken connection moves on to the next).
     #[arg(
         long,
         default_value = "http://127.0.0.1:50051",
-        env = "AUSCULT_ENDPOINT"
+        env = "AUSCULT_ENDPOINT",
+        value_delimiter = ','
     )]
-    endpoint: String,
+    endpoint: Vec<String>,
     /// The device's bearer token (from `auscult device add`).
-    #[arg(long, env = "AUSCULT_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(
+        long,
+        env = "AUSCULT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the device's token (as `auscult device add --token-file` writes it).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Device id; must be the token's device.
     #[arg(long)]
     device: String,
@@ -92,7 +102,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default()
         }),
     };
-    let mut config = GatewayConfig::new(args.endpoint.clone(), args.token.clone());
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token file {}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!("give the device's token with --token or --token-file"),
+    };
+    let mut config = GatewayConfig::new(String::new(), token);
+    config.endpoints.clone_from(&args.endpoint);
     config.window = args.window.max(1);
     config.cut_every = args.cut_every;
     config.rate = (args.rate > 0.0).then(|| args.rate * f64::from(args.sensors));
