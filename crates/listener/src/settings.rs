@@ -199,8 +199,18 @@ impl Default for HealthSettings {
 
 impl Settings {
     /// Loads defaults, then `file` if given, then the environment.
+    /// An empty list variable (`AUSCULT__ALERTS__WEBHOOKS=`, as deploy files write an unset option)
+    /// means an empty list, not one empty entry.
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, auscult_settings::ConfigError> {
-        auscult_settings::load(file)
+        let mut settings: Self = auscult_settings::load(file)?;
+        for list in [
+            &mut settings.analysis.endpoints,
+            &mut settings.alerts.webhooks,
+            &mut settings.elastic.urls,
+        ] {
+            list.retain(|entry| !entry.trim().is_empty());
+        }
+        Ok(settings)
     }
 
     pub fn validate(&self) -> Result<(), InvalidSetting> {
@@ -346,5 +356,22 @@ mod tests {
             settings.validate().map_err(|e| e.key).err(),
             Some("jobs.lease")
         );
+    }
+
+    #[test]
+    fn empty_list_entries_are_dropped() {
+        let file =
+            std::env::temp_dir().join(format!("auscult-listener-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "[alerts]\nwebhooks = [\"\", \"https://hooks.example/a\"]\n[elastic]\nurls = [\" \"]\n",
+        )
+        .expect("write settings");
+        let settings = Settings::load(Some(&file));
+        let _ = std::fs::remove_file(&file);
+        let settings = settings.expect("load");
+        assert_eq!(settings.alerts.webhooks, ["https://hooks.example/a"]);
+        assert!(settings.elastic.urls.is_empty());
+        settings.validate().expect("valid");
     }
 }
