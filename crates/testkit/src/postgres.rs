@@ -19,6 +19,8 @@ pub struct PostgresServer {
     port: u16,
     /// `initdb` refuses to run as root, so as root everything runs as this user.
     run_as: Option<String>,
+    /// Server options beyond the common ones (a standby's name, say), kept for restarts.
+    extra_options: String,
 }
 
 impl PostgresServer {
@@ -52,44 +54,69 @@ impl PostgresServer {
                 "--no-sync".as_ref(),
             ],
         )?;
+        Self::launch(dir, bin, run_as, String::new())
+    }
+
+    /// Creates a hot standby of `primary` with `pg_basebackup` (streaming replication, recovery settings
+    /// written) and starts it with `cluster_name` = `name`, the name the primary's
+    /// `synchronous_standby_names` refers to.
+    pub fn start_standby(primary: &Self, name: &str) -> Result<Self, TestkitError> {
+        let dir = tempfile::Builder::new().prefix("auscult-pg-").tempdir()?;
+        if let Some(user) = &primary.run_as {
+            chown_to(dir.path(), user)?;
+        }
+        let data = dir.path().join("data");
+        let port = primary.port.to_string();
+        run(
+            &primary.bin,
+            primary.run_as.as_deref(),
+            "pg_basebackup",
+            &[
+                "-h".as_ref(),
+                "127.0.0.1".as_ref(),
+                "-p".as_ref(),
+                port.as_ref(),
+                "-U".as_ref(),
+                "postgres".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "--write-recovery-conf".as_ref(),
+                "--wal-method=stream".as_ref(),
+                "--checkpoint=fast".as_ref(),
+            ],
+        )?;
+        Self::launch(
+            dir,
+            primary.bin.clone(),
+            primary.run_as.clone(),
+            format!(" -c cluster_name={name} -c hot_standby=on"),
+        )
+    }
+
+    /// Starts the cluster in `dir` on a free port (retrying on another if one is taken meanwhile).
+    fn launch(
+        dir: TempDir,
+        bin: PathBuf,
+        run_as: Option<String>,
+        extra_options: String,
+    ) -> Result<Self, TestkitError> {
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let options = format!(
-                "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on \
-                 -c max_connections=300 -c shared_buffers=256MB -c wal_buffers=64MB -c max_wal_size=4GB",
-                dir.path().display()
-            );
-            let log = dir.path().join("server.log");
-            let started = run(
-                &bin,
-                run_as.as_deref(),
-                "pg_ctl",
-                &[
-                    "start".as_ref(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-o".as_ref(),
-                    options.as_ref(),
-                ],
-            );
-            match started {
-                Ok(_) => {
+            match pg_ctl_start(&bin, run_as.as_deref(), dir.path(), port, &extra_options) {
+                Ok(()) => {
                     debug!(port, "throwaway postgres started");
                     return Ok(Self {
                         dir,
                         bin,
                         port,
                         run_as,
+                        extra_options,
                     });
                 }
                 Err(e) => {
-                    let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail =
+                        std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
                     warn!(
                         port,
                         "postgres did not start, retrying on another port: {e}\n{tail}"
@@ -102,6 +129,22 @@ impl PostgresServer {
             command: "pg_ctl start".into(),
             detail: "no attempt made".into(),
         }))
+    }
+
+    /// Stops the server the hard way, as a crash or a lost machine would (its files stay).
+    pub fn stop_immediately(&self) {
+        self.stop();
+    }
+
+    /// Starts a stopped server again, on the same port and with the same settings.
+    pub fn restart(&self) -> Result<(), TestkitError> {
+        pg_ctl_start(
+            &self.bin,
+            self.run_as.as_deref(),
+            self.dir.path(),
+            self.port,
+            &self.extra_options,
+        )
     }
 
     /// The port the server listens on (127.0.0.1).
@@ -145,6 +188,41 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `pg_ctl start` of the cluster under `dir` (data in `dir/data`, log in `dir/server.log`) on `port`,
+/// with fsync on.
+fn pg_ctl_start(
+    bin: &Path,
+    run_as: Option<&str>,
+    dir: &Path,
+    port: u16,
+    extra_options: &str,
+) -> Result<(), TestkitError> {
+    let options = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on \
+         -c max_connections=300 -c shared_buffers=256MB -c wal_buffers=64MB -c max_wal_size=4GB{extra_options}",
+        dir.display()
+    );
+    let (data, log) = (dir.join("data"), dir.join("server.log"));
+    run(
+        bin,
+        run_as,
+        "pg_ctl",
+        &[
+            "start".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "60".as_ref(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-o".as_ref(),
+            options.as_ref(),
+        ],
+    )?;
+    Ok(())
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`, or `$AUSCULT_PG_BIN`.

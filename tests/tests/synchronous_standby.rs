@@ -1,0 +1,198 @@
+//! The PostgreSQL topology docker-compose.yml runs, as local processes: a primary that commits only once
+//! its standby named `standby` has the WAL (`synchronous_standby_names = 'FIRST 1 (standby)'`), a hot
+//! standby made with `pg_basebackup --write-recovery-conf`, and ingest given both hosts with
+//! `target_session_attrs=read-write`. What it promises: ingest writes to the primary whichever host is
+//! listed first, and never acknowledges a frame the standby does not have — while the standby is down,
+//! acknowledgements wait, and they resume when it is back.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
+use auscult_testkit::{
+    PostgresServer, ServiceProcess, free_port, wait_for, wait_grpc_serving, workspace_binary,
+};
+use tokio_postgres::NoTls;
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test]
+async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is_down() {
+    let primary = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("join")
+        .expect("primary");
+    let admin = connect(&primary.url()).await;
+    // One statement per call: ALTER SYSTEM refuses to run inside the implicit transaction of a batch.
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby)'",
+        "ALTER SYSTEM SET synchronous_commit = 'on'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).await.expect(statement);
+    }
+    // Before any standby exists, a commit would wait forever: migrate once it streams. (Blocks this
+    // test's runtime for the copy; nothing else runs on it yet.)
+    let standby = PostgresServer::start_standby(&primary, "standby").expect("standby");
+    let synchronous = wait_for(Duration::from_secs(30), || {
+        let admin = &admin;
+        async move {
+            (count(
+                admin,
+                "SELECT count(*) FROM pg_stat_replication
+                 WHERE application_name = 'standby' AND sync_state = 'sync'",
+            )
+            .await
+                == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        synchronous.is_some(),
+        "the standby never became synchronous"
+    );
+    let migrated = std::process::Command::new(workspace_binary("auscult").expect("auscult"))
+        .args(["migrate"])
+        .env("DATABASE_URL", primary.url())
+        .output()
+        .expect("run auscult migrate");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let token = {
+        let mut client = connect(&primary.url()).await;
+        auscult_store::add_device(&mut client, "gw-sync", "test")
+            .await
+            .expect("device")
+    };
+
+    // The standby is listed first: ingest must find the writable host by itself.
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        standby.port(),
+        primary.port()
+    );
+    let grpc_port = free_port().expect("port");
+    let ingest = ServiceProcess::spawn(
+        "auscult-ingest",
+        &[],
+        [
+            ("AUSCULT__DATABASE__URL", url),
+            ("AUSCULT__LISTEN_ADDR", format!("127.0.0.1:{grpc_port}")),
+            (
+                "AUSCULT__ADMIN_ADDR",
+                format!("127.0.0.1:{}", free_port().expect("port")),
+            ),
+        ],
+    )
+    .expect("start ingest");
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    assert!(
+        wait_grpc_serving(
+            &tonic::transport::Endpoint::from_shared(endpoint.clone()).expect("endpoint"),
+            "auscult.ingest.v1.Ingest",
+            Duration::from_secs(30),
+        )
+        .await,
+        "ingest did not become SERVING:\n{}",
+        ingest.log()
+    );
+    let gateway = |epoch: u64| {
+        let mut config = GatewayConfig::new(endpoint.clone(), token.clone());
+        config.give_up_after = Duration::from_secs(120);
+        let identity = Identity {
+            device_id: "gw-sync".into(),
+            sensors: vec!["mic-0".into(), "mic-1".into()],
+            stream_epoch: epoch,
+        };
+        (Gateway::new(config), identity)
+    };
+
+    // Both up: every acknowledged frame is already on the standby's disk, and replays there.
+    let (first, identity) = gateway(1);
+    let summary = first
+        .run(SyntheticSource::new(identity, 10, 1))
+        .await
+        .expect("stream with the standby up");
+    assert_eq!(summary.acked, 20);
+    let replica = connect(&standby.url()).await;
+    let replayed = wait_for(Duration::from_secs(30), || {
+        let replica = &replica;
+        async move {
+            (count(
+                replica,
+                "SELECT count(*) FROM frames WHERE stream_epoch = 1",
+            )
+            .await
+                == 20)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        replayed.is_some(),
+        "the standby does not hold the acknowledged frames"
+    );
+    drop(replica);
+
+    // The standby's machine is lost: commits wait for it, so nothing new is acknowledged.
+    standby.stop_immediately();
+    let (second, identity) = gateway(2);
+    let progress = second.progress();
+    let run = tokio::spawn(async move { second.run(SyntheticSource::new(identity, 10, 2)).await });
+    let waiting = wait_for(Duration::from_secs(30), || {
+        let admin = &admin;
+        async move {
+            (count(
+                admin,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+            )
+            .await
+                > 0)
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        waiting.is_some(),
+        "no commit waited for the standby:\n{}",
+        ingest.log()
+    );
+    assert_eq!(
+        progress.acked.load(Ordering::Relaxed),
+        0,
+        "a frame was acknowledged while the synchronous standby was down"
+    );
+
+    // The standby is back: the waiting commits complete and every frame is acknowledged once.
+    let _standby = tokio::task::spawn_blocking(move || {
+        standby.restart().expect("restart the standby");
+        standby
+    })
+    .await
+    .expect("join");
+    let summary = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("acknowledgements resumed")
+        .expect("join")
+        .expect("stream after the standby returned");
+    assert_eq!(summary.acked, 20);
+    assert_eq!(
+        count(
+            &admin,
+            "SELECT count(*) FROM frames WHERE device_id = 'gw-sync'"
+        )
+        .await,
+        40
+    );
+}
