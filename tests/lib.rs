@@ -257,6 +257,28 @@ impl AnalysisProcess {
     }
 }
 
+/// Runs the `auscult` command with `DATABASE_URL` = `database_url` and waits for it.
+pub fn auscult(database_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(
+        auscult_testkit::workspace_binary("auscult").expect("auscult binary"),
+    )
+    .args(args)
+    .env("DATABASE_URL", database_url)
+    .output()
+    .expect("run auscult")
+}
+
+/// Asserts that a command succeeded and returns its stdout.
+pub fn succeeded(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Starts an `auscult-listener` named `instance` calling `analysis`, with `env` on top.
 pub fn start_listener(
     database_url: &str,

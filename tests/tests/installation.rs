@@ -2,34 +2,10 @@
 //! --activate-if-none`, `auscult health`, `device add --token-file` — and a gateway given several
 //! ingest addresses, against a real PostgreSQL and the real binaries.
 
-use std::{
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{path::Path, process::Output, time::Duration};
 
-use auscult_e2e::{Stack, start_listener};
-use auscult_testkit::{
-    PostgresServer, ServiceProcess, free_port, wait_grpc_serving, workspace_binary,
-};
-
-fn auscult(url: &str, args: &[&str]) -> Output {
-    Command::new(workspace_binary("auscult").expect("auscult binary"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .output()
-        .expect("run auscult")
-}
-
-fn succeeded(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "auscult failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use auscult_e2e::{Stack, auscult, start_listener, succeeded};
+use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_grpc_serving};
 
 fn failed(output: &Output) -> String {
     assert!(

@@ -1,26 +1,9 @@
 //! `auscult model publish | list | activate` against a real PostgreSQL.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-use auscult_testkit::{PostgresServer, workspace_binary};
-
-fn auscult(url: &str, args: &[&str]) -> Output {
-    Command::new(workspace_binary("auscult").expect("auscult binary"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .output()
-        .expect("run auscult")
-}
-
-fn succeeded(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "auscult failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use auscult_e2e::{auscult, succeeded};
+use auscult_testkit::PostgresServer;
 
 #[test]
 fn models_are_published_once_listed_and_activated() {

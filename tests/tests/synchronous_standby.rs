@@ -7,10 +7,9 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
+use auscult_e2e::{auscult, succeeded};
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
-use auscult_testkit::{
-    PostgresServer, ServiceProcess, free_port, wait_for, wait_grpc_serving, workspace_binary,
-};
+use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for, wait_grpc_serving};
 use tokio_postgres::NoTls;
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -59,16 +58,7 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         synchronous.is_some(),
         "the standby never became synchronous"
     );
-    let migrated = std::process::Command::new(workspace_binary("auscult").expect("auscult"))
-        .args(["migrate"])
-        .env("DATABASE_URL", primary.url())
-        .output()
-        .expect("run auscult migrate");
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
+    succeeded(&auscult(&primary.url(), &["migrate"]));
     let token = {
         let mut client = connect(&primary.url()).await;
         auscult_store::add_device(&mut client, "gw-sync", "test")
