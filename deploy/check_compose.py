@@ -6,8 +6,9 @@
 Compose: every long-running service has a health check and memory and CPU limits; every dependency
 waits for health or for a one-shot's success; images are pinned; named volumes are declared; the
 auscult containers run read-only, without capabilities; PostgreSQL commits synchronously to its
-standby by default; the simulated gateway is given every ingest replica. Build context: everything
-the workspace build reads is sent to the builder, and secrets and build output are not.
+standby by default, whose hot-standby limits are at least the primary's; the simulated gateway is given
+every ingest replica. Build context: everything the workspace build reads is sent to the builder, and
+secrets and build output are not.
 """
 
 import re
@@ -72,6 +73,17 @@ def compose_problems(path):
     match = re.search(r"synchronous_standby_names=\$\{[A-Z_]+-([^}]*)\}", primary)
     if not match or not match.group(1).strip():
         problems.append("postgres-primary: synchronous replication to the standby is not the default")
+    # A hot standby refuses to start with a lower limit than its primary for these settings.
+    def server_settings(service):
+        command = services.get(service, {}).get("command") or []
+        return dict(a.split("=", 1) for a in command if "=" in a and not a.startswith("-"))
+
+    primary_settings, standby_settings = server_settings("postgres-primary"), server_settings("postgres-standby")
+    for key in ("max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions",
+                "max_locks_per_transaction"):
+        if key in primary_settings:
+            if key not in standby_settings or int(standby_settings[key]) < int(primary_settings[key]):
+                problems.append(f"postgres-standby: {key} must be at least the primary's {primary_settings[key]}")
     ingest = sorted(n for n, s in services.items() if (s.get("command") or [None])[0] == "auscult-ingest")
     if len(ingest) < 2:
         problems.append(f"two ingest replicas expected, found {ingest}")
