@@ -147,6 +147,21 @@ impl PostgresServer {
         )
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The folder of the PostgreSQL server programs this cluster runs on.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The operating-system user the server runs as when it is not the current one (as root: `postgres`).
+    pub fn os_user(&self) -> Option<&str> {
+        self.run_as.as_deref()
+    }
+
     /// The port the server listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port

@@ -8,26 +8,26 @@ set -euo pipefail
 
 : "${REPLICATION_PASSWORD:?REPLICATION_PASSWORD must be set}"
 primary="${PRIMARY_HOST:-postgres-primary}"
+port="${PRIMARY_PORT:-5432}"
 
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     mkdir -p "$PGDATA"
     chown postgres:postgres "$PGDATA"
     chmod 0700 "$PGDATA"
-    export PGPASSWORD="$REPLICATION_PASSWORD"
-    until gosu postgres pg_isready --host="$primary" --port=5432 --quiet; do
+    # The password goes to a passfile readable by postgres only: pg_basebackup --write-recovery-conf then
+    # records the passfile's path in postgresql.auto.conf, not the password.
+    export PGPASSFILE="${PGPASSFILE:-/var/lib/postgresql/.pgpass}"
+    printf '%s:%s:*:replicator:%s\n' "$primary" "$port" "$REPLICATION_PASSWORD" > "$PGPASSFILE"
+    chown postgres:postgres "$PGPASSFILE"
+    chmod 0600 "$PGPASSFILE"
+    until gosu postgres pg_isready --host="$primary" --port="$port" --quiet; do
         echo "standby: waiting for the primary at $primary"
         sleep 2
     done
     echo "standby: copying the primary"
-    gosu postgres pg_basebackup --host="$primary" --port=5432 --username=replicator \
+    gosu postgres pg_basebackup --host="$primary" --port="$port" --username=replicator \
         --pgdata="$PGDATA" --slot=standby --wal-method=stream --write-recovery-conf \
         --checkpoint=fast --progress
-    unset PGPASSWORD
-    # The password goes to a passfile readable by postgres only, not into postgresql.auto.conf.
-    printf '%s:5432:replication:replicator:%s\n' "$primary" "$REPLICATION_PASSWORD" \
-        > /var/lib/postgresql/.pgpass
-    chown postgres:postgres /var/lib/postgresql/.pgpass
-    chmod 0600 /var/lib/postgresql/.pgpass
 fi
 
 exec docker-entrypoint.sh postgres -c cluster_name=standby -c hot_standby=on "$@"

@@ -1,0 +1,231 @@
+//! The scripts docker-compose.yml runs for PostgreSQL, run here as local processes: the primary's
+//! first-start script (replication role, slot, `pg_hba` rule) against a real cluster, then the
+//! standby's entry point, which copies the primary and starts a hot standby named `standby`. The two
+//! programs of the postgres image the entry point calls are stood in for by shims: `gosu` (run as the
+//! postgres user) and `docker-entrypoint.sh` (which, for an initialised data directory, runs postgres).
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use auscult_testkit::{PostgresServer, free_port, wait_for};
+use tokio_postgres::NoTls;
+
+const REPLICATION_PASSWORD: &str = "test-replication-secret";
+
+async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.ok()?;
+    tokio::spawn(connection);
+    Some(client)
+}
+
+fn scripts() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose/postgres")
+}
+
+fn write_executable(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write shim");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod shim");
+}
+
+/// The standby's server, stopped when the test ends however it ends.
+struct Standby {
+    child: Child,
+    pg_ctl: std::path::PathBuf,
+    data: std::path::PathBuf,
+    user: Option<String>,
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let mut stop = match &self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&self.pg_ctl);
+                c
+            }
+            None => Command::new(&self.pg_ctl),
+        };
+        let _ = stop
+            .args(["stop", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .output();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_compose_scripts_make_a_synchronous_hot_standby() {
+    let primary = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("join")
+        .expect("primary");
+    let path = format!(
+        "{}:{}",
+        primary.bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    // First start of the primary: the image runs the script as the postgres user with these variables.
+    let mut init = match primary.os_user() {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--", "bash"]);
+            c
+        }
+        None => Command::new("bash"),
+    };
+    let output = init
+        .arg(scripts().join("primary-init.sh"))
+        .env("PATH", &path)
+        .env("PGDATA", primary.data_dir())
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", primary.port().to_string())
+        .env("POSTGRES_USER", "postgres")
+        .env("POSTGRES_DB", "postgres")
+        .env("REPLICATION_PASSWORD", REPLICATION_PASSWORD)
+        .output()
+        .expect("run primary-init.sh");
+    assert!(
+        output.status.success(),
+        "primary-init.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hba = std::fs::read_to_string(primary.data_dir().join("pg_hba.conf")).expect("pg_hba");
+    assert!(hba.contains("host replication replicator all scram-sha-256"));
+    let admin = connect(&primary.url()).await.expect("primary");
+    // As the compose file's command line does for the primary.
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby)'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).await.expect(statement);
+    }
+    let role: bool = admin
+        .query_one(
+            "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'",
+            &[],
+        )
+        .await
+        .expect("replication role")
+        .get(0);
+    assert!(role);
+
+    // The standby's entry point, with the image's two programs stood in for.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shims = dir.path().join("bin");
+    std::fs::create_dir(&shims).expect("shims");
+    let data = dir.path().join("data");
+    let postgres = primary.bin_dir().join("postgres");
+    write_executable(
+        &shims.join("gosu"),
+        "#!/bin/sh\nuser=\"$1\"; shift\n\
+         if [ \"$(id -u)\" = 0 ]; then exec runuser -u \"$user\" -- \"$@\"; else exec \"$@\"; fi\n",
+    );
+    write_executable(
+        &shims.join("docker-entrypoint.sh"),
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = postgres ] && shift\nexec gosu postgres {} -D \"$PGDATA\" \"$@\"\n",
+            postgres.display()
+        ),
+    );
+    if primary.os_user().is_none() {
+        // Not root: the current user plays the postgres user, and owns everything already.
+        write_executable(&shims.join("chown"), "#!/bin/sh\nexit 0\n");
+    } else {
+        let owner = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(owner.success());
+    }
+    let port = free_port().expect("port");
+    let child = Command::new("bash")
+        .arg(scripts().join("standby.sh"))
+        .args([
+            "-c",
+            &format!("port={port}"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            &format!("unix_socket_directories={}", dir.path().display()),
+            "-c",
+            "max_connections=300",
+        ])
+        .env("PATH", format!("{}:{path}", shims.display()))
+        .env("PGDATA", &data)
+        .env("PGPASSFILE", dir.path().join("pgpass"))
+        .env("PRIMARY_HOST", "127.0.0.1")
+        .env("PRIMARY_PORT", primary.port().to_string())
+        .env("REPLICATION_PASSWORD", REPLICATION_PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run standby.sh");
+    let _standby = Standby {
+        child,
+        pg_ctl: primary.bin_dir().join("pg_ctl"),
+        data: data.clone(),
+        user: primary.os_user().map(str::to_owned),
+    };
+
+    // It streams through its slot, as the synchronous standby the primary waits for.
+    let synchronous = wait_for(Duration::from_secs(60), || {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s
+                       ON s.active_pid = r.pid
+                     WHERE r.application_name = 'standby' AND r.sync_state = 'sync'
+                       AND s.slot_name = 'standby'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        synchronous.is_some(),
+        "the standby never streamed synchronously through its slot"
+    );
+    let recovery = std::fs::read_to_string(data.join("postgresql.auto.conf")).expect("auto.conf");
+    assert!(
+        recovery.contains("primary_slot_name = 'standby'"),
+        "{recovery}"
+    );
+    assert!(
+        !recovery.contains(REPLICATION_PASSWORD),
+        "the replication password was written into postgresql.auto.conf"
+    );
+
+    // A commit on the primary returns (the standby confirms it) and replays there.
+    admin
+        .batch_execute("CREATE TABLE replicated AS SELECT 42 AS answer")
+        .await
+        .expect("commit on the primary");
+    let standby_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let replayed = wait_for(Duration::from_secs(30), || {
+        let url = standby_url.clone();
+        async move {
+            let standby = connect(&url).await?;
+            let row = standby
+                .query_one("SELECT answer FROM replicated", &[])
+                .await
+                .ok()?;
+            (row.get::<_, i32>(0) == 42).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        replayed.is_some(),
+        "the standby does not replay the primary"
+    );
+}
