@@ -1,12 +1,13 @@
 //! The scripts docker-compose.yml runs for PostgreSQL, run here as local processes: the primary's
-//! first-start script (replication role, slot, `pg_hba` rule) against a real cluster, then the
-//! standby's entry point, which copies the primary and starts a hot standby named `standby`. The two
-//! programs of the postgres image the entry point calls are stood in for by shims: `gosu` (run as the
-//! postgres user) and `docker-entrypoint.sh` (which, for an initialised data directory, runs postgres).
+//! first-start script (replication role, slot, `pg_hba` rule) against a real cluster configured as the
+//! compose file configures it, then the standby's entry point, which copies the primary and starts a hot
+//! standby named `standby` — the first time, and again as a recreated container. The two programs of the
+//! postgres image the entry point calls are stood in for by shims: `gosu` (run as the postgres user) and
+//! `docker-entrypoint.sh` (which, for an initialised data directory, runs postgres).
 
 use std::{
     os::unix::fs::PermissionsExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command},
     time::Duration,
 };
@@ -22,8 +23,22 @@ async fn connect(url: &str) -> Option<tokio_postgres::Client> {
     Some(client)
 }
 
-fn scripts() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose/postgres")
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn script(name: &str) -> PathBuf {
+    repo().join("deploy/compose/postgres").join(name)
+}
+
+/// The value docker-compose.yml gives the primary's `PGOPTIONS`.
+fn compose_primary_pgoptions() -> String {
+    let compose = std::fs::read_to_string(repo().join("docker-compose.yml")).expect("compose file");
+    compose
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("PGOPTIONS:"))
+        .map(|value| value.trim().to_owned())
+        .expect("docker-compose.yml sets PGOPTIONS for the primary")
 }
 
 fn write_executable(path: &Path, text: &str) {
@@ -31,31 +46,65 @@ fn write_executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod shim");
 }
 
-/// The standby's server, stopped when the test ends however it ends.
-struct Standby {
+/// `command` run as `user` when there is one (as root: the postgres user).
+fn as_user(user: Option<&str>, program: &Path) -> Command {
+    match user {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The standby's container: its entry point running, stopped (server included) when dropped.
+struct StandbyContainer {
     child: Child,
-    pg_ctl: std::path::PathBuf,
-    data: std::path::PathBuf,
+    pg_ctl: PathBuf,
+    data: PathBuf,
     user: Option<String>,
 }
 
-impl Drop for Standby {
+impl StandbyContainer {
+    fn start(entry: &mut Command, pg_ctl: PathBuf, data: PathBuf, user: Option<String>) -> Self {
+        let child = entry.spawn().expect("run standby.sh");
+        Self {
+            child,
+            pg_ctl,
+            data,
+            user,
+        }
+    }
+}
+
+impl Drop for StandbyContainer {
     fn drop(&mut self) {
-        let mut stop = match &self.user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&self.pg_ctl);
-                c
-            }
-            None => Command::new(&self.pg_ctl),
-        };
-        let _ = stop
-            .args(["stop", "-m", "immediate", "-D"])
+        let _ = as_user(self.user.as_deref(), &self.pg_ctl)
+            .args(["stop", "-m", "fast", "-w", "-D"])
             .arg(&self.data)
             .output();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+async fn streams_synchronously(admin: &tokio_postgres::Client) -> bool {
+    wait_for(Duration::from_secs(60), || async move {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s
+                   ON s.active_pid = r.pid
+                 WHERE r.application_name = 'standby' AND r.sync_state = 'sync'
+                   AND s.slot_name = 'standby'",
+                &[],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await
+    .is_some()
 }
 
 #[tokio::test]
@@ -64,27 +113,39 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
         .await
         .expect("join")
         .expect("primary");
+    let user = primary.os_user().map(str::to_owned);
     let path = format!(
         "{}:{}",
         primary.bin_dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let admin = connect(&primary.url()).await.expect("primary");
+    // The compose file starts the primary — its first-start set-up included — with synchronous
+    // replication to a standby that does not exist yet, and requires the replication password.
+    let hba_path = primary.data_dir().join("pg_hba.conf");
+    let hba = std::fs::read_to_string(&hba_path).expect("pg_hba");
+    std::fs::write(
+        &hba_path,
+        format!("host replication replicator 127.0.0.1/32 scram-sha-256\n{hba}"),
+    )
+    .expect("require the replication password");
+    for statement in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby)'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(statement).await.expect(statement);
+    }
 
-    // First start of the primary: the image runs the script as the postgres user with these variables.
-    let mut init = match primary.os_user() {
-        Some(user) => {
-            let mut c = Command::new("runuser");
-            c.args(["-u", user, "--", "bash"]);
-            c
-        }
-        None => Command::new("bash"),
-    };
-    let output = init
-        .arg(scripts().join("primary-init.sh"))
+    // First start of the primary: the image runs the script as the postgres user, with the container's
+    // environment. Bounded: a commit waiting for the missing standby would hang here.
+    let output = as_user(user.as_deref(), Path::new("timeout"))
+        .args(["60", "bash"])
+        .arg(script("primary-init.sh"))
         .env("PATH", &path)
         .env("PGDATA", primary.data_dir())
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", primary.port().to_string())
+        .env("PGOPTIONS", compose_primary_pgoptions())
         .env("POSTGRES_USER", "postgres")
         .env("POSTGRES_DB", "postgres")
         .env("REPLICATION_PASSWORD", REPLICATION_PASSWORD)
@@ -92,19 +153,12 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
         .expect("run primary-init.sh");
     assert!(
         output.status.success(),
-        "primary-init.sh failed: {}",
+        "primary-init.sh failed ({}): {}",
+        output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let hba = std::fs::read_to_string(primary.data_dir().join("pg_hba.conf")).expect("pg_hba");
+    let hba = std::fs::read_to_string(&hba_path).expect("pg_hba");
     assert!(hba.contains("host replication replicator all scram-sha-256"));
-    let admin = connect(&primary.url()).await.expect("primary");
-    // As the compose file's command line does for the primary.
-    for statement in [
-        "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (standby)'",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(statement).await.expect(statement);
-    }
     let role: bool = admin
         .query_one(
             "SELECT rolreplication AND rolcanlogin FROM pg_roles WHERE rolname = 'replicator'",
@@ -120,7 +174,7 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
     let shims = dir.path().join("bin");
     std::fs::create_dir(&shims).expect("shims");
     let data = dir.path().join("data");
-    let postgres = primary.bin_dir().join("postgres");
+    let passfile = dir.path().join("pgpass");
     write_executable(
         &shims.join("gosu"),
         "#!/bin/sh\nuser=\"$1\"; shift\n\
@@ -130,23 +184,24 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
         &shims.join("docker-entrypoint.sh"),
         &format!(
             "#!/bin/sh\n[ \"$1\" = postgres ] && shift\nexec gosu postgres {} -D \"$PGDATA\" \"$@\"\n",
-            postgres.display()
+            primary.bin_dir().join("postgres").display()
         ),
     );
-    if primary.os_user().is_none() {
+    if user.is_none() {
         // Not root: the current user plays the postgres user, and owns everything already.
         write_executable(&shims.join("chown"), "#!/bin/sh\nexit 0\n");
     } else {
         let owner = Command::new("chown")
-            .args(["postgres:postgres"])
+            .arg("postgres:postgres")
             .arg(dir.path())
             .status()
             .expect("chown");
         assert!(owner.success());
     }
     let port = free_port().expect("port");
-    let child = Command::new("bash")
-        .arg(scripts().join("standby.sh"))
+    let mut entry = Command::new("bash");
+    entry
+        .arg(script("standby.sh"))
         .args([
             "-c",
             &format!("port={port}"),
@@ -159,41 +214,19 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
         ])
         .env("PATH", format!("{}:{path}", shims.display()))
         .env("PGDATA", &data)
-        .env("PGPASSFILE", dir.path().join("pgpass"))
+        .env("PGPASSFILE", &passfile)
         .env("PRIMARY_HOST", "127.0.0.1")
         .env("PRIMARY_PORT", primary.port().to_string())
         .env("REPLICATION_PASSWORD", REPLICATION_PASSWORD)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run standby.sh");
-    let _standby = Standby {
-        child,
-        pg_ctl: primary.bin_dir().join("pg_ctl"),
-        data: data.clone(),
-        user: primary.os_user().map(str::to_owned),
-    };
+        .stderr(std::process::Stdio::null());
+    let pg_ctl = primary.bin_dir().join("pg_ctl");
+    let first = StandbyContainer::start(&mut entry, pg_ctl.clone(), data.clone(), user.clone());
 
-    // It streams through its slot, as the synchronous standby the primary waits for.
-    let synchronous = wait_for(Duration::from_secs(60), || {
-        let admin = &admin;
-        async move {
-            let row = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s
-                       ON s.active_pid = r.pid
-                     WHERE r.application_name = 'standby' AND r.sync_state = 'sync'
-                       AND s.slot_name = 'standby'",
-                    &[],
-                )
-                .await
-                .ok()?;
-            (row.get::<_, i64>(0) == 1).then_some(())
-        }
-    })
-    .await;
+    // It copies the primary with the password and streams through its slot, as the synchronous
+    // standby the primary waits for.
     assert!(
-        synchronous.is_some(),
+        streams_synchronously(&admin).await,
         "the standby never streamed synchronously through its slot"
     );
     let recovery = std::fs::read_to_string(data.join("postgresql.auto.conf")).expect("auto.conf");
@@ -227,5 +260,26 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
     assert!(
         replayed.is_some(),
         "the standby does not replay the primary"
+    );
+
+    // The container is recreated: its data volume stays, everything else (the passfile) is new.
+    drop(first);
+    let gone = wait_for(Duration::from_secs(30), || {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one("SELECT count(*) FROM pg_stat_replication", &[])
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) == 0).then_some(())
+        }
+    })
+    .await;
+    assert!(gone.is_some(), "the stopped standby still streams");
+    std::fs::remove_file(&passfile).expect("the passfile existed");
+    let _second = StandbyContainer::start(&mut entry, pg_ctl, data, user);
+    assert!(
+        streams_synchronously(&admin).await,
+        "a recreated standby container did not stream again"
     );
 }

@@ -10,16 +10,18 @@ set -euo pipefail
 primary="${PRIMARY_HOST:-postgres-primary}"
 port="${PRIMARY_PORT:-5432}"
 
+# The password goes to a passfile readable by postgres only: pg_basebackup --write-recovery-conf records
+# the passfile's path in postgresql.auto.conf, not the password. The file lives outside the data volume,
+# so it is written again on every start (a recreated container has lost it).
+export PGPASSFILE="${PGPASSFILE:-/var/lib/postgresql/.pgpass}"
+printf '%s:%s:*:replicator:%s\n' "$primary" "$port" "$REPLICATION_PASSWORD" > "$PGPASSFILE"
+chown postgres:postgres "$PGPASSFILE"
+chmod 0600 "$PGPASSFILE"
+
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     mkdir -p "$PGDATA"
     chown postgres:postgres "$PGDATA"
     chmod 0700 "$PGDATA"
-    # The password goes to a passfile readable by postgres only: pg_basebackup --write-recovery-conf then
-    # records the passfile's path in postgresql.auto.conf, not the password.
-    export PGPASSFILE="${PGPASSFILE:-/var/lib/postgresql/.pgpass}"
-    printf '%s:%s:*:replicator:%s\n' "$primary" "$port" "$REPLICATION_PASSWORD" > "$PGPASSFILE"
-    chown postgres:postgres "$PGPASSFILE"
-    chmod 0600 "$PGPASSFILE"
     until gosu postgres pg_isready --host="$primary" --port="$port" --quiet; do
         echo "standby: waiting for the primary at $primary"
         sleep 2
