@@ -135,15 +135,31 @@ impl Stack {
 
     /// The Prometheus text from the admin endpoint.
     pub fn metrics(&self) -> String {
-        use std::io::{Read, Write};
-        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("request");
-        let mut body = String::new();
-        stream.read_to_string(&mut body).expect("response");
-        body
+        fetch_metrics(self.admin_port)
     }
+}
+
+/// The Prometheus text a service serves on its admin port.
+pub fn fetch_metrics(admin_port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).expect("admin connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    body
+}
+
+/// The current value of an unlabelled gauge or counter in Prometheus text.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn spawn_ingest(

@@ -3,23 +3,12 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use auscult_e2e::{Stack, stored_frames};
+use auscult_e2e::{Stack, metric, stored_frames};
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
 use auscult_testkit::wait_for;
 
 /// The stream's budget: with one gateway stream, the tighter of the two.
 const BUDGET: u64 = 1 << 20;
-
-/// The current value of an unlabelled gauge or counter in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_database_holds_gateways_back_within_the_memory_budget() {

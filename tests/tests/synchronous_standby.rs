@@ -7,7 +7,7 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use auscult_e2e::{auscult, succeeded};
+use auscult_e2e::{auscult, fetch_metrics, metric, succeeded};
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
 use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for, wait_grpc_serving};
 use tokio_postgres::NoTls;
@@ -72,17 +72,16 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         standby.port(),
         primary.port()
     );
-    let grpc_port = free_port().expect("port");
+    let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
     let ingest = ServiceProcess::spawn(
         "auscult-ingest",
         &[],
         [
             ("AUSCULT__DATABASE__URL", url),
             ("AUSCULT__LISTEN_ADDR", format!("127.0.0.1:{grpc_port}")),
-            (
-                "AUSCULT__ADMIN_ADDR",
-                format!("127.0.0.1:{}", free_port().expect("port")),
-            ),
+            ("AUSCULT__ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            // A COMMIT waiting for the lost standby is given up on (and its batch resent) after this.
+            ("AUSCULT__BATCH__COMMIT_TIMEOUT", "1s".to_owned()),
         ],
     )
     .expect("start ingest");
@@ -96,6 +95,14 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         .await,
         "ingest did not become SERVING:\n{}",
         ingest.log()
+    );
+    // Ingest sees that its acknowledgements wait for a synchronous standby.
+    assert_eq!(
+        metric(
+            &fetch_metrics(admin_port),
+            "auscult_ingest_acks_survive_primary_loss"
+        ),
+        Some(1.0)
     );
     let gateway = |epoch: u64| {
         let mut config = GatewayConfig::new(endpoint.clone(), token.clone());
@@ -158,6 +165,18 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         "no commit waited for the standby:\n{}",
         ingest.log()
     );
+    // The waiting COMMIT is given up on after batch.commit_timeout: the batch is reported failed (its
+    // frames are resent), never acknowledged.
+    let given_up = wait_for(Duration::from_secs(30), || {
+        let log = ingest.log();
+        async move { log.contains("the outcome is unknown").then_some(()) }
+    })
+    .await;
+    assert!(
+        given_up.is_some(),
+        "no batch was given up on:\n{}",
+        ingest.log()
+    );
     assert_eq!(
         progress.acked.load(Ordering::Relaxed),
         0,
@@ -184,5 +203,65 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         )
         .await,
         40
+    );
+}
+
+#[tokio::test]
+async fn ingest_is_unready_on_a_standby_and_says_when_acknowledgements_are_not_replicated() {
+    let primary = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("join")
+        .expect("primary");
+    succeeded(&auscult(&primary.url(), &["migrate"]));
+    // Asynchronous replication: the primary commits without waiting for anyone.
+    let standby = PostgresServer::start_standby(&primary, "standby").expect("standby");
+    let start_ingest = |url: String| {
+        let admin_port = free_port().expect("port");
+        let process = ServiceProcess::spawn(
+            "auscult-ingest",
+            &[],
+            [
+                ("AUSCULT__DATABASE__URL", url),
+                (
+                    "AUSCULT__LISTEN_ADDR",
+                    format!("127.0.0.1:{}", free_port().expect("port")),
+                ),
+                ("AUSCULT__ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            ],
+        )
+        .expect("start ingest");
+        (process, admin_port)
+    };
+
+    // Given only the standby, ingest answers but never reports ready, and says why.
+    let (on_standby, _) = start_ingest(standby.url());
+    let refused = wait_for(Duration::from_secs(30), || {
+        let log = on_standby.log();
+        async move { log.contains("the database is read-only").then_some(()) }
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "ingest did not notice the standby:\n{}",
+        on_standby.log()
+    );
+
+    // On the primary it is ready, and warns that an acknowledged frame lives on one disk.
+    let (on_primary, admin_port) = start_ingest(primary.url());
+    let warned = wait_for(Duration::from_secs(30), || {
+        let log = on_primary.log();
+        async move {
+            log.contains("acknowledged frames do not survive the loss of the primary's disk")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(warned.is_some(), "no warning:\n{}", on_primary.log());
+    assert_eq!(
+        metric(
+            &fetch_metrics(admin_port),
+            "auscult_ingest_acks_survive_primary_loss"
+        ),
+        Some(0.0)
     );
 }

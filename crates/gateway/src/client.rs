@@ -41,6 +41,10 @@ pub struct GatewayConfig {
     pub cut_every: Option<u64>,
     /// Give up when no connection could be made for this long.
     pub give_up_after: Duration,
+    /// Inside a stream, how long frames may wait unanswered (or a connection and its stream take to open)
+    /// before the stream is abandoned for the next ingest address: a replica that froze, or whose
+    /// database stopped answering, must not hold the gateway.
+    pub progress_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -53,6 +57,7 @@ impl GatewayConfig {
             rate: None,
             cut_every: None,
             give_up_after: Duration::from_secs(60),
+            progress_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -227,9 +232,13 @@ impl Gateway {
         let mut backoff = Duration::from_millis(50);
         while !(run.source_done && run.unacked.is_empty()) {
             let answered_before = run.summary.acked + run.summary.rejected;
-            let failure = match endpoints[current].connect().await {
-                Err(e) => describe(&e),
-                Ok(channel) => {
+            let connected =
+                tokio::time::timeout(self.config.progress_timeout, endpoints[current].connect())
+                    .await;
+            let failure = match connected {
+                Err(_) => format!("no connection within {:?}", self.config.progress_timeout),
+                Ok(Err(e)) => describe(&e),
+                Ok(Ok(channel)) => {
                     if connections > 0 {
                         run.summary.reconnects += 1;
                     }
@@ -314,11 +323,14 @@ impl Gateway {
         let mut request = Request::new(ReceiverStream::new(rx));
         request.metadata_mut().insert("authorization", auth.clone());
         // Ingest answers with headers right after authentication, before reading any frame.
-        let mut acks = client
-            .stream_frames(request)
-            .await
-            .map_err(classify)?
-            .into_inner();
+        let mut acks =
+            tokio::time::timeout(self.config.progress_timeout, client.stream_frames(request))
+                .await
+                .map_err(|_| StreamEnd::Broken("ingest did not open the stream in time".into()))?
+                .map_err(classify)?
+                .into_inner();
+        // Frames waiting for an answer must get one within progress_timeout of the last answer.
+        let mut last_answer = Instant::now();
         let mut tx = Some(tx);
         let mut resend: std::collections::VecDeque<Key> = run.unacked.keys().cloned().collect();
         let mut new_on_this_stream = 0u64;
@@ -335,14 +347,26 @@ impl Gateway {
             } else {
                 None
             };
+            let answer_due =
+                tokio::time::Instant::from_std(last_answer + self.config.progress_timeout);
             tokio::select! {
                 biased;
                 message = acks.message() => match message {
-                    Ok(Some(ack)) => self.absorb(ack, run),
+                    Ok(Some(ack)) => {
+                        last_answer = Instant::now();
+                        self.absorb(ack, run);
+                    }
                     Ok(None) if run.source_done && run.unacked.is_empty() => return Ok(()),
                     Ok(None) => return Err(StreamEnd::Broken("stream closed by ingest".into())),
                     Err(status) => return Err(classify(status)),
                 },
+                () = tokio::time::sleep_until(answer_due), if !run.unacked.is_empty() => {
+                    return Err(StreamEnd::Broken(format!(
+                        "no answer from ingest for {:?} with {} frames unacknowledged",
+                        self.config.progress_timeout,
+                        run.unacked.len()
+                    )));
+                }
                 () = sleep_until(due), if can_send => {
                     let frame = if let Some(key) = resend.pop_front() {
                         let Some(entry) = run.unacked.get_mut(&key) else { continue };
@@ -355,6 +379,10 @@ impl Gateway {
                             run.source_done = true;
                             continue;
                         };
+                        if run.unacked.is_empty() {
+                            // Nothing was waiting for an answer: the clock starts with this frame.
+                            last_answer = Instant::now();
+                        }
                         run.produced += 1;
                         run.summary.sent += 1;
                         self.progress.sent.fetch_add(1, Ordering::Relaxed);
@@ -363,8 +391,14 @@ impl Gateway {
                         frame
                     };
                     let Some(sender) = &tx else { continue };
-                    if sender.send(frame).await.is_err() {
-                        return Err(self.final_words(&mut acks, run).await);
+                    // Ingest slows a gateway by not reading (flow control); one that never reads again
+                    // is as stuck as one that never answers.
+                    match tokio::time::timeout(self.config.progress_timeout, sender.send(frame)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Err(self.final_words(&mut acks, run).await),
+                        Err(_) => return Err(StreamEnd::Broken(format!(
+                            "ingest stopped reading for {:?}", self.config.progress_timeout
+                        ))),
                     }
                     if self.config.cut_every.is_some_and(|k| k > 0 && new_on_this_stream >= k) {
                         return Err(StreamEnd::Broken(format!("connection cut after {new_on_this_stream} new frames")));

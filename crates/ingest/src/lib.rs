@@ -56,6 +56,8 @@ pub struct Listeners {
 
 /// How often the database is checked for readiness.
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
+/// A readiness check that takes longer than this counts as a database that does not answer.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs ingest until `shutdown` is cancelled, then shuts down in order: report NOT_SERVING, stop reading new
 /// frames, commit and acknowledge what is in flight (within `shutdown_grace`), close the streams with
@@ -182,27 +184,55 @@ pub async fn run(
     served.map_err(IngestError::from)
 }
 
-/// Reports SERVING while the database answers with the schema this build expects, or a newer one.
+/// Reports SERVING while the primary answers, writable, with the schema this build expects or a newer one.
 async fn watch_readiness(
     pool: auscult_store::Pool,
     health: tonic_health::server::HealthReporter,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    let mut last = None;
+    let mut last: Option<Result<(), String>> = None;
+    let mut last_durable = None;
     loop {
-        let ready = match pool.get().await {
-            Ok(client) => match auscult_store::check_schema(&**client).await {
-                Ok(auscult_store::SchemaStatus::Current) => Ok(()),
-                Ok(ahead) => {
-                    if last.is_none() || last.as_ref().is_some_and(Result::is_err) {
-                        info!("{ahead}");
-                    }
-                    Ok(())
+        let checked = tokio::time::timeout(READINESS_TIMEOUT, check_database(&pool))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the database did not answer within {READINESS_TIMEOUT:?}"
+                ))
+            });
+        let ready = match checked {
+            Ok(state) => {
+                if last.as_ref().is_none_or(Result::is_err)
+                    && let auscult_store::SchemaStatus::Ahead { .. } = state.schema
+                {
+                    info!("{}", state.schema);
                 }
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
+                ::metrics::gauge!(metrics::ACKS_SURVIVE_PRIMARY_LOSS).set(
+                    if state.durability.survives_primary_loss() {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                );
+                if last_durable != Some(state.durability.survives_primary_loss()) {
+                    if state.durability.survives_primary_loss() {
+                        info!(
+                            "acknowledgements wait for a synchronous standby: {}",
+                            state.durability
+                        );
+                    } else {
+                        warn!(
+                            "acknowledged frames do not survive the loss of the primary's disk: {}; \
+                             set synchronous_standby_names (and synchronous_commit = on) on the primary",
+                            state.durability
+                        );
+                    }
+                    last_durable = Some(state.durability.survives_primary_loss());
+                }
+                Ok(())
+            }
+            Err(problem) => Err(problem),
         };
         if last.as_ref() != Some(&ready) {
             match &ready {
@@ -230,6 +260,29 @@ async fn watch_readiness(
             () = tokio::time::sleep(READINESS_INTERVAL) => {}
         }
     }
+}
+
+/// What the readiness check found.
+struct DatabaseState {
+    schema: auscult_store::SchemaStatus,
+    durability: auscult_store::CommitDurability,
+}
+
+/// One readiness check: a pooled connection, the schema, a writable primary, and how durable a COMMIT is.
+async fn check_database(pool: &auscult_store::Pool) -> Result<DatabaseState, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let schema = auscult_store::check_schema(&**client)
+        .await
+        .map_err(|e| e.to_string())?;
+    let durability = auscult_store::commit_durability(&**client)
+        .await
+        .map_err(|e| e.to_string())?;
+    if durability.read_only {
+        // A standby, or a primary being demoted: nothing can be stored here. With every host in the URL
+        // and target_session_attrs=read-write, new connections find the primary.
+        return Err("the database is read-only (a standby): ingest needs the primary".into());
+    }
+    Ok(DatabaseState { schema, durability })
 }
 
 fn tls_config(tls: &TlsSettings) -> Result<ServerTlsConfig, IngestError> {

@@ -12,6 +12,7 @@ pub const STREAMS_ACTIVE: &str = "auscult_ingest_streams_active";
 pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
 pub const INFLIGHT_BYTES: &str = "auscult_ingest_inflight_bytes";
+pub const ACKS_SURVIVE_PRIMARY_LOSS: &str = "auscult_ingest_acks_survive_primary_loss";
 
 /// Registers help texts so that `/metrics` explains itself.
 pub fn describe() {
@@ -44,5 +45,11 @@ pub fn describe() {
         INFLIGHT_BYTES,
         metrics::Unit::Bytes,
         "Sample bytes received but not yet committed."
+    );
+    describe_gauge!(
+        ACKS_SURVIVE_PRIMARY_LOSS,
+        "1 when a COMMIT (and so an acknowledgement) waits for a synchronous standby \
+         (synchronous_standby_names set, synchronous_commit on, remote_write or remote_apply), 0 when \
+         losing the primary's disk can lose acknowledged frames."
     );
 }

@@ -47,6 +47,12 @@ pub struct BatchSettings {
     pub max_delay: Duration,
     /// Transactions in flight at once: while one waits for its commit to reach disk, the next one is built.
     pub writers: usize,
+    /// Longest wait for a batch's transaction, COMMIT included. A COMMIT can wait far longer than any
+    /// statement timeout — for a synchronous standby that is gone, or a primary that vanished — so past
+    /// this the batch is reported failed (its gateways resend; deduplication absorbs what did commit) and
+    /// its connection is discarded.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +121,7 @@ impl Default for BatchSettings {
             max_bytes: 4 << 20,
             max_delay: Duration::from_millis(5),
             writers: 4,
+            commit_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -154,6 +161,9 @@ impl Settings {
         }
         if self.batch.writers == 0 {
             return fail("batch.writers", "must be at least 1".into());
+        }
+        if self.batch.commit_timeout < Duration::from_millis(100) {
+            return fail("batch.commit_timeout", "must be at least 100ms".into());
         }
         if self.database.pool_size <= self.batch.writers {
             return fail(

@@ -93,7 +93,9 @@ async fn write_batches(
         let frames = batch.len();
         let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
         let span = info_span!("batch", writer, frames, bytes);
-        let ok = commit(pool, batch, bytes).instrument(span).await;
+        let ok = commit(pool, batch, bytes, settings.commit_timeout)
+            .instrument(span)
+            .await;
         if ok {
             failures = 0;
         } else {
@@ -132,12 +134,26 @@ async fn gather(
 }
 
 /// Commits one batch and tells each stream what became of its frames. Returns whether the commit succeeded.
-async fn commit(pool: &Pool, batch: Vec<PendingFrame>, bytes: usize) -> bool {
+async fn commit(
+    pool: &Pool,
+    batch: Vec<PendingFrame>,
+    bytes: usize,
+    commit_timeout: std::time::Duration,
+) -> bool {
     let started = Instant::now();
     let result = async {
         let mut client = pool.get().await?;
         let frames: Vec<&Frame> = batch.iter().map(|p| &p.frame).collect();
-        auscult_store::insert_frames(&mut client, &frames, SystemTime::now()).await
+        let insert = auscult_store::insert_frames(&mut client, &frames, SystemTime::now());
+        match tokio::time::timeout(commit_timeout, insert).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // The connection may still be waiting for its COMMIT: it must never carry another
+                // batch, so it leaves the pool and closes.
+                drop(auscult_store::Client::take(client));
+                Err(StoreError::NoAnswer(commit_timeout))
+            }
+        }
     }
     .await;
     let elapsed = started.elapsed();

@@ -87,7 +87,16 @@ async fn listen_once(
     ready: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    // Bounded like every other session: a primary that vanishes is noticed within the TCP user timeout
+    // and keepalives, and the loop reconnects to whichever host is the primary then.
+    let config = auscult_store::session_config(
+        url,
+        "auscult-listener-notifications",
+        &auscult_store::SessionLimits::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();

@@ -33,13 +33,16 @@ pub enum StoreError {
     UnknownModel(String),
     #[error("cannot encode a row for the database: {0}")]
     Encode(String),
+    /// The database did not answer in time; a transaction's COMMIT may or may not have happened.
+    #[error("no answer from the database within {0:?}: the outcome is unknown")]
+    NoAnswer(std::time::Duration),
 }
 
 impl StoreError {
     /// Whether retrying the same operation later may succeed (connection trouble, not a logic error).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Pool(_) => true,
+            Self::Pool(_) | Self::NoAnswer(_) => true,
             Self::Db(e) => e.is_closed() || e.as_db_error().is_none(),
             _ => false,
         }

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod devices;
+mod durability;
 mod error;
 mod frames;
 mod health;
@@ -20,6 +21,7 @@ pub use alerts::{
 pub use devices::{
     DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens,
 };
+pub use durability::{CommitDurability, commit_durability};
 pub use error::StoreError;
 pub use frames::{
     FRAMES_CHANNEL, InsertOutcome, StoredAudio, copy_frames, frame_audio, insert_frames,
@@ -33,7 +35,7 @@ pub use models::{
     MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,
     list_models, publish_model,
 };
-pub use pool::{Pool, connect_pool};
+pub use pool::{Pool, SessionLimits, connect_pool, session_config};
 pub use results::{
     Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,
 };

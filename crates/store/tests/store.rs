@@ -368,3 +368,32 @@ async fn the_registry_keeps_one_file_per_version_and_one_active_model() {
         );
     }
 }
+
+#[tokio::test]
+async fn pooled_sessions_are_bounded_and_the_url_can_say_otherwise() {
+    let pg = PostgresServer::start().expect("postgres");
+    let show = |pool: auscult_store::Pool| async move {
+        let client = pool.get().await.expect("pooled connection");
+        let row = client
+            .query_one(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),
+                        current_setting('idle_in_transaction_session_timeout')",
+                &[],
+            )
+            .await
+            .expect("settings");
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+        )
+    };
+    let pool = auscult_store::connect_pool(&pg.url(), 2, "test").expect("pool");
+    assert_eq!(
+        show(pool).await,
+        ("2min".to_owned(), "30s".to_owned(), "2min".to_owned())
+    );
+    let url = format!("{}?options=-c%20statement_timeout%3D5s", pg.url());
+    let pool = auscult_store::connect_pool(&url, 2, "test").expect("pool");
+    assert_eq!(show(pool).await.0, "5s");
+}

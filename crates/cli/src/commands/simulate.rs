@@ -65,6 +65,9 @@ pub struct Args {
     /// Give up after this many seconds without an answer from ingest.
     #[arg(long, default_value_t = 60.0)]
     give_up_after: f64,
+    /// Abandon a stream (for the next ingest address) when frames wait this many seconds unanswered.
+    #[arg(long, default_value_t = 30.0)]
+    progress_timeout: f64,
     /// Most unacknowledged frames in flight.
     #[arg(long, default_value_t = 1024)]
     window: usize,
@@ -123,6 +126,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     config.give_up_after = Duration::from_secs_f64(args.give_up_after);
+    if !(args.progress_timeout > 0.0 && args.progress_timeout.is_finite()) {
+        anyhow::bail!(
+            "--progress-timeout must be a positive number of seconds, got {}",
+            args.progress_timeout
+        );
+    }
+    config.progress_timeout = Duration::from_secs_f64(args.progress_timeout);
     let gateway = Gateway::new(config);
     let progress = gateway.progress();
 
