@@ -137,10 +137,17 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
     }
 
     // First start of the primary: the image runs the script as the postgres user, with the container's
-    // environment. Bounded: a commit waiting for the missing standby would hang here.
+    // environment. Bounded: a commit waiting for the missing standby would hang here. The script is
+    // copied where the postgres user can read it (the checkout may be private to its owner).
+    let init_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(init_dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let init_script = init_dir.path().join("primary-init.sh");
+    std::fs::copy(script("primary-init.sh"), &init_script).expect("copy primary-init.sh");
+    std::fs::set_permissions(&init_script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let output = as_user(user.as_deref(), Path::new("timeout"))
         .args(["60", "bash"])
-        .arg(script("primary-init.sh"))
+        .arg(&init_script)
         .env("PATH", &path)
         .env("PGDATA", primary.data_dir())
         .env("PGHOST", "127.0.0.1")

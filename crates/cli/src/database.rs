@@ -10,9 +10,17 @@ pub struct DatabaseArgs {
     pub url: String,
 }
 
-/// Opens one connection, driven in the background.
+/// Opens one connection, driven in the background. Bounded like the services' sessions, except that a
+/// statement may run as long as it needs: migrations and reindexing on a large database take a while.
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let limits = auscult_store::SessionLimits {
+        statement_timeout: std::time::Duration::ZERO,
+        ..auscult_store::SessionLimits::default()
+    };
+    let config = auscult_store::session_config(url, "auscult", &limits)
+        .with_context(|| format!("PostgreSQL URL {}", redact(url)))?;
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
     tokio::spawn(async move {

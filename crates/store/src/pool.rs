@@ -16,8 +16,8 @@ pub type Pool = deadpool_postgres::Pool;
 /// for the kernel's retransmission limit, about 15 minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
-    /// Longest statement (`statement_timeout`). Above every statement the services run; migrations,
-    /// which may run longer, use their own connections.
+    /// Longest statement (`statement_timeout`); zero means no limit. Above every statement the services
+    /// run; migrations, which may run longer, use connections without it.
     pub statement_timeout: Duration,
     /// Longest wait for a lock (`lock_timeout`).
     pub lock_timeout: Duration,
