@@ -39,7 +39,7 @@ impl Stack {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
-        let ingest = spawn_ingest(&postgres, grpc_port, admin_port, &extra_env);
+        let ingest = spawn_ingest(&postgres.url(), grpc_port, admin_port, &extra_env);
         let stack = Self {
             postgres,
             ingest,
@@ -55,7 +55,7 @@ impl Stack {
     /// Starts ingest again on the same ports (after it was killed).
     pub async fn restart_ingest(&mut self) {
         self.ingest = spawn_ingest(
-            &self.postgres,
+            &self.postgres.url(),
             self.grpc_port,
             self.admin_port,
             &self.extra_env,
@@ -162,14 +162,15 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-fn spawn_ingest(
-    postgres: &PostgresServer,
+/// Starts an `auscult-ingest` on `database_url` and the given ports, with `extra` settings on top.
+pub fn spawn_ingest(
+    database_url: &str,
     grpc_port: u16,
     admin_port: u16,
     extra: &[(String, String)],
 ) -> ServiceProcess {
     let mut env = vec![
-        ("AUSCULT__DATABASE__URL".to_owned(), postgres.url()),
+        ("AUSCULT__DATABASE__URL".to_owned(), database_url.to_owned()),
         (
             "AUSCULT__LISTEN_ADDR".to_owned(),
             format!("127.0.0.1:{grpc_port}"),
@@ -189,6 +190,20 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
     tokio::spawn(connection);
     client
+}
+
+/// Waits until `ingest`, serving plain gRPC on `grpc_port`, reports SERVING; fails the test with its log
+/// otherwise.
+pub async fn wait_ingest_serving(ingest: &ServiceProcess, grpc_port: u16) {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .expect("endpoint");
+    let serving = wait_grpc_serving(
+        &endpoint,
+        "auscult.ingest.v1.Ingest",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(serving, "ingest did not become SERVING:\n{}", ingest.log());
 }
 
 /// (sensor_id, seq) → stored SHA-256 for every frame of `device`, after checking that each stored digest is the

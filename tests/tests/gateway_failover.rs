@@ -5,9 +5,9 @@
 
 use std::{process::Command, sync::atomic::Ordering, time::Duration};
 
-use auscult_e2e::Stack;
+use auscult_e2e::{Stack, spawn_ingest, wait_ingest_serving};
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
-use auscult_testkit::{ServiceProcess, free_port, wait_for, wait_grpc_serving};
+use auscult_testkit::{free_port, wait_for};
 
 fn signal(pid: u32, name: &str) {
     let sent = Command::new("kill")
@@ -22,30 +22,14 @@ async fn a_frozen_ingest_replica_is_left_for_the_next_one() {
     let stack = Stack::start(&[]).await;
     let token = stack.add_device("gw-failover").await;
     let second_port = free_port().expect("port");
-    let second = ServiceProcess::spawn(
-        "auscult-ingest",
+    let second = spawn_ingest(
+        &stack.postgres.url(),
+        second_port,
+        free_port().expect("port"),
         &[],
-        [
-            ("AUSCULT__DATABASE__URL", stack.postgres.url()),
-            ("AUSCULT__LISTEN_ADDR", format!("127.0.0.1:{second_port}")),
-            (
-                "AUSCULT__ADMIN_ADDR",
-                format!("127.0.0.1:{}", free_port().expect("port")),
-            ),
-        ],
-    )
-    .expect("start the second ingest");
-    let second_endpoint = format!("http://127.0.0.1:{second_port}");
-    assert!(
-        wait_grpc_serving(
-            &tonic::transport::Endpoint::from_shared(second_endpoint.clone()).expect("endpoint"),
-            "auscult.ingest.v1.Ingest",
-            Duration::from_secs(30),
-        )
-        .await,
-        "the second ingest did not become SERVING:\n{}",
-        second.log()
     );
+    wait_ingest_serving(&second, second_port).await;
+    let second_endpoint = format!("http://127.0.0.1:{second_port}");
 
     let mut config = GatewayConfig::new(stack.endpoint(), token);
     config.endpoints.push(second_endpoint);

@@ -7,16 +7,11 @@
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use auscult_e2e::{auscult, fetch_metrics, metric, succeeded};
+use auscult_e2e::{
+    auscult, connect, fetch_metrics, metric, spawn_ingest, succeeded, wait_ingest_serving,
+};
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
-use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_for, wait_grpc_serving};
-use tokio_postgres::NoTls;
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
-}
+use auscult_testkit::{PostgresServer, free_port, wait_for};
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
@@ -73,29 +68,15 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         primary.port()
     );
     let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
-    let ingest = ServiceProcess::spawn(
-        "auscult-ingest",
-        &[],
-        [
-            ("AUSCULT__DATABASE__URL", url),
-            ("AUSCULT__LISTEN_ADDR", format!("127.0.0.1:{grpc_port}")),
-            ("AUSCULT__ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            // A COMMIT waiting for the lost standby is given up on (and its batch resent) after this.
-            ("AUSCULT__BATCH__COMMIT_TIMEOUT", "1s".to_owned()),
-        ],
-    )
-    .expect("start ingest");
-    let endpoint = format!("http://127.0.0.1:{grpc_port}");
-    assert!(
-        wait_grpc_serving(
-            &tonic::transport::Endpoint::from_shared(endpoint.clone()).expect("endpoint"),
-            "auscult.ingest.v1.Ingest",
-            Duration::from_secs(30),
-        )
-        .await,
-        "ingest did not become SERVING:\n{}",
-        ingest.log()
+    // A COMMIT waiting for the lost standby is given up on (and its batch resent) after 1 s.
+    let ingest = spawn_ingest(
+        &url,
+        grpc_port,
+        admin_port,
+        &[("AUSCULT__BATCH__COMMIT_TIMEOUT".into(), "1s".into())],
     );
+    wait_ingest_serving(&ingest, grpc_port).await;
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
     // Ingest sees that its acknowledgements wait for a synchronous standby.
     assert_eq!(
         metric(
@@ -217,19 +198,7 @@ async fn ingest_is_unready_on_a_standby_and_says_when_acknowledgements_are_not_r
     let standby = PostgresServer::start_standby(&primary, "standby").expect("standby");
     let start_ingest = |url: String| {
         let admin_port = free_port().expect("port");
-        let process = ServiceProcess::spawn(
-            "auscult-ingest",
-            &[],
-            [
-                ("AUSCULT__DATABASE__URL", url),
-                (
-                    "AUSCULT__LISTEN_ADDR",
-                    format!("127.0.0.1:{}", free_port().expect("port")),
-                ),
-                ("AUSCULT__ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-            ],
-        )
-        .expect("start ingest");
+        let process = spawn_ingest(&url, free_port().expect("port"), admin_port, &[]);
         (process, admin_port)
     };
 
