@@ -192,6 +192,16 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Waits up to 30 s for `process` to log `needle`; fails the test with `why` and the log otherwise.
+pub async fn expect_logged(process: &ServiceProcess, needle: &str, why: &str) {
+    let logged = auscult_testkit::wait_for(Duration::from_secs(30), || {
+        let log = process.log();
+        async move { log.contains(needle).then_some(()) }
+    })
+    .await;
+    assert!(logged.is_some(), "{why}:\n{}", process.log());
+}
+
 /// Waits until `ingest`, serving plain gRPC on `grpc_port`, reports SERVING; fails the test with its log
 /// otherwise.
 pub async fn wait_ingest_serving(ingest: &ServiceProcess, grpc_port: u16) {

@@ -8,7 +8,8 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use auscult_e2e::{
-    auscult, connect, fetch_metrics, metric, spawn_ingest, succeeded, wait_ingest_serving,
+    auscult, connect, expect_logged, fetch_metrics, metric, spawn_ingest, succeeded,
+    wait_ingest_serving,
 };
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
 use auscult_testkit::{PostgresServer, free_port, wait_for};
@@ -148,16 +149,12 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
     );
     // The waiting COMMIT is given up on after batch.commit_timeout: the batch is reported failed (its
     // frames are resent), never acknowledged.
-    let given_up = wait_for(Duration::from_secs(30), || {
-        let log = ingest.log();
-        async move { log.contains("the outcome is unknown").then_some(()) }
-    })
+    expect_logged(
+        &ingest,
+        "the outcome is unknown",
+        "no batch was given up on",
+    )
     .await;
-    assert!(
-        given_up.is_some(),
-        "no batch was given up on:\n{}",
-        ingest.log()
-    );
     assert_eq!(
         progress.acked.load(Ordering::Relaxed),
         0,
@@ -204,28 +201,21 @@ async fn ingest_is_unready_on_a_standby_and_says_when_acknowledgements_are_not_r
 
     // Given only the standby, ingest answers but never reports ready, and says why.
     let (on_standby, _) = start_ingest(standby.url());
-    let refused = wait_for(Duration::from_secs(30), || {
-        let log = on_standby.log();
-        async move { log.contains("the database is read-only").then_some(()) }
-    })
+    expect_logged(
+        &on_standby,
+        "the database is read-only",
+        "ingest did not notice the standby",
+    )
     .await;
-    assert!(
-        refused.is_some(),
-        "ingest did not notice the standby:\n{}",
-        on_standby.log()
-    );
 
     // On the primary it is ready, and warns that an acknowledged frame lives on one disk.
     let (on_primary, admin_port) = start_ingest(primary.url());
-    let warned = wait_for(Duration::from_secs(30), || {
-        let log = on_primary.log();
-        async move {
-            log.contains("acknowledged frames do not survive the loss of the primary's disk")
-                .then_some(())
-        }
-    })
+    expect_logged(
+        &on_primary,
+        "acknowledged frames do not survive the loss of the primary's disk",
+        "no warning",
+    )
     .await;
-    assert!(warned.is_some(), "no warning:\n{}", on_primary.log());
     assert_eq!(
         metric(
             &fetch_metrics(admin_port),
