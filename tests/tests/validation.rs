@@ -74,6 +74,11 @@ async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
             Box::new(|f| f.sensor_id.clear()),
         ),
         (
+            // PostgreSQL cannot store a NUL in text: refused here, never sent to the database.
+            pb::RejectReason::InvalidSensorId,
+            Box::new(|f| f.sensor_id = "mic\0".into()),
+        ),
+        (
             pb::RejectReason::SequenceOutOfRange,
             Box::new(|f| f.stream_epoch = u64::MAX),
         ),
@@ -125,6 +130,19 @@ async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
                 f.samples = Bytes::from(floats);
             }),
         ),
+        (
+            // Finite, but its square summed over a spectrogram window would not be.
+            pb::RejectReason::SampleOutOfRange,
+            Box::new(|f| {
+                f.encoding = pb::SampleEncoding::F32le.into();
+                let mut floats: Vec<u8> = [0.1f32; 1000]
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                floats[400..404].copy_from_slice(&3.0e38f32.to_le_bytes());
+                f.samples = Bytes::from(floats);
+            }),
+        ),
     ];
     // good, bad, good, bad, …, good: every bad frame between two good ones.
     let mut frames = vec![good("gw-v", 0)];
@@ -143,9 +161,13 @@ async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
     assert_eq!(rejected.len(), bad.len());
     for (i, (reason, _)) in bad.iter().enumerate() {
         let expected_seq = 1 + 2 * i as u64;
+        // Two rules share a reason (an empty sensor id and one with a NUL): match by sequence too.
         let rejection = rejected
             .iter()
-            .find(|r| r.reason == i32::from(*reason))
+            .find(|r| {
+                r.reason == i32::from(*reason)
+                    && (r.seq == expected_seq || *reason == pb::RejectReason::SequenceOutOfRange)
+            })
             .unwrap_or_else(|| panic!("no rejection with reason {reason:?}"));
         if *reason != pb::RejectReason::SequenceOutOfRange {
             assert_eq!(rejection.seq, expected_seq, "{reason:?}");
@@ -179,7 +201,14 @@ async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("auscult_ingest_frames_stored_total 11"),
+        metrics.contains(&format!(
+            "auscult_ingest_frames_stored_total {}",
+            bad.len() + 1
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("auscult_ingest_frames_rejected_total{reason=\"sample_out_of_range\"} 1"),
         "{metrics}"
     );
 }
@@ -249,4 +278,80 @@ async fn a_message_over_the_size_limit_is_refused() {
             .metrics()
             .contains("auscult_ingest_frames_rejected_total{reason=\"message_too_large\"} 1")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_frame_from_one_device_leaves_another_devices_stream_alone() {
+    let stack = Stack::start(&[]).await;
+    let token_bad = stack.add_device("gw-buggy").await;
+    let token_good = stack.add_device("gw-steady").await;
+
+    // The steady device streams throughout, paced like a real gateway.
+    let mut config = auscult_gateway::GatewayConfig::new(stack.endpoint(), token_good);
+    config.rate = Some(200.0);
+    let identity = auscult_gateway::Identity {
+        device_id: "gw-steady".into(),
+        sensors: vec!["mic-0".into(), "mic-1".into()],
+        stream_epoch: 1,
+    };
+    let gateway = auscult_gateway::Gateway::new(config);
+    let steady = tokio::spawn(async move {
+        gateway
+            .run(auscult_gateway::SyntheticSource::new(identity, 300, 9))
+            .await
+    });
+
+    // Meanwhile the buggy one sends NUL in a sensor id and a sample no spectrogram can hold, between
+    // good frames, several times over.
+    for round in 0..5u64 {
+        let mut frames = Vec::new();
+        for i in 0..4 {
+            let seq = round * 4 + i;
+            let mut frame = good("gw-buggy", seq);
+            match i {
+                1 => frame.sensor_id = "mic\0".into(),
+                2 => {
+                    frame.encoding = pb::SampleEncoding::F32le.into();
+                    let mut floats: Vec<u8> = [0.1f32; 1000]
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect();
+                    floats[0..4].copy_from_slice(&(-2.0e9f32).to_le_bytes());
+                    frame.samples = Bytes::from(floats);
+                }
+                _ => {}
+            }
+            frames.push(frame);
+        }
+        let (acks, end) = exchange(&stack, &token_bad, frames).await;
+        end.expect("the buggy device's stream ends normally");
+        let rejected: usize = acks.iter().map(|a| a.rejected.len()).sum();
+        assert_eq!(rejected, 2, "round {round}");
+    }
+
+    let summary = tokio::time::timeout(Duration::from_secs(60), steady)
+        .await
+        .expect("the steady device finished")
+        .expect("join")
+        .expect("the steady device's frames were stored");
+    assert_eq!(summary.acked, 600);
+    assert_eq!(
+        summary.reconnects, 0,
+        "the steady device's stream was reset"
+    );
+    let db = stack.db().await;
+    let count = |device: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM frames WHERE device_id = $1",
+                &[&device],
+            )
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("gw-steady").await, 600);
+    assert_eq!(count("gw-buggy").await, 10);
 }

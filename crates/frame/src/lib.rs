@@ -16,8 +16,8 @@ use bytes::Bytes;
 pub use codec::{decode_interleaved, encode_f32le, encode_pcm_s16le};
 pub use level::Level;
 pub use validate::{
-    InvalidFrame, Limits, MAX_CHANNELS, MAX_ID_BYTES, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ,
-    RawFrame,
+    IdentifierProblem, InvalidFrame, Limits, MAX_CHANNELS, MAX_F32_SAMPLE, MAX_ID_BYTES,
+    MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, RawFrame, check_identifier,
 };
 
 /// How the bytes of a frame encode audio; samples are interleaved by channel.

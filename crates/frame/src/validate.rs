@@ -16,6 +16,10 @@ pub const MIN_SAMPLE_RATE_HZ: u32 = 1_000;
 pub const MAX_SAMPLE_RATE_HZ: u32 = 192_000;
 /// Most interleaved channels in one frame: microphone arrays on gateways have up to 16.
 pub const MAX_CHANNELS: u32 = 16;
+/// Largest magnitude of an f32le sample. Full scale is 1.0, and gateways that send PCM-scaled floats stay
+/// below 32 768; far larger values are a broken converter, and squared and summed over a spectrogram's
+/// windows they would overflow to infinity.
+pub const MAX_F32_SAMPLE: f32 = 1.0e6;
 
 /// Limits that depend on the deployment rather than on physics.
 #[derive(Debug, Clone, Copy)]
@@ -55,10 +59,10 @@ pub struct RawFrame {
 /// Why a frame is refused. Refusal is final: the same frame sent again is refused again.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InvalidFrame {
-    #[error("device_id must be 1..={MAX_ID_BYTES} bytes, got {0}")]
-    InvalidDeviceId(usize),
-    #[error("sensor_id must be 1..={MAX_ID_BYTES} bytes, got {0}")]
-    InvalidSensorId(usize),
+    #[error("device_id {0}")]
+    InvalidDeviceId(IdentifierProblem),
+    #[error("sensor_id {0}")]
+    InvalidSensorId(IdentifierProblem),
     #[error("{field} {value} exceeds 2^63-1")]
     SequenceOutOfRange { field: &'static str, value: u64 },
     #[error("captured_at is missing or not a valid timestamp")]
@@ -86,14 +90,69 @@ pub enum InvalidFrame {
     },
     #[error("sample {index} is not finite")]
     NonFiniteSample { index: usize },
+    #[error("sample {index} is {value}, beyond ±{MAX_F32_SAMPLE}")]
+    SampleOutOfRange { index: usize, value: f32 },
+}
+
+/// What is wrong with a device or sensor id.
+///
+/// The alphabet: 1 to [`MAX_ID_BYTES`] bytes of UTF-8 made of printable characters — letters and digits
+/// of any script, punctuation, symbols and inner spaces. Refused: control characters (NUL among them,
+/// which PostgreSQL cannot store in text), invisible format characters (zero-width and bidirectional
+/// controls, which make two different ids look alike on a dashboard), line and paragraph separators,
+/// whitespace other than the plain space, and a space at either end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentifierProblem {
+    Length(usize),
+    Character { byte: usize, code_point: u32 },
+    OuterSpace,
+}
+
+impl std::fmt::Display for IdentifierProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Length(len) => write!(f, "must be 1..={MAX_ID_BYTES} bytes, got {len}"),
+            Self::Character { byte, code_point } => write!(
+                f,
+                "holds U+{code_point:04X} at byte {byte}: control, format and separator characters are not allowed"
+            ),
+            Self::OuterSpace => write!(f, "must not begin or end with a space"),
+        }
+    }
+}
+
+/// Checks a device or sensor id against the alphabet of [`IdentifierProblem`].
+pub fn check_identifier(id: &str) -> Result<(), IdentifierProblem> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(IdentifierProblem::Length(id.len()));
+    }
+    if let Some((byte, c)) = id.char_indices().find(|(_, c)| !allowed_in_identifier(*c)) {
+        return Err(IdentifierProblem::Character {
+            byte,
+            code_point: u32::from(c),
+        });
+    }
+    if id.starts_with(' ') || id.ends_with(' ') {
+        return Err(IdentifierProblem::OuterSpace);
+    }
+    Ok(())
+}
+
+fn allowed_in_identifier(c: char) -> bool {
+    let format = matches!(
+        u32::from(c),
+        0x00AD | 0x061C | 0x180E | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x2064
+            | 0x2066..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB
+    );
+    !(c.is_control() || format || (c.is_whitespace() && c != ' '))
 }
 
 impl RawFrame {
     /// Checks every rule, cheapest first, and computes the frame's level on the way (the one pass over the
     /// samples serves both the finiteness check and the level).
     pub fn validate(self, limits: &Limits, now: SystemTime) -> Result<Frame, InvalidFrame> {
-        check_id(&self.device_id).map_err(InvalidFrame::InvalidDeviceId)?;
-        check_id(&self.sensor_id).map_err(InvalidFrame::InvalidSensorId)?;
+        check_identifier(&self.device_id).map_err(InvalidFrame::InvalidDeviceId)?;
+        check_identifier(&self.sensor_id).map_err(InvalidFrame::InvalidSensorId)?;
         let stream_epoch = to_i64("stream_epoch", self.stream_epoch)?;
         let seq = to_i64("seq", self.seq)?;
         let captured_at = self.captured_at.ok_or(InvalidFrame::MissingCaptureTime)?;
@@ -132,14 +191,6 @@ impl RawFrame {
             level,
             samples_sha256,
         })
-    }
-}
-
-fn check_id(id: &str) -> Result<(), usize> {
-    if id.is_empty() || id.len() > MAX_ID_BYTES {
-        Err(id.len())
-    } else {
-        Ok(())
     }
 }
 
@@ -196,6 +247,9 @@ fn measure(encoding: SampleEncoding, bytes: &[u8]) -> Result<Level, InvalidFrame
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 if !v.is_finite() {
                     return Err(InvalidFrame::NonFiniteSample { index });
+                }
+                if v.abs() > MAX_F32_SAMPLE {
+                    return Err(InvalidFrame::SampleOutOfRange { index, value: v });
                 }
                 sum_squares += f64::from(v) * f64::from(v);
                 peak = peak.max(v.abs());
@@ -256,6 +310,63 @@ mod tests {
     }
 
     #[test]
+    fn identifiers_are_printable_text() {
+        for good in ["gw-1", "press 7/mic:0", "presse-à-froid", "泵-3", "a.b_c@d"] {
+            assert_eq!(check_identifier(good), Ok(()), "{good:?}");
+        }
+        let refused = [
+            ("mic\0", 3, 0x0),
+            ("mic\u{7}", 3, 0x7),
+            ("mic\n0", 3, 0xA),
+            ("mic\t0", 3, 0x9),
+            ("a\u{202E}b", 1, 0x202E),
+            ("a\u{200B}b", 1, 0x200B),
+            ("a\u{2028}b", 1, 0x2028),
+            ("\u{FEFF}a", 0, 0xFEFF),
+        ];
+        for (id, byte, code_point) in refused {
+            assert_eq!(
+                check_identifier(id),
+                Err(IdentifierProblem::Character { byte, code_point }),
+                "{id:?}"
+            );
+        }
+        assert_eq!(check_identifier(" mic"), Err(IdentifierProblem::OuterSpace));
+        assert_eq!(check_identifier("mic "), Err(IdentifierProblem::OuterSpace));
+        assert_eq!(
+            check(|f| f.sensor_id = "mic\0".into())
+                .unwrap_err()
+                .to_string(),
+            "sensor_id holds U+0000 at byte 3: control, format and separator characters are not allowed"
+        );
+    }
+
+    #[test]
+    fn float_samples_beyond_the_range_are_refused() {
+        let with = |value: f32| {
+            check(move |f| {
+                let mut samples = vec![0.25f32; 1000];
+                samples[10] = value;
+                f.encoding = Ok(SampleEncoding::F32le);
+                f.samples = Bytes::from(encode_f32le(&samples));
+            })
+        };
+        assert!(with(32_767.0).is_ok());
+        assert!(with(-MAX_F32_SAMPLE).is_ok());
+        assert_eq!(
+            with(3.0e38).unwrap_err(),
+            InvalidFrame::SampleOutOfRange {
+                index: 10,
+                value: 3.0e38
+            }
+        );
+        assert!(matches!(
+            with(-1.0e7).unwrap_err(),
+            InvalidFrame::SampleOutOfRange { index: 10, .. }
+        ));
+    }
+
+    #[test]
     fn silence_has_a_finite_floor() {
         let frame = check(|f| f.samples = Bytes::from(vec![0u8; 3200])).expect("valid");
         assert_eq!(frame.level.rms_dbfs, Level::FLOOR_DBFS);
@@ -266,11 +377,11 @@ mod tests {
     fn each_rule_has_its_own_error() {
         assert_eq!(
             check(|f| f.device_id.clear()).unwrap_err(),
-            InvalidFrame::InvalidDeviceId(0)
+            InvalidFrame::InvalidDeviceId(IdentifierProblem::Length(0))
         );
         assert_eq!(
             check(|f| f.sensor_id = "x".repeat(129)).unwrap_err(),
-            InvalidFrame::InvalidSensorId(129)
+            InvalidFrame::InvalidSensorId(IdentifierProblem::Length(129))
         );
         assert!(matches!(
             check(|f| f.seq = u64::MAX).unwrap_err(),

@@ -51,6 +51,7 @@ pub fn reject_reason(error: &InvalidFrame) -> pb::RejectReason {
         InvalidFrame::UnsupportedEncoding(_) => R::UnsupportedEncoding,
         InvalidFrame::PayloadLengthMismatch { .. } => R::PayloadLengthMismatch,
         InvalidFrame::NonFiniteSample { .. } => R::NonFiniteSample,
+        InvalidFrame::SampleOutOfRange { .. } => R::SampleOutOfRange,
     }
 }
 

@@ -18,14 +18,21 @@ pub struct DeviceSummary {
     pub active_tokens: i64,
 }
 
+/// Longest device description, in bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 1024;
+
 /// Registers a device and returns its first token. The token is shown once: only its digest is stored.
 pub async fn add_device(
     client: &mut tokio_postgres::Client,
     device_id: &str,
     description: &str,
 ) -> Result<String, StoreError> {
-    if device_id.is_empty() || device_id.len() > auscult_frame::MAX_ID_BYTES {
-        return Err(StoreError::InvalidDeviceId(device_id.len()));
+    // The same alphabet as the frames the device will send, or none of them could be stored.
+    auscult_frame::check_identifier(device_id).map_err(StoreError::InvalidDeviceId)?;
+    if description.len() > MAX_DESCRIPTION_BYTES || description.contains('\0') {
+        return Err(StoreError::InvalidDescription(format!(
+            "must be at most {MAX_DESCRIPTION_BYTES} bytes without NUL characters"
+        )));
     }
     let tx = client.transaction().await?;
     let inserted = tx

@@ -23,8 +23,10 @@ pub enum StoreError {
     DeviceExists(String),
     #[error("no device {0:?}")]
     UnknownDevice(String),
-    #[error("device id must be 1..=128 bytes, got {0}")]
-    InvalidDeviceId(usize),
+    #[error("device id {0}")]
+    InvalidDeviceId(auscult_frame::IdentifierProblem),
+    #[error("device description {0}")]
+    InvalidDescription(String),
     #[error("invalid model: {0}")]
     InvalidModel(String),
     #[error("model version {0:?} is already published with different contents")]
