@@ -11,6 +11,6 @@ mod service;
 mod settings;
 
 pub use audio::{FrameAudio, mono_16k};
-pub use pool::{ScoreError, ScoreInput, Scored, ScoringPool};
+pub use pool::{SCORING_PANICS_TOTAL, ScoreError, ScoreInput, Scored, Scorer, ScoringPool, score};
 pub use service::{AnalysisError, Listeners, run};
 pub use settings::{InvalidSetting, Settings};

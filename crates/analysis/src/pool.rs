@@ -1,6 +1,9 @@
 //! The scoring pool: worker threads, a bounded queue, and the model they share.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, RwLock},
+};
 
 use auscult_model::{Assessment, Detector, MachineKey, WindowSummary};
 use tokio::sync::{mpsc, oneshot};
@@ -58,6 +61,12 @@ struct Job {
     reply: oneshot::Sender<Result<Scored, ScoreError>>,
 }
 
+/// What a scoring thread runs for one job: [`score`] in service, something else in tests.
+pub type Scorer = dyn Fn(&Detector, &ScoreInput) -> Result<Scored, ScoreError> + Send + Sync;
+
+/// Counts scoring threads that panicked (each was replaced and its job failed as unscorable).
+pub const SCORING_PANICS_TOTAL: &str = "auscult_analysis_scoring_panics_total";
+
 /// Scoring threads behind a bounded queue, sharing the current model.
 #[derive(Debug)]
 pub struct ScoringPool {
@@ -80,16 +89,23 @@ impl ScoringPool {
     /// Starts `workers` threads with a queue of `depth` waiting jobs. The threads end when the pool
     /// is dropped and the queue is empty.
     pub fn start(model: Detector, workers: usize, depth: usize) -> Self {
+        Self::start_with(model, workers, depth, Arc::new(score))
+    }
+
+    /// Like [`ScoringPool::start`], with the threads running `scorer` for each job.
+    pub fn start_with(model: Detector, workers: usize, depth: usize, scorer: Arc<Scorer>) -> Self {
         let (queue, receiver) = mpsc::channel::<Job>(depth.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let model = Arc::new(RwLock::new(Arc::new(model)));
         for worker in 0..workers {
-            let (receiver, model) = (Arc::clone(&receiver), Arc::clone(&model));
-            std::thread::Builder::new()
-                .name(format!("scoring-{worker}"))
-                .spawn(move || work(&receiver, &model))
-                .map(drop)
-                .unwrap_or_else(|e| tracing::error!("cannot start scoring thread {worker}: {e}"));
+            spawn_worker(
+                format!("scoring-{worker}"),
+                Worker {
+                    receiver: Arc::clone(&receiver),
+                    model: Arc::clone(&model),
+                    scorer: Arc::clone(&scorer),
+                },
+            );
         }
         Self {
             queue,
@@ -142,25 +158,69 @@ impl ScoringPool {
     }
 }
 
-fn work(receiver: &Mutex<mpsc::Receiver<Job>>, model: &RwLock<Arc<Detector>>) {
+/// What a scoring thread needs: the queue, the current model, what to run.
+#[derive(Clone)]
+struct Worker {
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    model: Arc<RwLock<Arc<Detector>>>,
+    scorer: Arc<Scorer>,
+}
+
+fn spawn_worker(name: String, worker: Worker) {
+    let spawned = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || work(&worker));
+    if let Err(e) = spawned {
+        tracing::error!("cannot start scoring thread {name}: {e}");
+    }
+}
+
+fn work(worker: &Worker) {
     loop {
         // Hold the lock only to take a job, never while scoring.
-        let job = match receiver.lock() {
+        let job = match worker.receiver.lock() {
             Ok(mut receiver) => receiver.blocking_recv(),
             Err(_) => None,
         };
         let Some(job) = job else { return };
-        let detector = match model.read() {
+        let detector = match worker.model.read() {
             Ok(current) => Arc::clone(&current),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
-        let result = score(&detector, &job.input);
-        debug!(version = %detector.info.version, ok = result.is_ok(), "scored");
-        let _ = job.reply.send(result);
+        // A panic while scoring one job (a bug meeting unusual audio) fails that job alone: the caller
+        // hears UNSCORABLE, and a fresh thread takes this one's place, since a thread that unwound
+        // through the model's code may have left its thread-local state half-done.
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| (worker.scorer)(&detector, &job.input)));
+        match outcome {
+            Ok(result) => {
+                debug!(version = %detector.info.version, ok = result.is_ok(), "scored");
+                let _ = job.reply.send(result);
+            }
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                metrics::counter!(SCORING_PANICS_TOTAL).increment(1);
+                let name = std::thread::current()
+                    .name()
+                    .unwrap_or("scoring")
+                    .to_owned();
+                tracing::error!(thread = %name, "scoring panicked, replacing the thread: {why}");
+                let _ = job.reply.send(Err(ScoreError::Unscorable(format!(
+                    "scoring failed: {why}"
+                ))));
+                spawn_worker(name, worker.clone());
+                return;
+            }
+        }
     }
 }
 
-fn score(detector: &Detector, input: &ScoreInput) -> Result<Scored, ScoreError> {
+/// Scores one job with `detector`.
+pub fn score(detector: &Detector, input: &ScoreInput) -> Result<Scored, ScoreError> {
     let windows = detector
         .spectrogram()
         .windows(&input.samples, detector.info.window_hop);

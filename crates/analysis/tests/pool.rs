@@ -90,3 +90,33 @@ async fn a_full_queue_refuses_instead_of_buffering() {
     );
     drop(waiting);
 }
+
+#[tokio::test]
+async fn a_panic_while_scoring_fails_that_job_alone_and_the_thread_is_replaced() {
+    // One thread, whose scorer panics on one particular input (a bug meeting unusual audio).
+    let scorer: std::sync::Arc<auscult_analysis::Scorer> =
+        std::sync::Arc::new(|detector: &Detector, input: &ScoreInput| {
+            assert!(input.samples.len() != 12_345, "a bug met unusual audio");
+            auscult_analysis::score(detector, input)
+        });
+    let pool = ScoringPool::start_with(shipped(), 1, 4, scorer);
+    let poison = ScoreInput::new(vec![0.0; 12_345], valve());
+    match pool.score(poison).await {
+        Err(ScoreError::Unscorable(why)) => {
+            assert!(why.contains("a bug met unusual audio"), "{why}");
+        }
+        other => panic!("expected UNSCORABLE, got {other:?}"),
+    }
+    // The only thread died with that job; its replacement scores the next ones.
+    let clip = recording("section_00_source_test_normal_0033_pat_00.wav");
+    for _ in 0..2 {
+        let scored = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            pool.score(ScoreInput::new(clip[..16_000].to_vec(), valve())),
+        )
+        .await
+        .expect("a thread took the job")
+        .expect("scored after the panic");
+        assert!(!scored.model_version.is_empty());
+    }
+}
