@@ -355,3 +355,67 @@ async fn a_bad_frame_from_one_device_leaves_another_devices_stream_alone() {
     assert_eq!(count("gw-steady").await, 600);
     assert_eq!(count("gw-buggy").await, 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frame_the_database_refuses_fails_alone_and_its_batch_is_stored() {
+    // A rule the database has and validation does not (as a NUL in text once was): one frame of one
+    // device breaks it.
+    let stack = Stack::start(&[]).await;
+    stack
+        .db()
+        .await
+        .batch_execute(
+            "ALTER TABLE frames ADD CONSTRAINT refuses_one_frame
+                 CHECK (device_id <> 'gw-odd' OR sensor_id <> 'mic-1' OR seq <> 13)",
+        )
+        .await
+        .expect("constraint");
+    let token_odd = stack.add_device("gw-odd").await;
+    let token_steady = stack.add_device("gw-even").await;
+    let run = |device: &'static str, token: String, seed: u64| {
+        let mut config = auscult_gateway::GatewayConfig::new(stack.endpoint(), token);
+        config.rate = Some(400.0);
+        let identity = auscult_gateway::Identity {
+            device_id: device.into(),
+            sensors: vec!["mic-0".into(), "mic-1".into()],
+            stream_epoch: 1,
+        };
+        let gateway = auscult_gateway::Gateway::new(config);
+        tokio::spawn(async move {
+            gateway
+                .run(auscult_gateway::SyntheticSource::new(identity, 100, seed))
+                .await
+        })
+    };
+    // Both stream at once, so their frames share batches.
+    let (odd, steady) = (run("gw-odd", token_odd, 1), run("gw-even", token_steady, 2));
+    let finish = |task: tokio::task::JoinHandle<
+        Result<auscult_gateway::Summary, auscult_gateway::GatewayError>,
+    >| async move {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("finished in time")
+            .expect("join")
+            .expect("gateway run")
+    };
+    let (odd, steady): (auscult_gateway::Summary, auscult_gateway::Summary) =
+        (finish(odd).await, finish(steady).await);
+
+    assert_eq!(
+        (steady.acked, steady.rejected, steady.reconnects),
+        (200, 0, 0)
+    );
+    assert_eq!((odd.acked, odd.rejected, odd.reconnects), (199, 1, 0));
+    let db = stack.db().await;
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM frames", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 399);
+    let metrics = stack.metrics();
+    assert!(
+        metrics.contains("auscult_ingest_frames_rejected_total{reason=\"storage_refused\"} 1"),
+        "{metrics}"
+    );
+}

@@ -31,6 +31,20 @@ pub fn committed(mut outcomes: Vec<(FrameKey, InsertOutcome)>) -> pb::Ack {
     ack
 }
 
+/// The acknowledgement rejecting one frame the database refused to store.
+pub fn refused(key: FrameKey, error: &auscult_store::StoreError) -> pb::Ack {
+    pb::Ack {
+        rejected: vec![pb::Rejection {
+            sensor_id: key.sensor_id,
+            stream_epoch: wire(key.stream_epoch),
+            seq: wire(key.seq),
+            reason: pb::RejectReason::StorageRefused.into(),
+            detail: format!("the database refused this frame: {error}"),
+        }],
+        ..pb::Ack::default()
+    }
+}
+
 /// The acknowledgement rejecting one invalid frame, identified by its fields as received.
 pub fn rejected(sensor_id: String, stream_epoch: u64, seq: u64, error: &InvalidFrame) -> pb::Ack {
     pb::Ack {

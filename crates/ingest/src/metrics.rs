@@ -8,6 +8,7 @@ pub const BYTES_STORED_TOTAL: &str = "auscult_ingest_sample_bytes_stored_total";
 pub const BATCH_COMMIT_SECONDS: &str = "auscult_ingest_batch_commit_seconds";
 pub const BATCH_SIZE_FRAMES: &str = "auscult_ingest_batch_size_frames";
 pub const BATCH_FAILURES_TOTAL: &str = "auscult_ingest_batch_failures_total";
+pub const BATCH_SPLITS_TOTAL: &str = "auscult_ingest_batch_splits_total";
 pub const STREAMS_ACTIVE: &str = "auscult_ingest_streams_active";
 pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
@@ -35,6 +36,10 @@ pub fn describe() {
     );
     describe_histogram!(BATCH_SIZE_FRAMES, "Frames per committed batch.");
     describe_counter!(BATCH_FAILURES_TOTAL, "Batches whose transaction failed.");
+    describe_counter!(
+        BATCH_SPLITS_TOTAL,
+        "Batches (and parts of batches) the database refused, split to find the frames at fault."
+    );
     describe_gauge!(STREAMS_ACTIVE, "Gateway streams currently open.");
     describe_counter!(STREAMS_ENDED_TOTAL, "Gateway streams ended, by gRPC code.");
     describe_counter!(

@@ -202,6 +202,10 @@ impl State<'_> {
                 self.inflight -= outcomes.len();
                 self.send(ack::committed(outcomes)).await
             }
+            BatchReply::Refused { key, error } => {
+                self.inflight -= 1;
+                self.send(ack::refused(key, &error)).await
+            }
             BatchReply::Failed { frames, error } => {
                 self.inflight -= frames;
                 Err(End::Status(Status::unavailable(format!(

@@ -44,6 +44,11 @@ pub enum BatchReply {
         frames: usize,
         error: Arc<StoreError>,
     },
+    /// The database refused this frame itself (it failed alone after its batch was split); final.
+    Refused {
+        key: FrameKey,
+        error: Arc<StoreError>,
+    },
 }
 
 /// Where a stream receives its batch replies.
@@ -134,9 +139,18 @@ async fn gather(
 }
 
 /// Commits one batch and tells each stream what became of its frames. Returns whether the commit succeeded.
-async fn commit(
+fn commit(
     pool: &Pool,
     batch: Vec<PendingFrame>,
+    bytes: usize,
+    commit_timeout: std::time::Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+    Box::pin(commit_batch(pool, batch, bytes, commit_timeout))
+}
+
+async fn commit_batch(
+    pool: &Pool,
+    mut batch: Vec<PendingFrame>,
     bytes: usize,
     commit_timeout: std::time::Duration,
 ) -> bool {
@@ -157,6 +171,27 @@ async fn commit(
     }
     .await;
     let elapsed = started.elapsed();
+
+    // A batch the database refuses for good (a frame it cannot store) is split to find the frame(s) at
+    // fault: each half is committed on its own, down to single frames, so that one device's bad frame
+    // never costs the other frames of its batch — or the other streams in it — their acknowledgement.
+    if let Err(error) = &result
+        && error.is_refusal()
+    {
+        metrics::counter!(m::BATCH_SPLITS_TOTAL).increment(1);
+        if batch.len() > 1 {
+            let right = batch.split_off(batch.len() / 2);
+            let right_bytes: usize = right.iter().map(|p| p.frame.samples.len()).sum();
+            let left_bytes = bytes.saturating_sub(right_bytes);
+            warn!(
+                frames = batch.len() + right.len(),
+                "the database refused a batch; committing its halves apart: {error}"
+            );
+            let left_ok = commit(pool, batch, left_bytes, commit_timeout).await;
+            let right_ok = commit(pool, right, right_bytes, commit_timeout).await;
+            return left_ok && right_ok;
+        }
+    }
 
     #[allow(clippy::cast_precision_loss)]
     metrics::gauge!(m::INFLIGHT_BYTES).decrement(bytes as f64);
@@ -180,6 +215,20 @@ async fn commit(
             for (reply, frames) in by_stream.into_values() {
                 // A stream that went away no longer needs its acknowledgements; its frames are stored.
                 let _ = reply.send(BatchReply::Committed(frames));
+            }
+            true
+        }
+        Err(error) if error.is_refusal() => {
+            // A single frame the database will never take: refused alone, its neighbours unaffected.
+            let error = Arc::new(error);
+            for pending in batch {
+                warn!(key = ?pending.frame.key, "the database refused a frame: {error}");
+                metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "storage_refused")
+                    .increment(1);
+                let _ = pending.reply.send(BatchReply::Refused {
+                    key: pending.frame.key,
+                    error: Arc::clone(&error),
+                });
             }
             true
         }

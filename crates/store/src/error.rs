@@ -41,6 +41,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database refused the data itself, for a reason that resending the same rows can never
+    /// cure: a data exception (class 22: bad encoding, a NUL in text, a value out of range), an integrity
+    /// rule (class 23, not the unique key, which deduplication settles) or a size limit (class 54).
+    pub fn is_refusal(&self) -> bool {
+        let Self::Db(e) = self else { return false };
+        e.code().is_some_and(|code| {
+            let code = code.code();
+            (code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
+                && code != tokio_postgres::error::SqlState::UNIQUE_VIOLATION.code()
+        })
+    }
+
     /// Whether retrying the same operation later may succeed (connection trouble, not a logic error).
     pub fn is_transient(&self) -> bool {
         match self {
