@@ -42,12 +42,16 @@ pub async fn insert_frames(
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     // A key repeated inside one batch is inserted once; the repeats are judged against the first.
     let mut first_of: HashMap<&FrameKey, usize> = HashMap::with_capacity(frames.len());
-    let unique: Vec<&Frame> = frames
+    let mut unique: Vec<&Frame> = frames
         .iter()
         .enumerate()
         .filter(|(i, f)| *first_of.entry(&f.key).or_insert(*i) == *i)
         .map(|(_, f)| *f)
         .collect();
+    // Every transaction takes its keys' index locks in one global order, so a batch and a concurrent
+    // resend of some of the same keys (on another stream or replica) wait for each other instead of
+    // deadlocking. Outcomes are matched by key below, so the order does not change them.
+    unique.sort_unstable_by(|a, b| a.key.cmp(&b.key));
 
     let (inserted, existing) = match store_by_copy(client, &unique, received_at).await {
         // Another transaction stored one of these keys between our check and our COPY (a gateway resending

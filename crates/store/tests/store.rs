@@ -397,3 +397,40 @@ async fn pooled_sessions_are_bounded_and_the_url_can_say_otherwise() {
     let pool = auscult_store::connect_pool(&url, 2, "test").expect("pool");
     assert_eq!(show(pool).await.0, "5s");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_batches_of_the_same_keys_in_opposite_orders_never_deadlock() {
+    // A gateway resending on a new stream while its old batch is still being committed, and the two
+    // batches holding the same frames in different orders: each must wait for the other, not deadlock.
+    let pg = PostgresServer::start().expect("postgres");
+    let mut setup = connect(&pg).await;
+    auscult_store::migrate(&mut setup).await.expect("migrate");
+    auscult_store::add_device(&mut setup, "gw-race", "test")
+        .await
+        .expect("device");
+    for round in 0..20u64 {
+        let forward: Vec<Frame> = (0..64)
+            .map(|i| frame("gw-race", "mic-0", round * 64 + i, 0.1))
+            .collect();
+        let backward: Vec<Frame> = forward.iter().rev().cloned().collect();
+        let insert = |frames: Vec<Frame>| {
+            let url = pg.url();
+            tokio::spawn(async move {
+                let (mut client, connection) =
+                    tokio_postgres::connect(&url, NoTls).await.expect("connect");
+                tokio::spawn(connection);
+                let refs: Vec<&Frame> = frames.iter().collect();
+                auscult_store::insert_frames(&mut client, &refs, SystemTime::now()).await
+            })
+        };
+        let (a, b) = (insert(forward), insert(backward));
+        for outcome in [a.await.expect("join"), b.await.expect("join")] {
+            let outcomes = outcome.unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, InsertOutcome::Stored | InsertOutcome::Duplicate))
+            );
+        }
+    }
+}
