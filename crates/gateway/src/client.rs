@@ -339,9 +339,11 @@ impl Gateway {
                 // Closing our side tells ingest we are done; it ends the stream once all is answered.
                 tx = None;
             }
+            // Resends are already counted in the window: only new frames wait for room in it. (A
+            // stream that broke with the window full must still be able to resend.)
             let can_send = tx.is_some()
-                && run.unacked.len() < self.config.window
-                && (!resend.is_empty() || !run.source_done);
+                && (!resend.is_empty()
+                    || (run.unacked.len() < self.config.window && !run.source_done));
             let due = if resend.is_empty() {
                 run.next_due(self.config.rate)
             } else {
