@@ -192,6 +192,25 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Waits up to `timeout` until the single count `sql` returns satisfies `wanted` (a failing query counts
+/// as not yet); whether it did.
+pub async fn wait_for_count(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    timeout: Duration,
+    wanted: impl Fn(i64) -> bool,
+) -> bool {
+    auscult_testkit::wait_for(timeout, || {
+        let wanted = &wanted;
+        async move {
+            let count: i64 = client.query_one(sql, &[]).await.ok()?.try_get(0).ok()?;
+            wanted(count).then_some(())
+        }
+    })
+    .await
+    .is_some()
+}
+
 /// Waits up to 30 s for `process` to log `needle`; fails the test with `why` and the log otherwise.
 pub async fn expect_logged(process: &ServiceProcess, needle: &str, why: &str) {
     let logged = auscult_testkit::wait_for(Duration::from_secs(30), || {

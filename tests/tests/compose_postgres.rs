@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use auscult_e2e::wait_for_count;
 use auscult_testkit::{PostgresServer, free_port, wait_for};
 use tokio_postgres::NoTls;
 
@@ -90,21 +91,16 @@ impl Drop for StandbyContainer {
 }
 
 async fn streams_synchronously(admin: &tokio_postgres::Client) -> bool {
-    wait_for(Duration::from_secs(60), || async move {
-        let row = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s
-                   ON s.active_pid = r.pid
-                 WHERE r.application_name = 'standby' AND r.sync_state = 'sync'
-                   AND s.slot_name = 'standby'",
-                &[],
-            )
-            .await
-            .ok()?;
-        (row.get::<_, i64>(0) == 1).then_some(())
-    })
+    wait_for_count(
+        admin,
+        "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s
+           ON s.active_pid = r.pid
+         WHERE r.application_name = 'standby' AND r.sync_state = 'sync'
+           AND s.slot_name = 'standby'",
+        Duration::from_secs(60),
+        |n| n == 1,
+    )
     .await
-    .is_some()
 }
 
 #[tokio::test]
@@ -271,18 +267,16 @@ async fn the_compose_scripts_make_a_synchronous_hot_standby() {
 
     // The container is recreated: its data volume stays, everything else (the passfile) is new.
     drop(first);
-    let gone = wait_for(Duration::from_secs(30), || {
-        let admin = &admin;
-        async move {
-            let row = admin
-                .query_one("SELECT count(*) FROM pg_stat_replication", &[])
-                .await
-                .ok()?;
-            (row.get::<_, i64>(0) == 0).then_some(())
-        }
-    })
-    .await;
-    assert!(gone.is_some(), "the stopped standby still streams");
+    assert!(
+        wait_for_count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_replication",
+            Duration::from_secs(30),
+            |n| n == 0,
+        )
+        .await,
+        "the stopped standby still streams"
+    );
     std::fs::remove_file(&passfile).expect("the passfile existed");
     let _second = StandbyContainer::start(&mut entry, pg_ctl, data, user);
     assert!(

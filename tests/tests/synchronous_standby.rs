@@ -9,10 +9,10 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use auscult_e2e::{
     auscult, connect, expect_logged, fetch_metrics, metric, spawn_ingest, succeeded,
-    wait_ingest_serving,
+    wait_for_count, wait_ingest_serving,
 };
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
-use auscult_testkit::{PostgresServer, free_port, wait_for};
+use auscult_testkit::{PostgresServer, free_port};
 
 async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
@@ -36,22 +36,15 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
     // Before any standby exists, a commit would wait forever: migrate once it streams. (Blocks this
     // test's runtime for the copy; nothing else runs on it yet.)
     let standby = PostgresServer::start_standby(&primary, "standby").expect("standby");
-    let synchronous = wait_for(Duration::from_secs(30), || {
-        let admin = &admin;
-        async move {
-            (count(
-                admin,
-                "SELECT count(*) FROM pg_stat_replication
-                 WHERE application_name = 'standby' AND sync_state = 'sync'",
-            )
-            .await
-                == 1)
-                .then_some(())
-        }
-    })
-    .await;
     assert!(
-        synchronous.is_some(),
+        wait_for_count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_replication
+             WHERE application_name = 'standby' AND sync_state = 'sync'",
+            Duration::from_secs(30),
+            |n| n == 1,
+        )
+        .await,
         "the standby never became synchronous"
     );
     succeeded(&auscult(&primary.url(), &["migrate"]));
@@ -105,21 +98,14 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
         .expect("stream with the standby up");
     assert_eq!(summary.acked, 20);
     let replica = connect(&standby.url()).await;
-    let replayed = wait_for(Duration::from_secs(30), || {
-        let replica = &replica;
-        async move {
-            (count(
-                replica,
-                "SELECT count(*) FROM frames WHERE stream_epoch = 1",
-            )
-            .await
-                == 20)
-                .then_some(())
-        }
-    })
-    .await;
     assert!(
-        replayed.is_some(),
+        wait_for_count(
+            &replica,
+            "SELECT count(*) FROM frames WHERE stream_epoch = 1",
+            Duration::from_secs(30),
+            |n| n == 20,
+        )
+        .await,
         "the standby does not hold the acknowledged frames"
     );
     drop(replica);
@@ -129,21 +115,14 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
     let (second, identity) = gateway(2);
     let progress = second.progress();
     let run = tokio::spawn(async move { second.run(SyntheticSource::new(identity, 10, 2)).await });
-    let waiting = wait_for(Duration::from_secs(30), || {
-        let admin = &admin;
-        async move {
-            (count(
-                admin,
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
-            )
-            .await
-                > 0)
-            .then_some(())
-        }
-    })
-    .await;
     assert!(
-        waiting.is_some(),
+        wait_for_count(
+            &admin,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+            Duration::from_secs(30),
+            |n| n > 0,
+        )
+        .await,
         "no commit waited for the standby:\n{}",
         ingest.log()
     );

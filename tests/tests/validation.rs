@@ -30,6 +30,14 @@ fn good(device: &str, seq: u64) -> pb::Frame {
     }
 }
 
+/// Makes `frame` 1,000 f32le samples of 0.1, sample `index` set to `value`.
+fn f32_samples_with(frame: &mut pb::Frame, index: usize, value: f32) {
+    let mut floats = [0.1f32; 1000];
+    floats[index] = value;
+    frame.encoding = pb::SampleEncoding::F32le.into();
+    frame.samples = Bytes::from(auscult_frame::encode_f32le(&floats));
+}
+
 fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("ascii token");
@@ -120,28 +128,12 @@ async fn each_rule_rejects_its_frame_and_keeps_the_neighbours() {
         ),
         (
             pb::RejectReason::NonFiniteSample,
-            Box::new(|f| {
-                f.encoding = pb::SampleEncoding::F32le.into();
-                let mut floats: Vec<u8> = [0.1f32; 1000]
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect();
-                floats[400..404].copy_from_slice(&f32::NAN.to_le_bytes());
-                f.samples = Bytes::from(floats);
-            }),
+            Box::new(|f| f32_samples_with(f, 400, f32::NAN)),
         ),
         (
             // Finite, but its square summed over a spectrogram window would not be.
             pb::RejectReason::SampleOutOfRange,
-            Box::new(|f| {
-                f.encoding = pb::SampleEncoding::F32le.into();
-                let mut floats: Vec<u8> = [0.1f32; 1000]
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect();
-                floats[400..404].copy_from_slice(&3.0e38f32.to_le_bytes());
-                f.samples = Bytes::from(floats);
-            }),
+            Box::new(|f| f32_samples_with(f, 400, 3.0e38)),
         ),
     ];
     // good, bad, good, bad, …, good: every bad frame between two good ones.
@@ -310,15 +302,7 @@ async fn a_bad_frame_from_one_device_leaves_another_devices_stream_alone() {
             let mut frame = good("gw-buggy", seq);
             match i {
                 1 => frame.sensor_id = "mic\0".into(),
-                2 => {
-                    frame.encoding = pb::SampleEncoding::F32le.into();
-                    let mut floats: Vec<u8> = [0.1f32; 1000]
-                        .iter()
-                        .flat_map(|x| x.to_le_bytes())
-                        .collect();
-                    floats[0..4].copy_from_slice(&(-2.0e9f32).to_le_bytes());
-                    frame.samples = Bytes::from(floats);
-                }
+                2 => f32_samples_with(&mut frame, 0, -2.0e9),
                 _ => {}
             }
             frames.push(frame);

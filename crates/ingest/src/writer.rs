@@ -96,7 +96,7 @@ async fn write_batches(
         };
         let Some(batch) = batch else { return };
         let frames = batch.len();
-        let bytes: usize = batch.iter().map(|p| p.frame.samples.len()).sum();
+        let bytes = sample_bytes(&batch);
         let span = info_span!("batch", writer, frames, bytes);
         let ok = commit(pool, batch, bytes, settings.commit_timeout)
             .instrument(span)
@@ -138,6 +138,11 @@ async fn gather(
     Some(batch)
 }
 
+/// Bytes of audio the frames of `batch` hold (what they take from the in-flight budget).
+fn sample_bytes(batch: &[PendingFrame]) -> usize {
+    batch.iter().map(|p| p.frame.samples.len()).sum()
+}
+
 /// Commits one batch and tells each stream what became of its frames. Returns whether the commit succeeded.
 fn commit(
     pool: &Pool,
@@ -177,20 +182,19 @@ async fn commit_batch(
     // never costs the other frames of its batch — or the other streams in it — their acknowledgement.
     if let Err(error) = &result
         && error.is_refusal()
+        && batch.len() > 1
     {
         metrics::counter!(m::BATCH_SPLITS_TOTAL).increment(1);
-        if batch.len() > 1 {
-            let right = batch.split_off(batch.len() / 2);
-            let right_bytes: usize = right.iter().map(|p| p.frame.samples.len()).sum();
-            let left_bytes = bytes.saturating_sub(right_bytes);
-            warn!(
-                frames = batch.len() + right.len(),
-                "the database refused a batch; committing its halves apart: {error}"
-            );
-            let left_ok = commit(pool, batch, left_bytes, commit_timeout).await;
-            let right_ok = commit(pool, right, right_bytes, commit_timeout).await;
-            return left_ok && right_ok;
-        }
+        let right = batch.split_off(batch.len() / 2);
+        let right_bytes = sample_bytes(&right);
+        let left_bytes = bytes.saturating_sub(right_bytes);
+        warn!(
+            frames = batch.len() + right.len(),
+            "the database refused a batch; committing its halves apart: {error}"
+        );
+        let left_ok = commit(pool, batch, left_bytes, commit_timeout).await;
+        let right_ok = commit(pool, right, right_bytes, commit_timeout).await;
+        return left_ok && right_ok;
     }
 
     #[allow(clippy::cast_precision_loss)]
