@@ -166,3 +166,74 @@ impl Network {
         }
     }
 }
+
+impl Network {
+    /// The trained weights in plain arrays, for [`auscult_inference::CompiledNetwork`]; with
+    /// `normalisation`, the compiled network takes raw log-mel windows.
+    pub fn weights(
+        &self,
+        normalisation: Option<&auscult_signal::Normalisation>,
+    ) -> auscult_inference::NetworkWeights {
+        use auscult_inference::{BlockWeights, InputNormalisation, NetworkWeights};
+        NetworkWeights {
+            height: FRAMES,
+            width: BANDS,
+            normalisation: normalisation.map(|n| InputNormalisation {
+                mean: n.mean.clone(),
+                std: n.std.clone(),
+            }),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| BlockWeights {
+                    first: conv_weights(&b.first, &b.first_norm),
+                    second: conv_weights(&b.second, &b.second_norm),
+                })
+                .collect(),
+            hidden: [&self.hidden1, &self.hidden2, &self.hidden3]
+                .into_iter()
+                .map(dense_weights)
+                .collect(),
+            head: dense_weights(&self.head),
+        }
+    }
+
+    /// Compiles the network for scoring on CPUs (see [`auscult_inference`]).
+    pub fn compile(
+        &self,
+        normalisation: Option<&auscult_signal::Normalisation>,
+    ) -> Result<auscult_inference::CompiledNetwork, auscult_inference::InferenceError> {
+        auscult_inference::CompiledNetwork::compile(&self.weights(normalisation))
+    }
+}
+
+fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    crate::detector::to_vec(tensor)
+}
+
+fn conv_weights(conv: &Conv2d, norm: &BatchNorm) -> auscult_inference::ConvWeights {
+    let [outputs, inputs, _, _] = conv.weight.dims();
+    auscult_inference::ConvWeights {
+        inputs,
+        outputs,
+        kernel: values(conv.weight.val()),
+        bias: conv.bias.as_ref().map(|b| values(b.val())),
+        norm: Some(auscult_inference::BatchNormWeights {
+            gamma: values(norm.gamma.val()),
+            beta: values(norm.beta.val()),
+            mean: values(norm.running_mean.value()),
+            variance: values(norm.running_var.value()),
+            epsilon: norm.epsilon,
+        }),
+    }
+}
+
+fn dense_weights(linear: &Linear) -> auscult_inference::DenseWeights {
+    let [inputs, outputs] = linear.weight.dims();
+    auscult_inference::DenseWeights {
+        inputs,
+        outputs,
+        weights: values(linear.weight.val()),
+        bias: linear.bias.as_ref().map(|b| values(b.val())),
+    }
+}

@@ -1,28 +1,37 @@
-//! `auscult bench analysis`: what one window of sound costs to analyse on this machine.
+//! `auscult bench analysis`: what one window of sound costs to analyse on this machine — the
+//! spectrogram, the network through the compiled path the service scores with and through burn's
+//! own forward pass (the framework it is trained in), and one training step.
+//!
+//! Peer runtimes (PyTorch, ONNX Runtime) are timed side by side by `bench/peers/compare.py`,
+//! which runs this command with `--json` in the same run on the same machine.
 
 use std::time::Instant;
 
+use auscult_inference::CompiledNetwork;
 use auscult_model::network::{Network, NetworkConfig};
 use auscult_signal::{BANDS, FRAMES, MelSpectrogram, SpectrogramConfig, WINDOW_VALUES};
 use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
 
 use crate::commands::recordings::round;
 
-/// PyTorch 2.15 on the same architecture, 2 CPU threads, measured on this kind of machine
-/// (2 cores, no GPU): ms per window at batch 1 and at batch 32.
-const PYTORCH_MS_BATCH1: f64 = 5.3;
-const PYTORCH_MS_BATCH32: f64 = 3.4;
+/// Windows per training step, as in `auscult train`.
+const TRAIN_BATCH: usize = 16;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Network to time: `reference` (32-64-128 channels, 3×1024 units, 18 classes — the design
-    /// PyTorch's figures are for) or `shipped` (the default model's).
+    /// peers are compared on) or `shipped` (the default model's).
     #[arg(long, default_value = "reference", value_parser = ["reference", "shipped"])]
     architecture: String,
     /// Seconds to spend on each measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Skip timing burn's forward pass and training step (the slow part of this benchmark).
+    #[arg(long)]
+    skip_burn: bool,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -49,9 +58,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             eprintln!("{message}");
         }
     };
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = rayon::current_num_threads();
+    let flops = config.flops_per_window() as f64;
     say(format!(
-        "timing the {} network ({} parameters-worth of layers, {:.0} MFLOP per window) on {cores} cores…",
+        "timing the {} network ({} channels, {:.0} MFLOP per window) on {threads} threads…",
         args.architecture,
         config
             .channels
@@ -59,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("-"),
-        config.flops_per_window() as f64 / 1e6
+        flops / 1e6
     ));
 
     let spectrogram_us = time_spectrogram(args.seconds.min(1.0)) * 1e6;
@@ -67,26 +77,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let device = auscult_model::default_device();
     let network = config.init(&device).valid();
-    let input = |batch: usize| {
-        let values: Vec<f32> = (0..batch * WINDOW_VALUES)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
-        Tensor::<4>::from_data(TensorData::new(values, [batch, 1, FRAMES, BANDS]), &device)
-    };
-    let batch1 = time_forward(&network, &input(1), 1, args.seconds) * 1e3;
-    say(format!("CNN, batch 1: {batch1:.2} ms per window"));
-    let batch32 = time_forward(&network, &input(32), 32, args.seconds) * 1e3;
-    say(format!("CNN, batch 32: {batch32:.2} ms per window"));
-
-    // Throughput: one batch-32 stream per core, against the single stream burn parallelises itself.
-    let parallel = throughput(&config, cores, args.seconds)?;
-    let windows_per_s = parallel.max(1e3 / batch32);
-    let flops = config.flops_per_window() as f64;
+    let compiled = network.compile(None)?;
+    let batch1 = time_compiled(&compiled, 1, args.seconds)? * 1e3;
+    say(format!("CNN, batch 1: {batch1:.3} ms per window"));
+    let batch32 = time_compiled(&compiled, 32, args.seconds)? * 1e3;
+    say(format!(
+        "CNN, batch 32: {batch32:.3} ms per window ({:.0} GFLOP/s)",
+        flops / batch32 / 1e6
+    ));
+    // Scoring threads each send their own batches; the shared thread pool splits them.
+    let windows_per_s = throughput(&compiled, threads, args.seconds)?.max(1e3 / batch32);
     let gflops_achieved = windows_per_s * flops / 1e9;
     say(format!(
-        "all cores: {windows_per_s:.0} windows/s, {gflops_achieved:.1} GFLOP/s achieved"
+        "all threads: {windows_per_s:.0} windows/s, {gflops_achieved:.1} GFLOP/s achieved"
     ));
-    let json = serde_json::json!({
+
+    let mut json = serde_json::json!({
         "architecture": args.architecture,
         "spectrogram_us": round(spectrogram_us, 1),
         "cnn_ms_batch1": round(batch1, 3),
@@ -94,21 +100,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "windows_per_s": round(windows_per_s, 1),
         "flops_per_window": config.flops_per_window(),
         "gflops_achieved": round(gflops_achieved, 2),
-        "cores": cores,
-        "backend": "burn flex",
-        "pytorch_ms_batch1": PYTORCH_MS_BATCH1,
-        "pytorch_ms_batch32": PYTORCH_MS_BATCH32,
-        "speed_vs_pytorch_batch1": (args.architecture == "reference").then(|| round(PYTORCH_MS_BATCH1 / batch1, 3)),
-        "speed_vs_pytorch_batch32": (args.architecture == "reference").then(|| round(PYTORCH_MS_BATCH32 / batch32, 3)),
+        "threads": threads,
+        "backend": "auscult compiled (gemm)",
     });
+    if !args.skip_burn {
+        let burn1 = time_burn(&network, 1, args.seconds) * 1e3;
+        let burn32 = time_burn(&network, 32, args.seconds) * 1e3;
+        say(format!(
+            "burn's own forward pass: {burn1:.3} ms per window at batch 1, {burn32:.3} at batch 32"
+        ));
+        let step = time_training_step(&config, args.seconds)? * 1e3;
+        say(format!(
+            "training step (batch {TRAIN_BATCH}, Adam, burn autodiff): {step:.1} ms"
+        ));
+        json["burn_ms_batch1"] = round(burn1, 3).into();
+        json["burn_ms_batch32"] = round(burn32, 3).into();
+        json["speedup_vs_burn_batch1"] = round(burn1 / batch1, 2).into();
+        json["speedup_vs_burn_batch32"] = round(burn32 / batch32, 2).into();
+        json["train_step_ms_batch16"] = round(step, 1).into();
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
-    } else if args.architecture == "reference" {
-        println!(
-            "burn flex runs at {:.2}× PyTorch's CPU speed at batch 1 and {:.2}× at batch 32 (above 1 is faster)",
-            PYTORCH_MS_BATCH1 / batch1,
-            PYTORCH_MS_BATCH32 / batch32
-        );
     }
     Ok(())
 }
@@ -131,45 +143,118 @@ fn time_spectrogram(seconds: f64) -> f64 {
     started.elapsed().as_secs_f64() / runs as f64
 }
 
-/// Seconds per window of a forward pass over `input` (`batch` windows).
-fn time_forward(network: &Network, input: &Tensor<4>, batch: usize, seconds: f64) -> f64 {
+/// Deterministic windows with the spread of normalised log-mel values.
+fn windows(batch: usize) -> Vec<f32> {
+    (0..batch * WINDOW_VALUES)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+/// Seconds per window of the compiled forward pass at `batch` windows per call.
+fn time_compiled(network: &CompiledNetwork, batch: usize, seconds: f64) -> anyhow::Result<f64> {
+    let input = windows(batch);
+    let (mut logits, mut embeddings) = (Vec::new(), Vec::new());
+    let mut call = || {
+        logits.clear();
+        embeddings.clear();
+        network.forward(&input, &mut logits, &mut embeddings)
+    };
     for _ in 0..3 {
-        let _ = auscult_model::detector::to_vec(network.forward(input.clone()).logits);
+        call()?;
     }
     let started = Instant::now();
     let mut runs = 0_u64;
     while runs < 5 || started.elapsed().as_secs_f64() < seconds {
-        let _ = auscult_model::detector::to_vec(network.forward(input.clone()).logits);
+        call()?;
+        runs += 1;
+    }
+    Ok(started.elapsed().as_secs_f64() / (runs as f64 * batch as f64))
+}
+
+/// Seconds per window of burn's forward pass over the same network.
+fn time_burn(network: &Network, batch: usize, seconds: f64) -> f64 {
+    let device = auscult_model::default_device();
+    let input = Tensor::<4>::from_data(
+        TensorData::new(windows(batch), [batch, 1, FRAMES, BANDS]),
+        &device,
+    );
+    let call = || auscult_model::detector::to_vec(network.forward(input.clone()).logits);
+    for _ in 0..3 {
+        let _ = call();
+    }
+    let started = Instant::now();
+    let mut runs = 0_u64;
+    while runs < 5 || started.elapsed().as_secs_f64() < seconds {
+        let _ = call();
         runs += 1;
     }
     started.elapsed().as_secs_f64() / (runs as f64 * batch as f64)
 }
 
-/// Windows per second with one batch-32 stream per core.
-fn throughput(config: &NetworkConfig, streams: usize, seconds: f64) -> anyhow::Result<f64> {
+/// Seconds per training step: forward, cross-entropy, backward and Adam on one batch.
+fn time_training_step(config: &NetworkConfig, seconds: f64) -> anyhow::Result<f64> {
+    let device = auscult_model::default_device().autodiff();
+    let mut network = config.init(&device);
+    let mut optimizer = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let input = Tensor::<4>::from_data(
+        TensorData::new(windows(TRAIN_BATCH), [TRAIN_BATCH, 1, FRAMES, BANDS]),
+        &device,
+    );
+    let labels: Vec<i64> = (0..TRAIN_BATCH as i64)
+        .map(|i| i % config.classes as i64)
+        .collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [TRAIN_BATCH]), &device);
+    let mut step = |network: Network| {
+        let loss = loss_fn.forward(network.forward(input.clone()).logits, targets.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &network);
+        optimizer.step(1e-4, network, grads)
+    };
+    for _ in 0..2 {
+        network = step(network);
+    }
     let started = Instant::now();
-    let windows: u64 = std::thread::scope(|scope| {
+    let mut runs = 0_u64;
+    while runs < 3 || started.elapsed().as_secs_f64() < seconds {
+        network = step(network);
+        runs += 1;
+    }
+    // The last step's weights, so none of the work can be skipped.
+    let _ = network.valid();
+    Ok(started.elapsed().as_secs_f64() / runs as f64)
+}
+
+/// Windows per second with `streams` callers sending batches of 32 at once.
+fn throughput(network: &CompiledNetwork, streams: usize, seconds: f64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<u64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..streams)
             .map(|_| {
                 scope.spawn(|| {
-                    let device = auscult_model::default_device();
-                    let network = config.init(&device).valid();
-                    let values = vec![0.1_f32; 32 * WINDOW_VALUES];
-                    let input = Tensor::<4>::from_data(
-                        TensorData::new(values, [32, 1, FRAMES, BANDS]),
-                        &device,
-                    );
+                    let input = windows(32);
+                    let (mut logits, mut embeddings) = (Vec::new(), Vec::new());
                     let mut done = 0_u64;
                     while started.elapsed().as_secs_f64() < seconds {
-                        let _ =
-                            auscult_model::detector::to_vec(network.forward(input.clone()).logits);
+                        logits.clear();
+                        embeddings.clear();
+                        network.forward(&input, &mut logits, &mut embeddings)?;
                         done += 32;
                     }
-                    done
+                    Ok(done)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a stream panicked")))
+            })
+            .collect()
     });
+    let mut windows = 0;
+    for result in results {
+        windows += result?;
+    }
     Ok(windows as f64 / started.elapsed().as_secs_f64())
 }
