@@ -88,6 +88,12 @@ impl std::fmt::Debug for Job {
 impl ScoringPool {
     /// Starts `workers` threads with a queue of `depth` waiting jobs. The threads end when the pool
     /// is dropped and the queue is empty.
+    ///
+    /// The scoring threads only take jobs and answer: each job runs in one compute pool of
+    /// `workers` threads, which also splits a job's network pass across threads when fewer jobs
+    /// than threads are running. So at most `workers` threads compute at any time, however many
+    /// jobs are in flight — scoring and the network's own parallelism never oversubscribe the
+    /// cores they were sized for.
     pub fn start(model: Detector, workers: usize, depth: usize) -> Self {
         Self::start_with(model, workers, depth, Arc::new(score))
     }
@@ -97,6 +103,17 @@ impl ScoringPool {
         let (queue, receiver) = mpsc::channel::<Job>(depth.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let model = Arc::new(RwLock::new(Arc::new(model)));
+        let compute = match rayon::ThreadPoolBuilder::new()
+            .num_threads(workers.max(1))
+            .thread_name(|i| format!("scoring-compute-{i}"))
+            .build()
+        {
+            Ok(pool) => Some(Arc::new(pool)),
+            Err(e) => {
+                tracing::error!("cannot start the compute pool, scoring on the process's: {e}");
+                None
+            }
+        };
         for worker in 0..workers {
             spawn_worker(
                 format!("scoring-{worker}"),
@@ -104,6 +121,7 @@ impl ScoringPool {
                     receiver: Arc::clone(&receiver),
                     model: Arc::clone(&model),
                     scorer: Arc::clone(&scorer),
+                    compute: compute.clone(),
                 },
             );
         }
@@ -164,6 +182,8 @@ struct Worker {
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
     model: Arc<RwLock<Arc<Detector>>>,
     scorer: Arc<Scorer>,
+    /// Where the work of a job runs (see [`ScoringPool::start`]).
+    compute: Option<Arc<rayon::ThreadPool>>,
 }
 
 fn spawn_worker(name: String, worker: Worker) {
@@ -190,8 +210,11 @@ fn work(worker: &Worker) {
         // A panic while scoring one job (a bug meeting unusual audio) fails that job alone: the caller
         // hears UNSCORABLE, and a fresh thread takes this one's place, since a thread that unwound
         // through the model's code may have left its thread-local state half-done.
-        let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| (worker.scorer)(&detector, &job.input)));
+        let run = || (worker.scorer)(&detector, &job.input);
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match &worker.compute {
+            Some(pool) => pool.install(run),
+            None => run(),
+        }));
         match outcome {
             Ok(result) => {
                 debug!(version = %detector.info.version, ok = result.is_ok(), "scored");

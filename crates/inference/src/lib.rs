@@ -331,7 +331,7 @@ impl CompiledNetwork {
     /// One window through the convolution blocks into `out` (`[row][column][channel]`), each
     /// layer split into `parts` ranges run in parallel.
     fn convolve(&self, window: &[f32], maps: &mut FeatureMaps, out: &mut [f32], parts: usize) {
-        maps.fit(self);
+        let layout = maps.fit(self);
         let input = self.input;
         let row = input.padded_width();
         let first = &mut maps.blocks[0].input;
@@ -395,6 +395,7 @@ impl CompiledNetwork {
                 parallel,
             );
         }
+        maps.layout = layout;
     }
 
     fn take_workspace(&self) -> Workspace {
@@ -417,7 +418,8 @@ impl CompiledNetwork {
 /// allocation and never written (or cleared after each write), which is what makes them padding.
 #[derive(Debug, Default)]
 struct FeatureMaps {
-    /// The channel counts and input size the buffers were laid out for.
+    /// The channel counts and input size the buffers were laid out for; empty while a pass is
+    /// under way, so that maps a panic left half-written are laid out afresh.
     layout: Vec<usize>,
     blocks: Vec<BlockMaps>,
 }
@@ -430,8 +432,9 @@ struct BlockMaps {
 }
 
 impl FeatureMaps {
-    /// Lays the buffers out for `network`, from zeros unless they already are.
-    fn fit(&mut self, network: &CompiledNetwork) {
+    /// Lays the buffers out for `network`, from zeros unless they already are, and marks them
+    /// in use: the caller puts the returned layout back when its pass is complete.
+    fn fit(&mut self, network: &CompiledNetwork) -> Vec<usize> {
         let layout: Vec<usize> = [network.input.height, network.input.width]
             .into_iter()
             .chain(
@@ -442,7 +445,7 @@ impl FeatureMaps {
             )
             .collect();
         if layout == self.layout {
-            return;
+            return std::mem::take(&mut self.layout);
         }
         self.blocks = network
             .blocks
@@ -453,7 +456,8 @@ impl FeatureMaps {
                 output: vec![0.0; b.plane.positions() * b.second.c_out],
             })
             .collect();
-        self.layout = layout;
+        self.layout.clear();
+        layout
     }
 }
 

@@ -6,6 +6,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::DType;
 use sha2::{Digest, Sha256};
 
+use auscult_inference::CompiledNetwork;
 use auscult_signal::{BANDS, BandRange, MelSpectrogram, WINDOW_VALUES, band_means, band_peaks};
 
 use crate::ModelError;
@@ -23,7 +24,10 @@ pub const INFERENCE_BATCH: usize = 32;
 #[derive(Debug)]
 pub struct Detector {
     pub info: ModelInfo,
+    /// The network as burn holds it: what is saved, hashed and trained further.
     network: Network,
+    /// The same weights compiled for scoring on CPUs, with `info.normalisation` built in.
+    compiled: CompiledNetwork,
     device: Device,
     bands: Vec<BandRange>,
 }
@@ -165,14 +169,19 @@ pub enum Verdict {
 
 impl Detector {
     /// Builds a detector from a trained network and its metadata.
-    pub fn new(info: ModelInfo, network: Network, device: Device) -> Self {
+    pub fn new(info: ModelInfo, network: Network, device: Device) -> Result<Self, ModelError> {
         let bands = auscult_signal::bands(&info.spectrogram);
-        Self {
+        let network = network.valid();
+        let compiled = network
+            .compile(Some(&info.normalisation))
+            .map_err(|e| ModelError::Format(format!("cannot compile the network: {e}")))?;
+        Ok(Self {
             info,
-            network: network.valid(),
+            network,
+            compiled,
             device,
             bands,
-        }
+        })
     }
 
     pub fn load(path: &std::path::Path) -> Result<Self, ModelError> {
@@ -195,7 +204,7 @@ impl Detector {
             .init(device)
             .try_load_record(record)
             .map_err(|e| ModelError::Format(format!("weights do not fit the network: {e}")))?;
-        Ok(Self::new(info, network, device.clone()))
+        Self::new(info, network, device.clone())
     }
 
     /// The file's bytes; large tensors are stored in half precision.
@@ -235,6 +244,11 @@ impl Detector {
         &self.network
     }
 
+    /// The network compiled for scoring on CPUs, normalisation included.
+    pub fn compiled(&self) -> &CompiledNetwork {
+        &self.compiled
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -248,7 +262,8 @@ impl Detector {
         })
     }
 
-    /// Runs the network over raw (unnormalised) log-mel windows.
+    /// Runs the network over raw (unnormalised) log-mel windows; a trailing partial window is
+    /// ignored.
     pub fn infer(&self, windows: &[f32]) -> Inference {
         let count = windows.len() / WINDOW_VALUES;
         let classes = self.info.network.classes;
@@ -260,15 +275,17 @@ impl Detector {
             band_means: Vec::with_capacity(count * BANDS),
             band_peaks: Vec::with_capacity(count * BANDS),
         };
-        for batch in windows.chunks(INFERENCE_BATCH * WINDOW_VALUES) {
+        for batch in windows[..count * WINDOW_VALUES].chunks(INFERENCE_BATCH * WINDOW_VALUES) {
             for window in batch.chunks_exact(WINDOW_VALUES) {
                 out.band_means.extend_from_slice(&band_means(window));
                 out.band_peaks.extend_from_slice(&band_peaks(window));
             }
-            let (probabilities, embeddings) =
-                forward(&self.network, &self.info.normalisation, batch, &self.device);
-            out.probabilities.extend(probabilities);
-            out.embeddings.extend(embeddings);
+            forward(
+                &self.compiled,
+                batch,
+                &mut out.probabilities,
+                &mut out.embeddings,
+            );
         }
         out
     }
@@ -536,23 +553,36 @@ fn check(info: &ModelInfo) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Normalises a batch of raw windows and runs the network: (probabilities, embeddings).
+/// Runs the compiled network over whole raw windows, appending their class probabilities
+/// (softmax of the logits) and embeddings.
 pub(crate) fn forward(
-    network: &Network,
-    normalisation: &auscult_signal::Normalisation,
+    network: &CompiledNetwork,
     raw: &[f32],
-    device: &Device,
-) -> (Vec<f32>, Vec<f32>) {
-    let count = raw.len() / WINDOW_VALUES;
-    let mut input = raw.to_vec();
-    normalisation.apply(&mut input);
-    let tensor = Tensor::<4>::from_data(
-        TensorData::new(input, [count, 1, auscult_signal::FRAMES, BANDS]),
-        device,
-    );
-    let output = network.forward(tensor);
-    let probabilities = burn::tensor::activation::softmax(output.logits, 1);
-    (to_vec(probabilities), to_vec(output.embedding))
+    probabilities: &mut Vec<f32>,
+    embeddings: &mut Vec<f32>,
+) {
+    let start = probabilities.len();
+    if let Err(e) = network.forward(raw, probabilities, embeddings) {
+        // Callers pass whole windows of the network's size, so this is a bug, not bad input.
+        unreachable!("the compiled network refused its input: {e}");
+    }
+    let classes = network.classes().max(1);
+    for row in probabilities[start..].chunks_exact_mut(classes) {
+        softmax(row);
+    }
+}
+
+/// In place, shifted by the maximum so that no exponential overflows.
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
 }
 
 /// A tensor's values as `f32`, row-major.

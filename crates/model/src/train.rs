@@ -277,7 +277,6 @@ pub fn train(
         let validation = validate(
             &snapshot,
             &normalisation,
-            &device,
             &train_clips,
             &fixed_train,
             &validation_clips,
@@ -328,7 +327,7 @@ pub fn train(
         threshold_percentile: config.threshold_percentile,
         training: TrainingRecord::default(),
     };
-    let mut detector = Detector::new(info, network, device);
+    let mut detector = Detector::new(info, network, device)?;
     detector.info.profiles = fit_profiles(
         observer,
         &detector,

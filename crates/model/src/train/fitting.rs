@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use auscult_signal::{Normalisation, WINDOW_VALUES};
-use burn::prelude::*;
 
 use super::{TrainConfig, TrainObserver, class_of};
 use crate::ModelError;
@@ -29,7 +28,6 @@ pub(super) struct Validation {
 pub(super) fn validate(
     network: &Network,
     normalisation: &Normalisation,
-    device: &Device,
     train_clips: &[&Clip],
     fixed_train: &[Vec<f32>],
     validation_clips: &[&Clip],
@@ -39,14 +37,21 @@ pub(super) fn validate(
     if validation_clips.is_empty() {
         return Validation::default();
     }
-    let dim = network_embedding_dim(network, normalisation, device);
+    // Validation scores with the same compiled path the service will use.
+    let compiled = match network.compile(Some(normalisation)) {
+        Ok(compiled) => compiled,
+        Err(e) => {
+            tracing::warn!("cannot compile the network for validation: {e}");
+            return Validation::default();
+        }
+    };
+    let dim = compiled.embedding_size();
     let embed = |windows: &[f32]| -> (Vec<f32>, Vec<f32>) {
         let mut probabilities = Vec::new();
         let mut embeddings = Vec::new();
-        for batch in windows.chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
-            let (p, e) = detector::forward(network, normalisation, batch, device);
-            probabilities.extend(p);
-            embeddings.extend(e);
+        let whole = windows.len() / WINDOW_VALUES * WINDOW_VALUES;
+        for batch in windows[..whole].chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
+            detector::forward(&compiled, batch, &mut probabilities, &mut embeddings);
         }
         (probabilities, embeddings)
     };
@@ -102,17 +107,6 @@ pub(super) fn validate(
         loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
         auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
     }
-}
-
-fn network_embedding_dim(
-    network: &Network,
-    normalisation: &Normalisation,
-    device: &Device,
-) -> usize {
-    let probe = vec![0.0_f32; WINDOW_VALUES];
-    detector::forward(network, normalisation, &probe, device)
-        .1
-        .len()
 }
 
 /// Fits the machine, machine-type and global profiles on training normals and calibrates each on
