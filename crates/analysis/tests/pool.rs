@@ -120,3 +120,37 @@ async fn a_panic_while_scoring_fails_that_job_alone_and_the_thread_is_replaced()
         assert!(!scored.model_version.is_empty());
     }
 }
+
+#[tokio::test]
+async fn jobs_compute_in_one_pool_of_as_many_threads_as_scoring_threads() {
+    // Where each job ran, and how many threads its network pass could spread over.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let scorer: std::sync::Arc<auscult_analysis::Scorer> =
+        std::sync::Arc::new(move |detector: &Detector, input: &ScoreInput| {
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            record
+                .lock()
+                .expect("record")
+                .push((thread, rayon::current_num_threads()));
+            auscult_analysis::score(detector, input)
+        });
+    let pool = ScoringPool::start_with(shipped(), 3, 16, scorer);
+    let clip = recording("section_00_source_test_normal_0033_pat_00.wav");
+    let jobs = (0..6).map(|_| pool.score(ScoreInput::new(clip[..16_000].to_vec(), valve())));
+    for scored in futures_util::future::join_all(jobs).await {
+        scored.expect("scored");
+    }
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.len(), 6);
+    for (thread, threads) in seen.iter() {
+        assert!(
+            thread.starts_with("scoring-compute-"),
+            "a job computed on {thread:?}, outside the compute pool"
+        );
+        assert_eq!(
+            *threads, 3,
+            "the network pass could spread over {threads} threads"
+        );
+    }
+}
