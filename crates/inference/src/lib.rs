@@ -227,6 +227,16 @@ impl CompiledNetwork {
         })
     }
 
+    /// Dense layers (head included) whose weights are kept in f16, because every value is
+    /// exactly representable there (see [`dense`]).
+    pub fn half_precision_layers(&self) -> usize {
+        self.hidden
+            .iter()
+            .chain([&self.head])
+            .filter(|layer| layer.keeps_half_precision())
+            .count()
+    }
+
     /// Values of one input window.
     pub fn window_values(&self) -> usize {
         self.input.height * self.input.width

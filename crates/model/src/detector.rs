@@ -601,7 +601,7 @@ struct HalfLargeTensors;
 impl ModuleMapper for HalfLargeTensors {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         param.map(|tensor| {
-            if tensor.shape().num_elements() >= 1024 {
+            if tensor.shape().num_elements() >= crate::network::HALF_PRECISION_MIN_VALUES {
                 tensor.cast(DType::F16)
             } else {
                 tensor

@@ -167,7 +167,17 @@ impl Network {
     }
 }
 
+/// Weight tensors of at least this many values are stored in half precision in model files.
+pub const HALF_PRECISION_MIN_VALUES: usize = 1024;
+
 impl Network {
+    /// The network as a model file keeps it: tensors of [`HALF_PRECISION_MIN_VALUES`] or more
+    /// rounded to half precision (and computed in f32). A benchmark of a freshly initialised
+    /// network measures what a loaded model costs only after this.
+    pub fn as_stored(self) -> Self {
+        self.map(&mut RoundLargeTensors)
+    }
+
     /// The trained weights in plain arrays, for [`auscult_inference::CompiledNetwork`]; with
     /// `normalisation`, the compiled network takes raw log-mel windows.
     pub fn weights(
@@ -235,5 +245,24 @@ fn dense_weights(linear: &Linear) -> auscult_inference::DenseWeights {
         outputs,
         weights: values(linear.weight.val()),
         bias: linear.bias.as_ref().map(|b| values(b.val())),
+    }
+}
+
+/// Rounds large tensors to half precision, keeping them in f32.
+struct RoundLargeTensors;
+
+impl burn::module::ModuleMapper for RoundLargeTensors {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.map(|tensor| {
+            if tensor.shape().num_elements() >= HALF_PRECISION_MIN_VALUES {
+                let dtype = tensor.dtype();
+                tensor.cast(burn::tensor::DType::F16).cast(dtype)
+            } else {
+                tensor
+            }
+        })
     }
 }

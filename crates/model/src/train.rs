@@ -8,14 +8,14 @@
 //! offsets with a random gain, so the network cannot memorise where windows start or how loud a
 //! recording was.
 
+pub mod adam;
 mod fitting;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -28,6 +28,7 @@ use crate::detector::{self, Detector};
 use crate::evaluate;
 use crate::file::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 use crate::network::{Network, NetworkConfig};
+use adam::FusedAdam;
 use fitting::{fit_profiles, validate};
 
 /// How to train.
@@ -210,9 +211,10 @@ pub fn train(
     device.seed(config.seed);
     let train_device = device.clone().autodiff();
     let mut network = network_config.init(&train_device);
-    let mut optimizer = AdamConfig::new()
-        .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay)))
-        .init();
+    let mut optimizer = ModuleOptimizer::from(FusedAdam {
+        weight_decay: Some(config.weight_decay),
+        ..FusedAdam::default()
+    });
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
 

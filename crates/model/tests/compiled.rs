@@ -86,9 +86,19 @@ fn relative_difference(got: &[f32], want: &[f32]) -> f32 {
 }
 
 fn assert_same_answers(config: &NetworkConfig, batches: &[usize]) {
-    let network = trained_looking(config, 7);
+    assert_same_answers_of(trained_looking(config, 7), batches, false);
+}
+
+fn assert_same_answers_of(network: Network, batches: &[usize], stored: bool) {
     let normalisation = normalisation();
     let compiled = network.compile(Some(&normalisation)).expect("compile");
+    if !stored {
+        assert_eq!(
+            compiled.half_precision_layers(),
+            0,
+            "f32 weights stay in f32"
+        );
+    }
     for (i, &batch) in batches.iter().enumerate() {
         let raw = windows(batch, 100 + i as u64);
         let (want_logits, want_embeddings) = burn_forward(&network, &normalisation, &raw);
@@ -109,6 +119,19 @@ fn assert_same_answers(config: &NetworkConfig, batches: &[usize]) {
 fn the_reference_design_gives_burns_answers_at_every_batch_size() {
     // 1 and 3: split inside each window; 32 and 33: split by window, with a remainder.
     assert_same_answers(&NetworkConfig::reference(), &[1, 3, 32, 33]);
+}
+
+#[test]
+fn a_network_as_stored_in_a_model_file_gives_burns_answers() {
+    // Large tensors exactly representable in f16: the dense layers keep their weights in f16.
+    let network = trained_looking(&NetworkConfig::reference(), 11).as_stored();
+    let compiled = network.compile(None).expect("compile");
+    assert_eq!(
+        compiled.half_precision_layers(),
+        3,
+        "the three large dense layers"
+    );
+    assert_same_answers_of(network, &[1, 4, 32], true);
 }
 
 #[test]

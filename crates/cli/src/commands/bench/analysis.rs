@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use auscult_inference::CompiledNetwork;
 use auscult_model::network::{Network, NetworkConfig};
+use auscult_model::train::adam::FusedAdam;
 use auscult_signal::{BANDS, FRAMES, MelSpectrogram, SpectrogramConfig, WINDOW_VALUES};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use crate::commands::recordings::round;
@@ -76,7 +77,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     say(format!("spectrogram: {spectrogram_us:.0} µs per window"));
 
     let device = auscult_model::default_device();
-    let network = config.init(&device).valid();
+    // Weights as a model file holds them, as the service would load them.
+    let network = config.init(&device).valid().as_stored();
     let compiled = network.compile(None)?;
     let batch1 = time_compiled(&compiled, 1, args.seconds)? * 1e3;
     say(format!("CNN, batch 1: {batch1:.3} ms per window"));
@@ -191,11 +193,12 @@ fn time_burn(network: &Network, batch: usize, seconds: f64) -> f64 {
     started.elapsed().as_secs_f64() / (runs as f64 * batch as f64)
 }
 
-/// Seconds per training step: forward, cross-entropy, backward and Adam on one batch.
+/// Seconds per training step as `auscult train` takes it: forward, cross-entropy, backward and
+/// Adam on one batch.
 fn time_training_step(config: &NetworkConfig, seconds: f64) -> anyhow::Result<f64> {
     let device = auscult_model::default_device().autodiff();
     let mut network = config.init(&device);
-    let mut optimizer = AdamConfig::new().init();
+    let mut optimizer = ModuleOptimizer::from(FusedAdam::default());
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let input = Tensor::<4>::from_data(
         TensorData::new(windows(TRAIN_BATCH), [TRAIN_BATCH, 1, FRAMES, BANDS]),
