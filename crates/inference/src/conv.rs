@@ -1,16 +1,19 @@
 //! 3×3 convolutions over zero-bordered, channels-innermost feature maps, as GEMMs that read the
 //! input in place, and the 2×2 max-pool that follows each block.
 //!
-//! A map of `height` × `width` pixels is stored with a one-pixel border of zeros, pixel (y, x) at
-//! position `(y + 1) · (width + 2) + x + 1`, its channels contiguous. The output at position `q`
-//! is then Σ over kernel rows `dy` of (the `3 · c_in` contiguous input values starting at position
-//! `q + (dy − 1) · (width + 2) − 1`) × (that kernel row's `3 · c_in × c_out` weights). Seen over
-//! consecutive positions, those input slices are the rows of a matrix whose rows overlap (row
-//! stride `c_in`, row length `3 · c_in`): three GEMMs per output range and no im2col copy. The
-//! price is computing the two border columns between rows, which the epilogue clears (or the
-//! pool never reads): 3–12 % more arithmetic on these maps, against copying every input value
-//! nine times. With a single input channel the rows would be 3 values long, too short for the
-//! kernels, so the first layer copies its 9-value patches into a small per-thread buffer instead.
+//! A map of `height` × `width` pixels is stored in rows of `width + 1` positions, the last of
+//! each row zero, between a zero row above and below and after one leading zero: pixel (y, x)
+//! at position `1 + (y + 1) · (width + 1) + x`, its channels contiguous. One zero column is
+//! enough for a 3×3 kernel: the left neighbour of a row's first pixel is the previous row's zero.
+//! The output at position `q` is then Σ over kernel rows `dy` of (the `3 · c_in` contiguous input
+//! values starting at position `q + (dy − 1) · (width + 1) − 1`) × (that kernel row's
+//! `3 · c_in × c_out` weights). Seen over consecutive positions, those input slices are the rows
+//! of a matrix whose rows overlap (row stride `c_in`, row length `3 · c_in`): three GEMMs per
+//! output range and no im2col copy. The price is computing the zero column between rows, which
+//! the epilogue clears (or the pool never reads): 1.6–6 % more arithmetic on these maps, against
+//! copying every input value nine times. With a single input channel the rows would be 3 values
+//! long, too short for the kernels, so the first layer copies its 9-value patches into a small
+//! per-thread buffer instead.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -31,20 +34,25 @@ pub(crate) struct Plane {
 }
 
 impl Plane {
-    pub fn padded_width(self) -> usize {
-        self.width + 2
+    /// Positions from one row to the next: the pixels and one zero.
+    pub fn row_stride(self) -> usize {
+        self.width + 1
+    }
+
+    /// Position of pixel (y, x).
+    pub fn pixel(self, y: usize, x: usize) -> usize {
+        1 + (y + 1) * self.row_stride() + x
     }
 
     /// Positions of one bordered map.
     pub fn positions(self) -> usize {
-        (self.height + 2) * self.padded_width()
+        (self.height + 2) * self.row_stride() + 1
     }
 
-    /// The positions a convolution computes: from the first pixel to the last, the border
-    /// columns between rows included.
+    /// The positions a convolution computes: from the first pixel to the last, the zero column
+    /// between rows included.
     pub fn computed(self) -> Range<usize> {
-        let row = self.padded_width();
-        row + 1..self.height * row + self.width + 1
+        self.pixel(0, 0)..self.pixel(self.height - 1, self.width - 1) + 1
     }
 
     pub fn halved(self) -> Self {
@@ -166,7 +174,7 @@ impl Conv3x3 {
 
     /// The raw convolution at positions `range` into `dst`.
     fn compute(&self, plane: Plane, input: &[f32], range: Range<usize>, dst: &mut [f32]) {
-        let row = plane.padded_width();
+        let row = plane.row_stride();
         let c = self.c_in;
         let width = 3 * c;
         // Input position of kernel row 0, column 0 for output position `q`: q − row − 1.
@@ -224,10 +232,10 @@ impl Conv3x3 {
     }
 
     fn bias_relu_border(&self, plane: Plane, first: usize, dst: &mut [f32]) {
-        let row = plane.padded_width();
+        let row = plane.row_stride();
         for (i, pixel) in dst.chunks_exact_mut(self.c_out).enumerate() {
-            let x = (first + i) % row;
-            if x == 0 || x == row - 1 {
+            let x = (first + i - 1) % row;
+            if x == plane.width {
                 pixel.fill(0.0);
             } else {
                 for (v, b) in pixel.iter_mut().zip(&self.bias) {
@@ -272,13 +280,11 @@ impl BatchNormWeights {
     }
 }
 
-/// Where a pool writes its rows: row `first_row + py` of `row_positions` positions, from
-/// position `first_col` on.
+/// Where a pool writes: pooled pixel (py, px) at position `first + py · row_positions + px`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PoolTarget {
+    pub first: usize,
     pub row_positions: usize,
-    pub first_row: usize,
-    pub first_col: usize,
 }
 
 /// 2×2, stride 2 max-pool of a raw convolution output, then bias and ReLU — both commute with
@@ -292,19 +298,13 @@ pub(crate) fn pool_bias_relu(
     parallel: bool,
 ) {
     let c = bias.len();
-    let row = plane.padded_width();
+    let row = plane.row_stride();
     let pooled = plane.halved();
-    let task = |(r, out): (usize, &mut [f32])| {
-        let Some(py) = r
-            .checked_sub(into.first_row)
-            .filter(|py| *py < pooled.height)
-        else {
-            return;
-        };
+    let task = |(py, out): (usize, &mut [f32])| {
         for px in 0..pooled.width {
-            let top = ((1 + 2 * py) * row + 1 + 2 * px) * c;
+            let top = plane.pixel(2 * py, 2 * px) * c;
             let bottom = top + row * c;
-            let at = (into.first_col + px) * c;
+            let at = px * c;
             let pixel = &mut out[at..at + c];
             for ch in 0..c {
                 let m = conv_out[top + ch]
@@ -315,8 +315,10 @@ pub(crate) fn pool_bias_relu(
             }
         }
     };
-    let rows = (into.first_row + pooled.height) * into.row_positions * c;
-    let target = &mut target[..rows];
+    // Whole rows of the target from pooled row 0 on; the last one may end at the last pixel.
+    let start = into.first * c;
+    let end = start + ((pooled.height - 1) * into.row_positions + pooled.width) * c;
+    let target = &mut target[start..end];
     if parallel {
         target
             .par_chunks_mut(into.row_positions * c)

@@ -343,10 +343,9 @@ impl CompiledNetwork {
     fn convolve(&self, window: &[f32], maps: &mut FeatureMaps, out: &mut [f32], parts: usize) {
         let layout = maps.fit(self);
         let input = self.input;
-        let row = input.padded_width();
         let first = &mut maps.blocks[0].input;
         for (y, values) in window.chunks_exact(input.width).enumerate() {
-            let at = (y + 1) * row + 1;
+            let at = input.pixel(y, 0);
             let target = &mut first[at..at + input.width];
             match &self.normalisation {
                 Some(n) => {
@@ -382,17 +381,15 @@ impl CompiledNetwork {
                 Some(next) => (
                     &mut next.input[..],
                     PoolTarget {
-                        row_positions: pooled.padded_width(),
-                        first_row: 1,
-                        first_col: 1,
+                        first: pooled.pixel(0, 0),
+                        row_positions: pooled.row_stride(),
                     },
                 ),
                 None => (
                     &mut out[..],
                     PoolTarget {
+                        first: 0,
                         row_positions: pooled.width,
-                        first_row: 0,
-                        first_col: 0,
                     },
                 ),
             };
