@@ -164,14 +164,16 @@ def main():
 
     binary = find_auscult(args.auscult)
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
-    say(f"timing PyTorch {torch.__version__} on {args.threads} threads…")
-    network, pytorch = time_pytorch(args.seconds, args.threads)
-    say(f"timing ONNX Runtime {ort.__version__}…")
-    onnx = time_onnxruntime(network, args.seconds, args.threads)
+    # auscult first: PyTorch's and ONNX Runtime's worker threads keep spinning for a while after
+    # their last run, and would take cores from whatever runs next.
     say(f"timing {binary} bench analysis…")
     # auscult sizes its pool from the cores; RAYON_NUM_THREADS holds it to the same count.
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     ours = time_auscult(binary, args.seconds)
+    say(f"timing PyTorch {torch.__version__} on {args.threads} threads…")
+    network, pytorch = time_pytorch(args.seconds, args.threads)
+    say(f"timing ONNX Runtime {ort.__version__}…")
+    onnx = time_onnxruntime(network, args.seconds, args.threads)
     auscult = {
         "ms_batch1": ours["cnn_ms_batch1"],
         "ms_batch32": ours["cnn_ms_batch32"],
