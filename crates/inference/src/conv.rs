@@ -15,7 +15,6 @@
 //! long, too short for the kernels, so the first layer copies its 9-value patches into a small
 //! per-thread buffer instead.
 
-use std::cell::RefCell;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -199,7 +198,7 @@ impl Conv3x3 {
             return;
         }
         let patch = 3 * width;
-        let mut run_with = |columns: &mut Vec<f32>| {
+        crate::with_scratch(|columns| {
             columns.clear();
             columns.resize(rows * patch, 0.0);
             for (r, out) in columns.chunks_exact_mut(patch).enumerate() {
@@ -221,13 +220,6 @@ impl Conv3x3 {
                 row_stride: self.c_out,
             };
             multiply(dst, self.c_out, false, lhs, rhs);
-        };
-        thread_local! {
-            static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-        }
-        COLUMNS.with(|columns| match columns.try_borrow_mut() {
-            Ok(mut columns) => run_with(&mut columns),
-            Err(_) => run_with(&mut Vec::new()),
         });
     }
 

@@ -14,8 +14,6 @@
 //! run time (pulp). Inputs after a ReLU are about half zeros, and a weight row whose input is
 //! zero for the whole batch is not read at all.
 
-use std::cell::RefCell;
-
 use half::f16;
 use rayon::prelude::*;
 
@@ -178,10 +176,7 @@ impl Dense {
         columns: usize,
         block: &mut [f32],
     ) {
-        thread_local! {
-            static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-        }
-        let mut run_with = |wide: &mut Vec<f32>| {
+        crate::with_scratch(|wide| {
             wide.clear();
             wide.resize(HALF_BLOCK_ROWS * columns, 0.0);
             for start in (0..self.inputs).step_by(HALF_BLOCK_ROWS) {
@@ -204,10 +199,6 @@ impl Dense {
                 };
                 multiply(block, columns, start > 0, lhs, rhs);
             }
-        };
-        WIDE.with(|wide| match wide.try_borrow_mut() {
-            Ok(mut wide) => run_with(&mut wide),
-            Err(_) => run_with(&mut Vec::new()),
         });
     }
 
@@ -223,9 +214,6 @@ impl Dense {
         relu: bool,
         tasks: usize,
     ) {
-        thread_local! {
-            static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-        }
         let parts = tasks.clamp(1, self.inputs.max(1));
         let rows_per_part = self.inputs.div_ceil(parts).max(1);
         let width = batch * self.outputs;
@@ -236,21 +224,17 @@ impl Dense {
         let task = |(p, sums): (usize, &mut [f32])| {
             let start = (p * rows_per_part).min(self.inputs);
             let rows = start..((p + 1) * rows_per_part).min(self.inputs);
-            let mut run_with = |wide: &mut Vec<f32>| {
+            crate::with_scratch(|wide| {
                 wide.clear();
                 wide.resize(self.outputs, 0.0);
                 pulp::Arch::new().dispatch(RowByRow {
                     layer: self,
                     x,
                     batch,
-                    rows: rows.clone(),
+                    rows,
                     sums,
                     wide,
                 });
-            };
-            WIDE.with(|wide| match wide.try_borrow_mut() {
-                Ok(mut wide) => run_with(&mut wide),
-                Err(_) => run_with(&mut Vec::new()),
             });
         };
         if parts > 1 {

@@ -30,6 +30,20 @@ use rayon::prelude::*;
 use conv::{Conv3x3, Finish, Plane, PoolTarget, pool_bias_relu};
 use dense::Dense;
 
+thread_local! {
+    /// Each thread's scratch buffer for values staged just before a GEMM (im2col patches of the
+    /// first layer, f16 weights widened to f32): allocated once per thread, reused by every call.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer, or a fresh one should a caller up the stack hold it.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
 /// A network's weights in burn's layouts, as read from a trained model.
 #[derive(Debug, Clone)]
 pub struct NetworkWeights {

@@ -134,26 +134,23 @@ fn a_network_as_stored_in_a_model_file_gives_burns_answers() {
     assert_same_answers_of(network, &[1, 4, 32], true);
 }
 
-#[test]
-fn a_small_network_gives_burns_answers() {
-    let config = NetworkConfig {
+fn small() -> NetworkConfig {
+    NetworkConfig {
         channels: [4, 8, 16],
         hidden: [48, 40, 24],
         classes: 5,
         dropout: 0.0,
-    };
-    assert_same_answers(&config, &[1, 2, 9]);
+    }
+}
+
+#[test]
+fn a_small_network_gives_burns_answers() {
+    assert_same_answers(&small(), &[1, 2, 9]);
 }
 
 #[test]
 fn a_wrong_sized_input_is_refused() {
-    let config = NetworkConfig {
-        channels: [4, 8, 16],
-        hidden: [48, 40, 24],
-        classes: 5,
-        dropout: 0.0,
-    };
-    let compiled = config
+    let compiled = small()
         .init(&auscult_model::default_device())
         .compile(None)
         .expect("compile");
