@@ -3,7 +3,9 @@
 //!
 //! Frames of one sensor in a batch are scored in order, round by round, so that each is judged with
 //! the verdicts of the frames just before it (its stream history); frames of different sensors in
-//! the same round go in one request.
+//! the same round go in one request. A request that fails as a whole is split until the frame that
+//! made it fail is alone ([`score_round`]): one frame analysis cannot take never costs the frames
+//! beside it an attempt.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::replicas::AnalysisReplicas;
+use crate::replicas::{AnalysisReplicas, CallError};
 use crate::settings::Settings;
 
 /// What a worker needs, shared by all of a listener's workers.
@@ -119,24 +121,7 @@ async fn work_batch(context: &WorkerContext, jobs: Vec<ClaimedJob>) {
             .iter()
             .map(|job| score_item(job, &remembered, context.settings.jobs.history_frames))
             .collect();
-        let started = std::time::Instant::now();
-        let outcome = context.replicas.score(pb::ScoreRequest { items }).await;
-        metrics::histogram!("auscult_listener_score_call_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let (results, failures) = match outcome {
-            Ok(response) if response.results.len() == round.len() => {
-                split_outcomes(&round, response.results)
-            }
-            Ok(response) => {
-                let error = format!(
-                    "analysis answered {} results for {} items",
-                    response.results.len(),
-                    round.len()
-                );
-                (Vec::new(), fail_all(&round, &error))
-            }
-            Err(e) => (Vec::new(), fail_all(&round, &e.to_string())),
-        };
+        let (results, failures) = score_round(context, &round, items).await;
         for result in &results {
             if let Some(job) = round.iter().find(|j| j.frame_id == result.frame_id) {
                 remembered.insert(
@@ -240,6 +225,73 @@ fn score_item(
         history,
     }
 }
+
+/// Scores one round. A call that fails as a whole — after the replicas' own retries — may have
+/// failed because of one item (a frame whose analysis crashes a replica, overruns the deadline or is
+/// refused), so its items are split in halves, each half sent on its own, down to single items:
+/// the frame at fault fails alone, with the error it caused, and every other frame is scored.
+/// When no replica is reachable at all, splitting would only multiply failing calls: whatever is
+/// left of the round fails together and returns after its backoff.
+async fn score_round(
+    context: &WorkerContext,
+    round: &[&ClaimedJob],
+    items: Vec<pb::ScoreItem>,
+) -> (Vec<NewResult>, Vec<FailedAttempt>) {
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    // Ranges of the round still to score, last pushed first.
+    let mut pending = Vec::new();
+    pending.push(0..round.len());
+    while let Some(part) = pending.pop() {
+        let jobs = &round[part.clone()];
+        let started = std::time::Instant::now();
+        let outcome = context
+            .replicas
+            .score(pb::ScoreRequest {
+                items: items[part.clone()].to_vec(),
+            })
+            .await;
+        metrics::histogram!("auscult_listener_score_call_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let error = match outcome {
+            Ok(response) if response.results.len() == jobs.len() => {
+                let (scored, failed) = split_outcomes(jobs, response.results);
+                results.extend(scored);
+                failures.extend(failed);
+                continue;
+            }
+            Ok(response) => format!(
+                "analysis answered {} results for {} items",
+                response.results.len(),
+                jobs.len()
+            ),
+            Err(e @ CallError::NoReplica(_)) => {
+                failures.extend(fail_all(jobs, &e.to_string()));
+                for rest in pending.drain(..) {
+                    failures.extend(fail_all(&round[rest], &e.to_string()));
+                }
+                break;
+            }
+            Err(e) => e.to_string(),
+        };
+        if jobs.len() > 1 {
+            metrics::counter!(ROUND_SPLITS_TOTAL).increment(1);
+            debug!(
+                items = jobs.len(),
+                "a score call failed as a whole ({error}); splitting it"
+            );
+            let middle = part.start + jobs.len() / 2;
+            pending.push(middle..part.end);
+            pending.push(part.start..middle);
+        } else {
+            failures.extend(fail_all(jobs, &error));
+        }
+    }
+    (results, failures)
+}
+
+/// Score calls that failed as a whole and were split to find the frame at fault.
+pub const ROUND_SPLITS_TOTAL: &str = "auscult_listener_round_splits_total";
 
 fn fail_all(round: &[&ClaimedJob], error: &str) -> Vec<FailedAttempt> {
     round
