@@ -85,6 +85,10 @@ async fn a_frame_that_fails_whole_calls_fails_alone() {
         "listener",
         &[format!("http://127.0.0.1:{port}")],
         &[
+            // One worker claiming everything at once: the poisoned frame then shares its score
+            // call with the other device's frame of the same round, the case under test.
+            ("AUSCULT__JOBS__CONCURRENCY", "1"),
+            ("AUSCULT__JOBS__BATCH", "64"),
             ("AUSCULT__JOBS__MAX_ATTEMPTS", "2"),
             ("AUSCULT__JOBS__RETRY_BACKOFF", "50ms"),
             ("AUSCULT__ANALYSIS__RETRIES", "1"),
