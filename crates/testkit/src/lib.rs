@@ -6,6 +6,8 @@ mod postgres;
 mod process;
 mod search;
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::{future::Future, net::TcpListener, time::Duration};
 
 pub use postgres::PostgresServer;
@@ -29,10 +31,47 @@ pub enum TestkitError {
     Io(#[from] std::io::Error),
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago. Another process may take it before it is used, so
-/// starters retry with a new port when binding fails.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test is about to start.
+///
+/// Ports come from just below the kernel's ephemeral range (`ip_local_port_range`, 32768–60999 by
+/// default): a port that `bind(0)` returns lies inside that range, and the kernel may give it to an
+/// outgoing connection — a client's, PostgreSQL's — before the server binds it ("address already in
+/// use"). Below the range only explicit binds compete. Each process walks the range from its own
+/// start and never hands out a port twice, so concurrent tests in one process never collide; ports
+/// something already listens on are skipped.
 pub fn free_port() -> Result<u16, TestkitError> {
+    static START: OnceLock<u32> = OnceLock::new();
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let ports = service_ports();
+    let span = ports.end - ports.start;
+    if span > 0 {
+        let start = *START.get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            (std::process::id().wrapping_mul(7919) ^ nanos) % span
+        });
+        for _ in 0..span {
+            let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+            let Ok(port) = u16::try_from(ports.start + (start + n) % span) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Up to 12,000 ports ending where the kernel's ephemeral range starts.
+fn service_ports() -> std::ops::Range<u32> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .min(65_536);
+    ephemeral_start.saturating_sub(12_000).max(1_024)..ephemeral_start
 }
 
 /// Polls `condition` every 20 ms until it returns `Some` or `timeout` passes: how tests wait for something to
