@@ -489,6 +489,7 @@ struct Workspace {
     flattened: Vec<f32>,
     hidden: Vec<Vec<f32>>,
     activated_embedding: Vec<f32>,
+    /// Dense layers' per-task partial products; each layer grows it to what it needs.
     partial: Vec<f32>,
 }
 
@@ -509,13 +510,5 @@ impl Workspace {
             &mut self.activated_embedding,
             batch * network.embedding_size(),
         );
-        let widest = network
-            .hidden
-            .iter()
-            .map(|l| l.outputs)
-            .chain([network.head.outputs])
-            .max()
-            .unwrap_or(0);
-        grow(&mut self.partial, batch * widest);
     }
 }

@@ -244,11 +244,6 @@ impl Detector {
         &self.network
     }
 
-    /// The network compiled for scoring on CPUs, normalisation included.
-    pub fn compiled(&self) -> &CompiledNetwork {
-        &self.compiled
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
