@@ -28,10 +28,7 @@ impl Stack {
     /// Like [`Stack::start`], for an ingest configured (through `env`) to serve TLS; test clients use
     /// `client_tls`.
     pub async fn start_with_tls(env: &[(&str, &str)], client_tls: Option<ClientTlsConfig>) -> Self {
-        let postgres = tokio::task::spawn_blocking(PostgresServer::start)
-            .await
-            .expect("join")
-            .expect("postgres");
+        let postgres = start_postgres().await;
         let mut client = connect(&postgres.url()).await;
         auscult_store::migrate(&mut client).await.expect("migrate");
         let extra_env: Vec<(String, String)> = env
@@ -183,6 +180,14 @@ pub fn spawn_ingest(
     ];
     env.extend(extra.iter().cloned());
     ServiceProcess::spawn("auscult-ingest", &[], env).expect("spawn ingest")
+}
+
+/// A throwaway PostgreSQL server, started off the async runtime (it waits for the server to accept).
+pub async fn start_postgres() -> PostgresServer {
+    tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("join")
+        .expect("postgres")
 }
 
 /// One connection, driven in the background.

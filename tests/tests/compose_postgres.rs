@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use auscult_e2e::wait_for_count;
-use auscult_testkit::{PostgresServer, free_port, wait_for};
+use auscult_e2e::{start_postgres, wait_for_count};
+use auscult_testkit::{free_port, wait_for};
 use tokio_postgres::NoTls;
 
 const REPLICATION_PASSWORD: &str = "test-replication-secret";
@@ -105,10 +105,7 @@ async fn streams_synchronously(admin: &tokio_postgres::Client) -> bool {
 
 #[tokio::test]
 async fn the_compose_scripts_make_a_synchronous_hot_standby() {
-    let primary = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("join")
-        .expect("primary");
+    let primary = start_postgres().await;
     let user = primary.os_user().map(str::to_owned);
     let path = format!(
         "{}:{}",

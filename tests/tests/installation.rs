@@ -4,8 +4,8 @@
 
 use std::{path::Path, process::Output, time::Duration};
 
-use auscult_e2e::{Stack, auscult, start_listener, succeeded};
-use auscult_testkit::{PostgresServer, ServiceProcess, free_port, wait_grpc_serving};
+use auscult_e2e::{Stack, auscult, start_listener, start_postgres, succeeded};
+use auscult_testkit::{ServiceProcess, free_port, wait_grpc_serving};
 
 fn failed(output: &Output) -> String {
     assert!(
@@ -25,10 +25,7 @@ fn models(url: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn setup_prepares_a_fresh_database_and_analysis_reports_serving() {
-    let pg = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("join")
-        .expect("postgres");
+    let pg = start_postgres().await;
     let url = pg.url();
 
     // What a service's init container waits on: nothing is migrated yet.
@@ -115,10 +112,7 @@ async fn setup_prepares_a_fresh_database_and_analysis_reports_serving() {
 
 #[tokio::test]
 async fn setup_run_again_never_undoes_an_operators_model_choice() {
-    let pg = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("join")
-        .expect("postgres");
+    let pg = start_postgres().await;
     let url = pg.url();
     succeeded(&auscult(&url, &["setup", "--wait-for-database", "30s"]));
     let shipped = models(&url)[0]["version"]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use auscult_e2e::{
     AnalysisProcess, activate_shipped_model, connect, expect_logged, scoring_progress,
-    spawn_ingest, start_listener, wait_ingest_serving,
+    spawn_ingest, start_listener, start_postgres, wait_ingest_serving,
 };
-use auscult_testkit::{PostgresServer, free_port, wait_for, workspace_binary};
+use auscult_testkit::{free_port, wait_for, workspace_binary};
 
 const DATABASE_PASSWORD: &str = "db-pw-5d1c0e-must-not-leak";
 const ELASTIC_PASSWORD: &str = "es-pw-93b2aa-must-not-leak";
@@ -21,10 +21,7 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
 
 #[tokio::test]
 async fn no_credential_reaches_a_log() {
-    let postgres = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("join")
-        .expect("postgres");
+    let postgres = start_postgres().await;
     let mut db = connect(&postgres.url()).await;
     auscult_store::migrate(&mut db).await.expect("migrate");
     activate_shipped_model(&mut db).await;

@@ -8,8 +8,8 @@
 use std::{sync::atomic::Ordering, time::Duration};
 
 use auscult_e2e::{
-    auscult, connect, expect_logged, fetch_metrics, metric, spawn_ingest, succeeded,
-    wait_for_count, wait_ingest_serving,
+    auscult, connect, expect_logged, fetch_metrics, metric, spawn_ingest, start_postgres,
+    succeeded, wait_for_count, wait_ingest_serving,
 };
 use auscult_gateway::{Gateway, GatewayConfig, Identity, SyntheticSource};
 use auscult_testkit::{PostgresServer, free_port};
@@ -20,10 +20,7 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is_down() {
-    let primary = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("join")
-        .expect("primary");
+    let primary = start_postgres().await;
     let admin = connect(&primary.url()).await;
     // One statement per call: ALTER SYSTEM refuses to run inside the implicit transaction of a batch.
     for statement in [
@@ -165,10 +162,7 @@ async fn acknowledged_frames_are_on_the_synchronous_standby_and_wait_while_it_is
 
 #[tokio::test]
 async fn ingest_is_unready_on_a_standby_and_says_when_acknowledgements_are_not_replicated() {
-    let primary = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("join")
-        .expect("primary");
+    let primary = start_postgres().await;
     succeeded(&auscult(&primary.url(), &["migrate"]));
     // Asynchronous replication: the primary commits without waiting for anyone.
     let standby = PostgresServer::start_standby(&primary, "standby").expect("standby");
