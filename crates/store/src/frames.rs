@@ -102,6 +102,7 @@ async fn store_by_copy(
     received_at: SystemTime,
 ) -> Result<Stored, StoreError> {
     let tx = client.transaction().await?;
+    lock_streams(&tx, unique).await?;
     let existing = stored_checksums(&tx, unique).await?;
     let new: Vec<&Frame> = unique
         .iter()
@@ -129,24 +130,32 @@ async fn store_by_copy(
     Ok((new.into_iter().map(|f| f.key.clone()).collect(), existing))
 }
 
-/// The careful path: one INSERT … ON CONFLICT DO NOTHING for the batch, then the checksums of what was skipped.
+/// The careful path: one INSERT … ON CONFLICT DO NOTHING for the keys not stored yet, then the checksums of
+/// what was skipped.
 async fn store_by_insert(
     client: &mut tokio_postgres::Client,
     unique: &[&Frame],
     received_at: SystemTime,
 ) -> Result<Stored, StoreError> {
     let tx = client.transaction().await?;
-    let inserted = insert_unique(&tx, unique, received_at).await?;
-    let existing = if inserted.len() < unique.len() {
-        let skipped: Vec<&Frame> = unique
+    lock_streams(&tx, unique).await?;
+    let mut existing = stored_checksums(&tx, unique).await?;
+    let new: Vec<&Frame> = unique
+        .iter()
+        .filter(|f| !existing.contains_key(&f.key))
+        .copied()
+        .collect();
+    let inserted = insert_unique(&tx, &new, received_at).await?;
+    if inserted.len() < new.len() {
+        // Stored by a writer that does not take the stream locks (a release before them, during a
+        // rolling upgrade): compare with what it stored.
+        let skipped: Vec<&Frame> = new
             .iter()
             .filter(|f| !inserted.contains(&f.key))
             .copied()
             .collect();
-        stored_checksums(&tx, &skipped).await?
-    } else {
-        HashMap::new()
-    };
+        existing.extend(stored_checksums(&tx, &skipped).await?);
+    }
     if !inserted.is_empty() {
         notify(&tx, inserted.len()).await?;
     }
@@ -229,6 +238,9 @@ async fn insert_unique(
     frames: &[&Frame],
     received_at: SystemTime,
 ) -> Result<HashSet<FrameKey>, StoreError> {
+    if frames.is_empty() {
+        return Ok(HashSet::new());
+    }
     let KeyColumns {
         device_ids,
         sensor_ids,
@@ -294,7 +306,45 @@ async fn insert_unique(
     Ok(rows.iter().map(key_of_row).collect::<Result<_, _>>()?)
 }
 
-/// The stored checksums of frames whose keys already existed.
+/// Namespace of the stream locks among advisory locks (the two-key form; the migration lock uses the other).
+const STREAM_LOCK_CLASS: i32 = 0x6175_7363;
+
+/// Serialises the writers of each (device, sensor) for the rest of the transaction. `frames` is partitioned
+/// by capture time and PostgreSQL enforces uniqueness only within a partition, so a frame key is kept unique
+/// across partitions by checking it in every partition and storing it under this lock: two writers of the
+/// same key, with different capture times, cannot both find it absent. Locks are taken in one global order,
+/// so two batches that share sensors wait for each other instead of deadlocking.
+async fn lock_streams(
+    tx: &tokio_postgres::Transaction<'_>,
+    frames: &[&Frame],
+) -> Result<(), StoreError> {
+    let mut keys: Vec<i32> = frames
+        .iter()
+        .map(|f| stream_lock_key(&f.key.device_id, &f.key.sensor_id))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+        &[&STREAM_LOCK_CLASS, &keys],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A stable 32-bit digest of a sensor stream: the same in every replica and release. Two streams that share
+/// a digest only wait for each other.
+fn stream_lock_key(device_id: &str, sensor_id: &str) -> i32 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(device_id.as_bytes())
+        .chain_update([0u8])
+        .chain_update(sensor_id.as_bytes())
+        .finalize();
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// The stored checksums of frames whose keys already existed, in whatever partition they were stored.
 async fn stored_checksums(
     tx: &tokio_postgres::Transaction<'_>,
     frames: &[&Frame],
@@ -386,12 +436,7 @@ pub async fn frame_audio(
         .await?;
     let mut audio = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
-        let encoding: String = row.try_get(3)?;
-        let encoding = match encoding.as_str() {
-            "f32le" => auscult_frame::SampleEncoding::F32le,
-            // The schema admits only the two encodings.
-            _ => auscult_frame::SampleEncoding::PcmS16le,
-        };
+        let encoding = decode_encoding(row.try_get(3)?);
         let sample_rate: i32 = row.try_get(1)?;
         let channels: i16 = row.try_get(2)?;
         audio.insert(
@@ -405,4 +450,12 @@ pub async fn frame_audio(
         );
     }
     Ok(audio)
+}
+
+/// The `encoding` column as a type. The schema admits only the two encodings.
+pub(crate) fn decode_encoding(column: &str) -> auscult_frame::SampleEncoding {
+    match column {
+        "f32le" => auscult_frame::SampleEncoding::F32le,
+        _ => auscult_frame::SampleEncoding::PcmS16le,
+    }
 }

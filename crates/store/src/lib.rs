@@ -8,6 +8,7 @@ mod error;
 mod frames;
 mod health;
 mod jobs;
+mod lifecycle;
 mod migrations;
 mod models;
 mod pool;
@@ -30,7 +31,14 @@ pub use health::{HealthEvent, HealthRule, sensor_states, watch_sensors};
 pub use jobs::{
     Claim, ClaimedJob, FailedAttempt, QueueDepth, claim_jobs, extend_leases, fail_jobs, queue_depth,
 };
-pub use migrations::{LATEST_VERSION, SchemaStatus, check_schema, migrate, schema_version};
+pub use lifecycle::{
+    AlertAudio, ClipFrame, DroppedPartition, InvalidPolicy, KeptAudio, LifecycleStatus,
+    PartitionStatus, PartitionedKind, PartitionedTable, PassOutcome, PassReport, QueueSize,
+    RetentionPolicy, alert_audio, lifecycle_status, run_pass,
+};
+pub use migrations::{
+    LATEST_VERSION, SchemaStatus, check_schema, migrate, migrate_to, schema_version,
+};
 pub use models::{
     MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,
     list_models, publish_model,

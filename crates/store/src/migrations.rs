@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "search projection",
         include_str!("../migrations/0004_search_projection.sql"),
     ),
+    (
+        5,
+        "partitioned storage",
+        include_str!("../migrations/0005_partitioned_storage.sql"),
+    ),
 ];
 
 /// The schema version this build expects.
@@ -35,10 +40,19 @@ const MIGRATION_LOCK_KEY: i64 = 0x0061_7573_6375_6c74;
 /// Applies every pending migration, each in its own transaction, and returns the versions applied. Safe to run
 /// from several processes at once: an advisory lock serialises them and the later ones find nothing to do.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, StoreError> {
+    migrate_to(client, LATEST_VERSION).await
+}
+
+/// Applies the pending migrations up to `target` only: how an upgrade from an older release is rehearsed
+/// (build the old schema, fill it, then migrate the rest of the way).
+pub async fn migrate_to(
+    client: &mut tokio_postgres::Client,
+    target: i32,
+) -> Result<Vec<i32>, StoreError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
-    let result = apply_pending(client).await;
+    let result = apply_pending(client, target).await;
     // Unlock even after a failure, so a retry in the same session does not deadlock on itself.
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
@@ -48,7 +62,10 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, St
     Ok(applied)
 }
 
-async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, StoreError> {
+async fn apply_pending(
+    client: &mut tokio_postgres::Client,
+    target: i32,
+) -> Result<Vec<i32>, StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -66,7 +83,10 @@ async fn apply_pending(client: &mut tokio_postgres::Client) -> Result<Vec<i32>, 
         });
     }
     let mut applied = Vec::new();
-    for &(version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+    for &(version, name, sql) in MIGRATIONS
+        .iter()
+        .filter(|(v, _, _)| *v > current && *v <= target)
+    {
         let tx = client.transaction().await?;
         tx.batch_execute(sql).await?;
         tx.execute(

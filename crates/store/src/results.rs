@@ -159,7 +159,7 @@ pub async fn complete_jobs(
                        extract(epoch FROM clock_timestamp() - f.captured_at) * 1000,
                        extract(epoch FROM clock_timestamp() - d.enqueued_at) * 1000
                 FROM input i JOIN done d USING (frame_id) JOIN frames f ON f.id = i.frame_id
-                ON CONFLICT (frame_id, model_version) DO NOTHING
+                ON CONFLICT (frame_id, model_version, captured_at) DO NOTHING
                 RETURNING id, frame_id, device_id, sensor_id, anomalous,
                           latency_from_capture_ms, latency_from_storage_ms
             ), outbox AS (
