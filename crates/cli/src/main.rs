@@ -54,6 +54,12 @@ enum Command {
     /// Kibana: load the auscult data views and dashboard.
     #[command(subcommand)]
     Kibana(commands::kibana::Command),
+    /// Data lifecycle: size per kind and partition, what leaves next and when; a pass on demand.
+    #[command(subcommand)]
+    Retention(commands::retention::Command),
+    /// Audio clips: the sound around an alert, as a WAV file.
+    #[command(subcommand)]
+    Clip(commands::clip::Command),
     /// Measure the system on this machine.
     #[command(subcommand)]
     Bench(commands::bench::Command),
@@ -77,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Model(command) => commands::model::run(command).await,
         Command::Elastic(command) => commands::elastic::run(command).await,
         Command::Kibana(command) => commands::kibana::run(command).await,
+        Command::Retention(command) => commands::retention::run(command).await,
+        Command::Clip(command) => commands::clip::run(command).await,
         Command::Bench(command) => commands::bench::run(command).await,
     }
 }

@@ -7,6 +7,7 @@
 
 mod ack;
 mod grpc;
+mod lifecycle;
 mod metrics;
 mod settings;
 mod stream;
@@ -92,6 +93,14 @@ pub async fn run(
         readiness.clone(),
         shutdown.clone(),
     ));
+    if settings.lifecycle.enabled {
+        tasks.spawn(lifecycle::maintain(
+            settings.lifecycle.clone(),
+            settings.database.url.clone(),
+            instance_name(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn({
         let (metrics_handle, readiness, stop) =
             (metrics_handle, readiness.clone(), shutdown.clone());
@@ -182,6 +191,17 @@ pub async fn run(
     pool.close();
     info!("ingest stopped");
     served.map_err(IngestError::from)
+}
+
+/// How this replica names itself in `lifecycle_state`: its host name (the pod's, in Kubernetes).
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ingest".into());
+    format!("{host}/{}", std::process::id())
 }
 
 /// Reports SERVING while the primary answers, writable, with the schema this build expects or a newer one.

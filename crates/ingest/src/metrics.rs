@@ -14,6 +14,13 @@ pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
 pub const INFLIGHT_BYTES: &str = "auscult_ingest_inflight_bytes";
 pub const ACKS_SURVIVE_PRIMARY_LOSS: &str = "auscult_ingest_acks_survive_primary_loss";
+pub const LIFECYCLE_PASSES_TOTAL: &str = "auscult_lifecycle_passes_total";
+pub const LIFECYCLE_LAST_PASS_SECONDS: &str = "auscult_lifecycle_last_pass_timestamp_seconds";
+pub const PARTITIONS_CREATED_TOTAL: &str = "auscult_lifecycle_partitions_created_total";
+pub const PARTITIONS_DROPPED_TOTAL: &str = "auscult_lifecycle_partitions_dropped_total";
+pub const BYTES_FREED_TOTAL: &str = "auscult_lifecycle_bytes_freed_total";
+pub const FRAMES_KEPT_TOTAL: &str = "auscult_lifecycle_frames_kept_total";
+pub const ROWS_PRUNED_TOTAL: &str = "auscult_lifecycle_rows_pruned_total";
 
 /// Registers help texts so that `/metrics` explains itself.
 pub fn describe() {
@@ -56,5 +63,35 @@ pub fn describe() {
         "1 when a COMMIT (and so an acknowledgement) waits for a synchronous standby \
          (synchronous_standby_names set, synchronous_commit on, remote_write or remote_apply), 0 when \
          losing the primary's disk can lose acknowledged frames."
+    );
+    describe_counter!(
+        LIFECYCLE_PASSES_TOTAL,
+        "Data lifecycle passes, by outcome (ran, busy: another replica was running one, failed)."
+    );
+    describe_gauge!(
+        LIFECYCLE_LAST_PASS_SECONDS,
+        metrics::Unit::Seconds,
+        "Unix time of this replica's last completed lifecycle pass."
+    );
+    describe_counter!(
+        PARTITIONS_CREATED_TOTAL,
+        "Time partitions created ahead of the data."
+    );
+    describe_counter!(
+        PARTITIONS_DROPPED_TOTAL,
+        "Expired time partitions dropped, by table."
+    );
+    describe_counter!(
+        BYTES_FREED_TOTAL,
+        metrics::Unit::Bytes,
+        "Bytes freed by dropping expired partitions, by table."
+    );
+    describe_counter!(
+        FRAMES_KEPT_TOTAL,
+        "Frames copied into kept audio (around anomalies and alerts) before their partition was dropped."
+    );
+    describe_counter!(
+        ROWS_PRUNED_TOTAL,
+        "Rows removed by bounded deletes, by kind (done_jobs, orphans, kept_frames, alerts)."
     );
 }

@@ -21,6 +21,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub flow: FlowSettings,
     pub tls: Option<TlsSettings>,
+    pub lifecycle: LifecycleSettings,
     /// How long shutdown may take to commit and acknowledge in-flight frames before giving up on them (they are
     /// not lost: unacknowledged frames are resent by their gateways).
     #[serde(with = "humantime_serde")]
@@ -81,6 +82,29 @@ pub struct FlowSettings {
     pub max_streams_per_connection: u32,
 }
 
+/// Partitions and retention of the data in PostgreSQL. Every replica runs the passes; one runs at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleSettings {
+    /// Run lifecycle passes. Turn off only where something else runs them (`auscult retention run` from a
+    /// scheduled job): without passes, partitions run out `retention.partitions_ahead` after the last one.
+    pub enabled: bool,
+    /// Time between passes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub retention: auscult_store::RetentionPolicy,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(600),
+            retention: auscult_store::RetentionPolicy::default(),
+        }
+    }
+}
+
 /// Serve TLS; with `client_ca_path`, also require client certificates signed by that CA (mutual TLS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +124,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             flow: FlowSettings::default(),
             tls: None,
+            lifecycle: LifecycleSettings::default(),
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -195,6 +220,28 @@ impl Settings {
         if u32::try_from(self.flow.max_inflight_bytes).is_err() {
             return fail("flow.max_inflight_bytes", "must be below 4 GiB".into());
         }
+        let lifecycle = &self.lifecycle;
+        if let Err(e) = lifecycle.retention.validate() {
+            return fail("lifecycle.retention", e.to_string());
+        }
+        if !(Duration::from_secs(10)..=lifecycle.retention.partitions_ahead / 2)
+            .contains(&lifecycle.interval)
+        {
+            return fail(
+                "lifecycle.interval",
+                "must be between 10s and half of lifecycle.retention.partitions_ahead".into(),
+            );
+        }
+        if self.limits.max_frame_age > lifecycle.retention.raw_audio {
+            return fail(
+                "limits.max_frame_age",
+                format!(
+                    "must be at most lifecycle.retention.raw_audio ({}): a frame older than the raw audio \
+                     kept could no longer be recognised as a resend",
+                    humantime::format_duration(lifecycle.retention.raw_audio)
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -222,5 +269,18 @@ mod tests {
         settings.flow.max_stream_inflight_bytes = 10;
         let error = settings.validate().unwrap_err();
         assert_eq!(error.key, "flow.max_stream_inflight_bytes");
+    }
+
+    #[test]
+    fn frames_are_never_accepted_older_than_the_raw_audio_kept() {
+        let mut settings = Settings::default();
+        settings.lifecycle.retention.raw_audio = Duration::from_secs(3 * 86_400);
+        assert_eq!(settings.validate().unwrap_err().key, "limits.max_frame_age");
+        settings.limits.max_frame_age = Duration::from_secs(2 * 86_400);
+        settings.validate().expect("valid");
+        settings.lifecycle.retention.kept_audio = Duration::from_secs(86_400);
+        let error = settings.validate().unwrap_err();
+        assert_eq!(error.key, "lifecycle.retention");
+        assert!(error.problem.starts_with("kept_audio"), "{}", error.problem);
     }
 }

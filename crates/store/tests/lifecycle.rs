@@ -199,11 +199,11 @@ async fn a_resend_is_recognised_whichever_partition_holds_the_first_copy() {
 
     let first = frame_at("gw-1", "mic-1", 7, before, 0.1);
     assert_eq!(
-        store(&mut client, &[first.clone()]).await,
+        store(&mut client, std::slice::from_ref(&first)).await,
         [InsertOutcome::Stored]
     );
     assert_eq!(
-        store(&mut client, &[first.clone()]).await,
+        store(&mut client, std::slice::from_ref(&first)).await,
         [InsertOutcome::Duplicate]
     );
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod clip;
 pub mod demo;
 pub mod device;
 pub mod elastic;
@@ -11,6 +12,7 @@ pub mod kibana;
 pub mod migrate;
 pub mod model;
 pub mod recordings;
+pub mod retention;
 pub mod score;
 pub mod setup;
 pub mod simulate;
