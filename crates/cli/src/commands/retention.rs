@@ -1,10 +1,10 @@
 //! `auscult retention`: what PostgreSQL holds per kind and partition, what leaves next and when, and a
 //! maintenance pass on demand.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use auscult_store::{LifecycleStatus, PassOutcome};
+use auscult_store::{LifecycleStatus, PassOutcome, PassReport};
 
 use crate::database::{self, DatabaseArgs};
 
@@ -44,25 +44,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Run { database, json } => {
             let mut client = database::connect(&database.url).await?;
-            let now = SystemTime::now();
-            let policy = auscult_store::lifecycle_status(&client, now)
+            let policy = auscult_store::lifecycle_status(&client, SystemTime::now())
                 .await
                 .context("reading the policy in force")?
                 .policy;
             let instance = format!("auscult retention run/{}", std::process::id());
-            match auscult_store::run_pass(&mut client, &policy, now, &instance)
-                .await
-                .context("lifecycle pass")?
-            {
-                PassOutcome::Busy => {
-                    anyhow::bail!(
-                        "another lifecycle pass is running (an ingest replica's); try again in a minute"
-                    )
-                }
-                PassOutcome::Ran(report) if json => {
+            match run_pass_waiting(&mut client, &policy, &instance).await? {
+                report if json => {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 }
-                PassOutcome::Ran(report) => {
+                report => {
                     println!(
                         "created {} partition(s), dropped {} ({} freed), kept {} frame(s) of audio, pruned {} \
                          done job(s), {} orphan row(s), {} kept frame(s), {} alert(s) in {} ms",
@@ -86,6 +77,41 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `retention run` waits for a pass that another instance is running.
+const WAIT_FOR_OTHER_PASS: Duration = Duration::from_secs(300);
+
+/// Runs a pass; while another instance (an ingest replica) runs one, waits for it to finish, then runs its
+/// own: whoever asks for a pass gets one that started after they asked.
+async fn run_pass_waiting(
+    client: &mut tokio_postgres::Client,
+    policy: &auscult_store::RetentionPolicy,
+    instance: &str,
+) -> anyhow::Result<PassReport> {
+    let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHER_PASS;
+    let mut said = false;
+    loop {
+        match auscult_store::run_pass(client, policy, SystemTime::now(), instance)
+            .await
+            .context("lifecycle pass")?
+        {
+            PassOutcome::Ran(report) => return Ok(report),
+            PassOutcome::Busy if tokio::time::Instant::now() < deadline => {
+                if !said {
+                    eprintln!(
+                        "another lifecycle pass is running (an ingest replica's); waiting for it"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            PassOutcome::Busy => anyhow::bail!(
+                "another lifecycle pass was still running after {}",
+                humantime::format_duration(WAIT_FOR_OTHER_PASS)
+            ),
+        }
+    }
+}
+
 fn print_status(status: &LifecycleStatus) {
     match (&status.last_pass_by, status.last_pass_at) {
         (Some(by), Some(at)) => println!("last pass: {} by {by}", timestamp(at)),
@@ -98,7 +124,7 @@ fn print_status(status: &LifecycleStatus) {
             kind.table,
             bytes(kind.bytes),
             kind.partitions.len(),
-            humantime::format_duration(std::time::Duration::from_secs(kind.retention_s))
+            humantime::format_duration(Duration::from_secs(kind.retention_s))
         );
         println!(
             "  {:<40} {:<22} {:<22} {:>12} {:>10}  drops at",
@@ -169,8 +195,8 @@ fn rewrite_times(value: &mut serde_json::Value) {
                     .and_then(serde_json::Value::as_u64),
                 map.len(),
             ) {
-                let at = SystemTime::UNIX_EPOCH
-                    + std::time::Duration::new(secs, u32::try_from(nanos).unwrap_or(0));
+                let at =
+                    SystemTime::UNIX_EPOCH + Duration::new(secs, u32::try_from(nanos).unwrap_or(0));
                 *value = serde_json::Value::String(timestamp(at));
                 return;
             }
