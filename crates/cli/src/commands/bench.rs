@@ -28,10 +28,15 @@ pub enum Command {
     /// steady load, and the highest rate it scores without a growing backlog. Uses DATABASE_URL or starts a
     /// throwaway PostgreSQL.
     Pipeline(pipeline::Args),
+    /// Day 30: measure ingest, fill PostgreSQL with tens of GB of frames across a month of partitions,
+    /// measure again, prune to the retention policy, measure a third time; sizes and dead rows at each step.
+    /// Uses DATABASE_URL (it adds a month of frames to it) or starts a throwaway PostgreSQL.
+    Soak(soak::Args),
 }
 
 mod analysis;
 mod pipeline;
+mod soak;
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -60,6 +65,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest(args) => ingest(args).await,
         Command::Analysis(args) => tokio::task::spawn_blocking(move || analysis::run(args)).await?,
         Command::Pipeline(args) => pipeline::run(args).await,
+        Command::Soak(args) => soak::run(args).await,
     }
 }
 
@@ -69,43 +75,134 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             eprintln!("{message}");
         }
     };
-    let (_server, url) = match &args.database_url {
-        Some(url) => (None, url.clone()),
+    let (_server, url) = bench_database(args.database_url.as_deref(), &say).await?;
+    let mut client = database::connect(&url).await?;
+    auscult_store::migrate(&mut client)
+        .await
+        .context("migrating the bench database")?;
+    let load = IngestLoad {
+        frames: args.frames,
+        streams: args.streams,
+        sensors: args.sensors,
+        window: args.window,
+        keep_rows: false,
+    };
+    let figures = measure_ingest(&url, &load, &say).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures.to_json())?);
+    } else {
+        println!(
+            "ingest: {:.0} frames/s ({:.1} MB/s), {} persisted, {} duplicates, ack latency p50 {:.1} ms, p99 {:.1} ms",
+            figures.frames_per_s,
+            figures.mb_per_s,
+            figures.persisted,
+            figures.duplicates,
+            figures.ack_p50_ms,
+            figures.ack_p99_ms
+        );
+        println!(
+            "binary COPY ceiling: {:.0} frames/s ({:.1} MB/s)",
+            figures.copy_frames_per_s, figures.copy_mb_per_s
+        );
+        println!("ratio to COPY: {:.2}", figures.ratio_to_copy);
+    }
+    Ok(())
+}
+
+/// `url`, or a throwaway PostgreSQL (kept alive by the returned server) when there is none.
+async fn bench_database(
+    url: Option<&str>,
+    say: &impl Fn(&str),
+) -> anyhow::Result<(Option<PostgresServer>, String)> {
+    Ok(match url {
+        Some(url) => (None, url.to_owned()),
         None => {
             say("starting a throwaway PostgreSQL (fsync on)…");
             let server = tokio::task::spawn_blocking(PostgresServer::start).await??;
             let url = server.url();
             (Some(server), url)
         }
-    };
-    let mut client = database::connect(&url).await?;
-    auscult_store::migrate(&mut client)
-        .await
-        .context("migrating the bench database")?;
+    })
+}
 
+/// The load of one ingest measurement.
+struct IngestLoad {
+    frames: u64,
+    streams: u64,
+    sensors: u64,
+    window: u64,
+    /// Leave the streamed frames in the database (the soak keeps them as data); otherwise they are deleted.
+    keep_rows: bool,
+}
+
+/// What one ingest measurement found.
+struct IngestFigures {
+    frames: u64,
+    persisted: i64,
+    duplicates: i64,
+    duplicates_acked: u64,
+    streams: u64,
+    elapsed_s: f64,
+    frames_per_s: f64,
+    mb_per_s: f64,
+    copy_frames_per_s: f64,
+    copy_mb_per_s: f64,
+    ratio_to_copy: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+}
+
+impl IngestFigures {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "frames": self.frames,
+            "persisted": self.persisted,
+            "duplicates": self.duplicates,
+            "duplicates_acked": self.duplicates_acked,
+            "streams": self.streams,
+            "elapsed_s": round3(self.elapsed_s),
+            "frames_per_s": round3(self.frames_per_s),
+            "mb_per_s": round3(self.mb_per_s),
+            "copy_frames_per_s": round3(self.copy_frames_per_s),
+            "copy_mb_per_s": round3(self.copy_mb_per_s),
+            "ratio_to_copy": round3(self.ratio_to_copy),
+            "ack_p50_ms": round3(self.ack_p50_ms),
+            "ack_p99_ms": round3(self.ack_p99_ms),
+        })
+    }
+}
+
+/// Streams `load.frames` one-second frames through an in-process ingest on `url`, then binary-COPYs the
+/// same rows into a table shaped like `frames` in the same database (the ceiling).
+async fn measure_ingest(
+    url: &str,
+    load: &IngestLoad,
+    say: &impl Fn(&str),
+) -> anyhow::Result<IngestFigures> {
+    let mut client = database::connect(url).await?;
     // Devices and frames, prepared before anything is timed.
     let run_id = format!(
         "bench-{}-{}",
         std::process::id(),
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)?
-            .as_secs()
+            .as_nanos()
     );
-    let per_stream = args.frames.div_ceil(args.streams);
+    let per_stream = load.frames.div_ceil(load.streams);
     let mut gateways = Vec::new();
     let mut all_frames = Vec::new();
-    let mut remaining = args.frames;
-    for g in 0..args.streams {
+    let mut remaining = load.frames;
+    for g in 0..load.streams {
         let device_id = format!("{run_id}-{g}");
         let token = auscult_store::add_device(&mut client, &device_id, "benchmark").await?;
         let count = per_stream.min(remaining);
         remaining -= count;
         let identity = Identity {
             device_id: device_id.clone(),
-            sensors: (0..args.sensors).map(|s| format!("mic-{s}")).collect(),
+            sensors: (0..load.sensors).map(|s| format!("mic-{s}")).collect(),
             stream_epoch: 1,
         };
-        let source = SyntheticSource::new(identity, count.div_ceil(args.sensors), g);
+        let source = SyntheticSource::new(identity, count.div_ceil(load.sensors), g);
         let mut prepared = PreparedSource::drain(source)?;
         prepared.truncate(usize::try_from(count)?);
         all_frames.extend(prepared.frames().cloned());
@@ -121,7 +218,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let admin = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     // AUSCULT__* variables tune the service under test exactly as they tune a deployed one.
     let mut settings = auscult_ingest::Settings::load(None).context("loading ingest settings")?;
-    settings.database.url = url.clone();
+    settings.database.url = url.to_owned();
+    // The benchmark runs lifecycle passes itself, where it measures them.
+    settings.lifecycle.enabled = false;
     let service = tokio::spawn(auscult_ingest::run(
         settings,
         auscult_ingest::Listeners { grpc, admin },
@@ -132,15 +231,15 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     checkpoint(&client).await;
     say(&format!(
         "streaming {} frames ({:.0} MB) through ingest over {} streams…",
-        args.frames,
+        load.frames,
         mb(bytes),
-        args.streams
+        load.streams
     ));
     let started = Instant::now();
     let mut runs = Vec::new();
     for (_, token, source) in gateways {
         let mut config = GatewayConfig::new(endpoint.clone(), token);
-        config.window = usize::try_from(args.window)?;
+        config.window = usize::try_from(load.window)?;
         let gateway = Gateway::new(config);
         runs.push(tokio::spawn(async move { gateway.run(source).await }));
     }
@@ -190,63 +289,53 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 
     // Leave a shared database as it was.
     client.batch_execute(&format!("DROP TABLE {table}")).await?;
-    client
-        .execute(
-            "DELETE FROM search_outbox WHERE kind = 'frame' AND ref_id IN (SELECT id FROM frames WHERE device_id = ANY($1))",
-            &[&device_ids],
-        )
-        .await?;
-    client
-        .execute(
-            "DELETE FROM frames WHERE device_id = ANY($1)",
-            &[&device_ids],
-        )
-        .await?;
-    client
-        .execute(
-            "DELETE FROM devices WHERE device_id = ANY($1)",
-            &[&device_ids],
-        )
-        .await?;
+    if !load.keep_rows {
+        client
+            .execute(
+                "DELETE FROM search_outbox WHERE kind = 'frame' AND ref_id IN (SELECT id FROM frames WHERE device_id = ANY($1))",
+                &[&device_ids],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM analysis_jobs WHERE frame_id IN (SELECT id FROM frames WHERE device_id = ANY($1))",
+                &[&device_ids],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM frames WHERE device_id = ANY($1)",
+                &[&device_ids],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM devices WHERE device_id = ANY($1)",
+                &[&device_ids],
+            )
+            .await?;
+    }
 
     #[allow(clippy::cast_precision_loss)]
     let (frames_per_s, copy_frames_per_s) = (
         acked as f64 / ingest_elapsed,
         rows.len() as f64 / copy_elapsed,
     );
-    let ratio = frames_per_s / copy_frames_per_s;
-    let p50 = latencies.value_at_quantile(0.5) as f64 / 1e3;
-    let p99 = latencies.value_at_quantile(0.99) as f64 / 1e3;
-    if args.json {
-        let out = serde_json::json!({
-            "frames": args.frames,
-            "persisted": persisted,
-            "duplicates": persisted - distinct,
-            "duplicates_acked": duplicates_acked,
-            "streams": args.streams,
-            "elapsed_s": round3(ingest_elapsed),
-            "frames_per_s": round3(frames_per_s),
-            "mb_per_s": round3(mb(bytes) / ingest_elapsed),
-            "copy_frames_per_s": round3(copy_frames_per_s),
-            "copy_mb_per_s": round3(mb(bytes) / copy_elapsed),
-            "ratio_to_copy": round3(ratio),
-            "ack_p50_ms": round3(p50),
-            "ack_p99_ms": round3(p99),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-    } else {
-        println!(
-            "ingest: {frames_per_s:.0} frames/s ({:.1} MB/s), {persisted} persisted, {} duplicates, ack latency p50 {p50:.1} ms, p99 {p99:.1} ms",
-            mb(bytes) / ingest_elapsed,
-            persisted - distinct
-        );
-        println!(
-            "binary COPY ceiling: {copy_frames_per_s:.0} frames/s ({:.1} MB/s)",
-            mb(bytes) / copy_elapsed
-        );
-        println!("ratio to COPY: {ratio:.2}");
-    }
-    Ok(())
+    Ok(IngestFigures {
+        frames: load.frames,
+        persisted,
+        duplicates: persisted - distinct,
+        duplicates_acked,
+        streams: load.streams,
+        elapsed_s: ingest_elapsed,
+        frames_per_s,
+        mb_per_s: mb(bytes) / ingest_elapsed,
+        copy_frames_per_s,
+        copy_mb_per_s: mb(bytes) / copy_elapsed,
+        ratio_to_copy: frames_per_s / copy_frames_per_s,
+        ack_p50_ms: latencies.value_at_quantile(0.5) as f64 / 1e3,
+        ack_p99_ms: latencies.value_at_quantile(0.99) as f64 / 1e3,
+    })
 }
 
 /// Flushes dirty pages so that each phase starts from the same state; needs superuser, skipped otherwise.
