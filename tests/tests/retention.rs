@@ -62,12 +62,18 @@ async fn ingest_maintains_partitions_and_an_engineer_can_listen_to_an_alert() {
         "no lifecycle pass recorded:\n{}",
         stack.ingest.log()
     );
-    assert!(
-        labelled_metric(
-            &stack.metrics(),
-            "auscult_lifecycle_passes_total{outcome=\"ran\"}"
-        ) >= 1.0
-    );
+    // The pass is counted, and the sizes reported, once it has returned.
+    let counted = auscult_testkit::wait_for(Duration::from_secs(30), || {
+        let metrics = stack.metrics();
+        async move {
+            let ran = labelled_metric(&metrics, "auscult_lifecycle_passes_total{outcome=\"ran\"}");
+            let frames_bytes =
+                labelled_metric(&metrics, "auscult_lifecycle_stored_bytes{table=\"frames\"}");
+            (ran >= 1.0 && frames_bytes > 0.0).then_some(())
+        }
+    })
+    .await;
+    assert!(counted.is_some(), "lifecycle metrics:\n{}", stack.metrics());
 
     // Twenty seconds of a sensor, with an alert over seconds 9..=11.
     auscult_store::add_device(&mut db, "gw-1", "press 3")

@@ -27,6 +27,12 @@ pub(crate) async fn maintain(
             () = shutdown.cancelled() => return,
             outcome = run_once(&settings, &database_url, &instance).instrument(span) => outcome,
         };
+        if outcome.is_ok() {
+            // Every replica reports the sizes, whichever ran the pass.
+            if let Err(e) = report_sizes(&database_url).await {
+                warn!("reading storage sizes: {e:#}");
+            }
+        }
         match outcome {
             Ok(PassOutcome::Ran(report)) => record(&report),
             Ok(PassOutcome::Busy) => {
@@ -44,6 +50,41 @@ pub(crate) async fn maintain(
             () = tokio::time::sleep(settings.interval) => {}
         }
     }
+}
+
+/// Sets the size gauges from `auscult retention status`'s view of the database.
+async fn report_sizes(database_url: &str) -> Result<(), auscult_store::StoreError> {
+    let config = auscult_store::session_config(
+        database_url,
+        "auscult-ingest-lifecycle",
+        &SessionLimits::default(),
+    )?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let status = auscult_store::lifecycle_status(&client, SystemTime::now()).await;
+    drop(client);
+    let _ = driver.await;
+    let status = status?;
+    for kind in &status.partitioned {
+        ::metrics::gauge!(metrics::STORED_BYTES, "table" => kind.table).set(kind.bytes as f64);
+        ::metrics::gauge!(metrics::PARTITIONS, "table" => kind.table)
+            .set(kind.partitions.len() as f64);
+    }
+    ::metrics::gauge!(metrics::STORED_BYTES, "table" => "frames_kept")
+        .set(status.kept_audio.bytes as f64);
+    for queue in &status.queues {
+        ::metrics::gauge!(metrics::STORED_BYTES, "table" => queue.table).set(queue.bytes as f64);
+    }
+    if let Some((_, _, at)) = status.next_drop() {
+        ::metrics::gauge!(metrics::NEXT_DROP_SECONDS).set(unix_seconds(at));
+    }
+    Ok(())
+}
+
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 async fn run_once(
@@ -89,12 +130,7 @@ fn record(report: &PassReport) {
     ] {
         ::metrics::counter!(metrics::ROWS_PRUNED_TOTAL, "kind" => kind).increment(rows);
     }
-    ::metrics::gauge!(metrics::LIFECYCLE_LAST_PASS_SECONDS).set(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64(),
-    );
+    ::metrics::gauge!(metrics::LIFECYCLE_LAST_PASS_SECONDS).set(unix_seconds(SystemTime::now()));
     let changed = !report.partitions_created.is_empty()
         || !report.partitions_dropped.is_empty()
         || report.done_jobs_pruned

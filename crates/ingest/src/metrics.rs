@@ -21,6 +21,9 @@ pub const PARTITIONS_DROPPED_TOTAL: &str = "auscult_lifecycle_partitions_dropped
 pub const BYTES_FREED_TOTAL: &str = "auscult_lifecycle_bytes_freed_total";
 pub const FRAMES_KEPT_TOTAL: &str = "auscult_lifecycle_frames_kept_total";
 pub const ROWS_PRUNED_TOTAL: &str = "auscult_lifecycle_rows_pruned_total";
+pub const STORED_BYTES: &str = "auscult_lifecycle_stored_bytes";
+pub const PARTITIONS: &str = "auscult_lifecycle_partitions";
+pub const NEXT_DROP_SECONDS: &str = "auscult_lifecycle_next_drop_timestamp_seconds";
 
 /// Registers help texts so that `/metrics` explains itself.
 pub fn describe() {
@@ -93,5 +96,16 @@ pub fn describe() {
     describe_counter!(
         ROWS_PRUNED_TOTAL,
         "Rows removed by bounded deletes, by kind (done_jobs, orphans, kept_frames, alerts)."
+    );
+    describe_gauge!(
+        STORED_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes on disk per table (partitions, indexes and TOAST included), as of the last lifecycle pass."
+    );
+    describe_gauge!(PARTITIONS, "Time partitions per partitioned table.");
+    describe_gauge!(
+        NEXT_DROP_SECONDS,
+        metrics::Unit::Seconds,
+        "Unix time at which the next partition is due to be dropped."
     );
 }
