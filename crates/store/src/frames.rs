@@ -102,14 +102,14 @@ async fn store_by_copy(
     received_at: SystemTime,
 ) -> Result<Stored, StoreError> {
     let tx = client.transaction().await?;
-    lock_streams(&tx, unique).await?;
-    let existing = stored_checksums(&tx, unique).await?;
+    let existing = lock_and_check(&tx, unique).await?;
     let new: Vec<&Frame> = unique
         .iter()
         .filter(|f| !existing.contains_key(&f.key))
         .copied()
         .collect();
     if !new.is_empty() {
+        raise_high_water(&tx, &new).await?;
         let count = i32::try_from(new.len()).unwrap_or(i32::MAX);
         let ids: Vec<i64> = tx
             .query("SELECT nextval(pg_get_serial_sequence('frames', 'id')) FROM generate_series(1, $1::int4)", &[&count])
@@ -138,13 +138,13 @@ async fn store_by_insert(
     received_at: SystemTime,
 ) -> Result<Stored, StoreError> {
     let tx = client.transaction().await?;
-    lock_streams(&tx, unique).await?;
-    let mut existing = stored_checksums(&tx, unique).await?;
+    let mut existing = lock_and_check(&tx, unique).await?;
     let new: Vec<&Frame> = unique
         .iter()
         .filter(|f| !existing.contains_key(&f.key))
         .copied()
         .collect();
+    raise_high_water(&tx, &new).await?;
     let inserted = insert_unique(&tx, &new, received_at).await?;
     if inserted.len() < new.len() {
         // Stored by a writer that does not take the stream locks (a release before them, during a
@@ -306,6 +306,109 @@ async fn insert_unique(
     Ok(rows.iter().map(key_of_row).collect::<Result<_, _>>()?)
 }
 
+/// Locks the batch's sensor streams, then finds which of its keys are already stored, in any partition.
+///
+/// Looking a key up costs one index probe per partition of `frames`, so only keys that can be stored are
+/// looked up: a stream's high-water mark (`frame_streams.max_seq`, raised in every transaction that stores
+/// its frames, under the same lock) bounds the sequence numbers it has stored. A live stream's new frames
+/// are above it and cost nothing; resends after a reconnect, and a gateway that reuses numbers, are at or
+/// below it and are looked up.
+async fn lock_and_check(
+    tx: &tokio_postgres::Transaction<'_>,
+    frames: &[&Frame],
+) -> Result<HashMap<FrameKey, [u8; 32]>, StoreError> {
+    lock_streams(tx, frames).await?;
+    let high_water = high_water_marks(tx, frames).await?;
+    let maybe_stored: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| {
+            high_water
+                .get(&(
+                    f.key.device_id.as_str(),
+                    f.key.sensor_id.as_str(),
+                    f.key.stream_epoch,
+                ))
+                .is_some_and(|max_seq| f.key.seq <= *max_seq)
+        })
+        .copied()
+        .collect();
+    if maybe_stored.is_empty() {
+        return Ok(HashMap::new());
+    }
+    stored_checksums(tx, &maybe_stored).await
+}
+
+/// (device, sensor, epoch) → highest stored seq, for the streams of `frames` that have stored any.
+async fn high_water_marks<'a>(
+    tx: &tokio_postgres::Transaction<'_>,
+    frames: &[&'a Frame],
+) -> Result<HashMap<(&'a str, &'a str, i64), i64>, StoreError> {
+    let KeyColumns {
+        device_ids,
+        sensor_ids,
+        epochs,
+        ..
+    } = KeyColumns::of(frames);
+    let rows = tx
+        .query(
+            "SELECT s.device_id, s.sensor_id, s.stream_epoch, s.max_seq
+             FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS k(device_id, sensor_id, stream_epoch)) k
+             JOIN frame_streams s USING (device_id, sensor_id, stream_epoch)",
+            &[&device_ids, &sensor_ids, &epochs],
+        )
+        .await?;
+    let mut marks = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (device, sensor, epoch): (&str, &str, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        // Key the map by the batch's own strings, so that it borrows from the frames.
+        if let Some(f) = frames.iter().find(|f| {
+            f.key.device_id == device && f.key.sensor_id == sensor && f.key.stream_epoch == epoch
+        }) {
+            marks.insert(
+                (
+                    f.key.device_id.as_str(),
+                    f.key.sensor_id.as_str(),
+                    f.key.stream_epoch,
+                ),
+                row.try_get(3)?,
+            );
+        }
+    }
+    Ok(marks)
+}
+
+/// Raises the high-water marks of the streams of `frames`, which this transaction stores.
+async fn raise_high_water(
+    tx: &tokio_postgres::Transaction<'_>,
+    frames: &[&Frame],
+) -> Result<(), StoreError> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let KeyColumns {
+        device_ids,
+        sensor_ids,
+        epochs,
+        seqs,
+    } = KeyColumns::of(frames);
+    let captured: Vec<SystemTime> = frames.iter().map(|f| f.captured_at).collect();
+    tx.execute(
+        "INSERT INTO frame_streams AS s (device_id, sensor_id, stream_epoch, max_seq, last_captured_at)
+         SELECT device_id, sensor_id, stream_epoch, max(seq), max(captured_at)
+         FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[])
+             AS k(device_id, sensor_id, stream_epoch, seq, captured_at)
+         GROUP BY device_id, sensor_id, stream_epoch
+         ORDER BY device_id, sensor_id, stream_epoch
+         ON CONFLICT (device_id, sensor_id, stream_epoch) DO UPDATE SET
+             max_seq = greatest(s.max_seq, EXCLUDED.max_seq),
+             last_captured_at = greatest(s.last_captured_at, EXCLUDED.last_captured_at)",
+        &[&device_ids, &sensor_ids, &epochs, &seqs, &captured],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Namespace of the stream locks among advisory locks (the two-key form; the migration lock uses the other).
 const STREAM_LOCK_CLASS: i32 = 0x6175_7363;
 
@@ -344,28 +447,54 @@ fn stream_lock_key(device_id: &str, sensor_id: &str) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// The stored checksums of frames whose keys already existed, in whatever partition they were stored.
+/// The stored checksums of frames whose keys already existed, in whatever partition they were stored. One
+/// range scan per stream and partition (a batch's keys of one stream are mostly consecutive numbers), which
+/// stays cheap however many partitions there are; the range's other rows are filtered out here.
 async fn stored_checksums(
     tx: &tokio_postgres::Transaction<'_>,
     frames: &[&Frame],
 ) -> Result<HashMap<FrameKey, [u8; 32]>, StoreError> {
-    let KeyColumns {
-        device_ids,
-        sensor_ids,
-        epochs,
-        seqs,
-    } = KeyColumns::of(frames);
+    let mut ranges: HashMap<(&str, &str, i64), (i64, i64)> = HashMap::new();
+    for f in frames {
+        let range = ranges
+            .entry((
+                f.key.device_id.as_str(),
+                f.key.sensor_id.as_str(),
+                f.key.stream_epoch,
+            ))
+            .or_insert((f.key.seq, f.key.seq));
+        range.0 = range.0.min(f.key.seq);
+        range.1 = range.1.max(f.key.seq);
+    }
+    let (mut devices, mut sensors, mut epochs, mut lows, mut highs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((device, sensor, epoch), (low, high)) in &ranges {
+        devices.push(*device);
+        sensors.push(*sensor);
+        epochs.push(*epoch);
+        lows.push(*low);
+        highs.push(*high);
+    }
     let rows = tx
         .query(
             "SELECT f.device_id, f.sensor_id, f.stream_epoch, f.seq, f.samples_sha256
-             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS k(device_id, sensor_id, stream_epoch, seq)
-             JOIN frames f USING (device_id, sensor_id, stream_epoch, seq)",
-            &[&device_ids, &sensor_ids, &epochs, &seqs],
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+                 AS k(device_id, sensor_id, stream_epoch, low, high)
+             CROSS JOIN LATERAL (
+                 SELECT device_id, sensor_id, stream_epoch, seq, samples_sha256 FROM frames f
+                 WHERE f.device_id = k.device_id AND f.sensor_id = k.sensor_id
+                   AND f.stream_epoch = k.stream_epoch AND f.seq BETWEEN k.low AND k.high
+             ) f",
+            &[&devices, &sensors, &epochs, &lows, &highs],
         )
         .await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let wanted: HashSet<&FrameKey> = frames.iter().map(|f| &f.key).collect();
+    let mut out = HashMap::with_capacity(frames.len());
     for row in &rows {
         let key = key_of_row(row)?;
+        if !wanted.contains(&key) {
+            continue;
+        }
         let digest: &[u8] = row.try_get(4)?;
         // The column has a length check; anything else cannot be our digest and counts as a conflict.
         if let Ok(digest) = <[u8; 32]>::try_from(digest) {

@@ -115,15 +115,17 @@ async fn a_database_holding_frames_is_partitioned_in_place_and_keeps_deduplicati
             )
         })
         .collect();
-    assert!(
-        store(&mut client, &old)
-            .await
-            .iter()
-            .all(|o| *o == InsertOutcome::Stored)
-    );
+    // Written as the previous release wrote them: COPY, then their jobs.
+    let tx = client.transaction().await.expect("tx");
+    let refs: Vec<&Frame> = old.iter().collect();
+    auscult_store::copy_frames(&tx, "frames", &refs, None, now)
+        .await
+        .expect("copy");
+    tx.commit().await.expect("commit");
     client
         .batch_execute(
-            "UPDATE analysis_jobs SET state = 'done' WHERE frame_id % 2 = 0;
+            "INSERT INTO analysis_jobs (frame_id) SELECT id FROM frames;
+             UPDATE analysis_jobs SET state = 'done' WHERE frame_id % 2 = 0;
              INSERT INTO health_events (device_id, sensor_id, kind, detail) VALUES ('gw-1', 'mic-1', 'silent', 'x');",
         )
         .await
@@ -407,6 +409,12 @@ async fn a_pass_keeps_the_audio_around_anomalies_and_alerts_and_drops_expired_pa
         60
     );
     assert_eq!(count(&client, "SELECT count(*) FROM alerts").await, 1);
+    // The streams' high-water marks left with the last of their frames.
+    assert_eq!(report.stream_marks_pruned, 2);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM frame_streams").await,
+        0
+    );
 
     // An engineer can still listen to the alert.
     let audio = auscult_store::alert_audio(&client, alert_id, Duration::from_secs(2), 1_000)

@@ -37,6 +37,8 @@ pub struct PassReport {
     pub orphans_pruned: u64,
     pub kept_frames_pruned: u64,
     pub alerts_pruned: u64,
+    /// High-water marks of streams whose frames have all left.
+    pub stream_marks_pruned: u64,
     pub took_ms: u64,
 }
 
@@ -146,6 +148,15 @@ async fn pass(
         "DELETE FROM alerts WHERE id = ANY(ARRAY(
              SELECT id FROM alerts WHERE state = 'resolved' AND resolved_at < $1 ORDER BY resolved_at LIMIT $2))",
         &[&(now - policy.alerts)],
+    )
+    .await?;
+    // A stream's mark goes once every partition its frames could be in has gone.
+    report.stream_marks_pruned = bounded_delete(
+        client,
+        "DELETE FROM frame_streams WHERE (device_id, sensor_id, stream_epoch) IN (
+             SELECT device_id, sensor_id, stream_epoch FROM frame_streams WHERE last_captured_at < $1
+             ORDER BY last_captured_at LIMIT $2)",
+        &[&(now - policy.raw_audio - policy.frame_partition)],
     )
     .await?;
     report.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
