@@ -56,6 +56,23 @@ async fn ten_thousand_frames_from_twenty_sensors_arrive_exactly_once() {
     assert!(summary["frames_per_s"].as_f64().expect("number") > 0.0);
     let db = stack.db().await;
     assert_eq!(stored_frames(&db, "gw-a").await, expected("gw-a", 20, 500));
+    // Stored compressed (losslessly: `stored_frames` checked every frame's audio against its digest).
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE encoding = 'flac'), sum(length(samples))::int8,
+                    sum(auscult_sample_frames(encoding, samples, channels) * 2 * channels)::int8
+             FROM frames WHERE device_id = 'gw-a'",
+            &[],
+        )
+        .await
+        .expect("sizes");
+    let (flac, stored_bytes, received_bytes): (i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!(flac, 10_000);
+    assert!(
+        stored_bytes < received_bytes,
+        "{stored_bytes} stored for {received_bytes} received"
+    );
     let jobs: i64 = db
         .query_one("SELECT count(*) FROM analysis_jobs", &[])
         .await

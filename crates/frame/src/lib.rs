@@ -6,6 +6,7 @@
 //! does I/O.
 
 mod codec;
+pub mod flac;
 mod level;
 mod validate;
 
@@ -78,11 +79,38 @@ pub struct Frame {
     /// Loudness summary, computed during validation because validation reads every sample anyway.
     pub level: Level,
     /// SHA-256 of `samples`: stored beside them so that a resend can be told apart from a different frame
-    /// reusing the same key, and so that anyone can verify storage end to end (`sha256(samples)` in SQL).
+    /// reusing the same key, and so that storage can be verified end to end (against the decoded samples).
     pub samples_sha256: [u8; 32],
+    /// The samples compressed for storage, when ingest compresses them ([`Frame::compress_for_storage`]):
+    /// stored instead of `samples`, which stay exactly what was received.
+    pub flac: Option<Bytes>,
 }
 
 impl Frame {
+    /// Compresses 16-bit PCM samples for storage (lossless FLAC); float samples, and frames too short for
+    /// FLAC (under 16 samples per channel), are stored as received.
+    pub fn compress_for_storage(&mut self) -> Result<(), flac::FlacError> {
+        if self.encoding == SampleEncoding::PcmS16le
+            && self.flac.is_none()
+            && flac::compressible(self.sample_count())
+        {
+            self.flac = Some(Bytes::from(flac::encode_pcm_s16le(
+                &self.samples,
+                self.channels,
+                self.sample_rate_hz,
+            )?));
+        }
+        Ok(())
+    }
+
+    /// What is stored for this frame: its bytes, and their encoding as the `encoding` column names it.
+    pub fn stored_samples(&self) -> (&[u8], &'static str) {
+        match &self.flac {
+            Some(flac) => (flac, "flac"),
+            None => (&self.samples, self.encoding.as_str()),
+        }
+    }
+
     /// Number of sample frames (samples per channel).
     pub fn sample_count(&self) -> usize {
         self.samples.len() / (self.encoding.bytes_per_sample() * usize::from(self.channels))

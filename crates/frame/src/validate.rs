@@ -190,6 +190,7 @@ impl RawFrame {
             samples: self.samples,
             level,
             samples_sha256,
+            flac: None,
         })
     }
 }

@@ -29,6 +29,7 @@ const ACK_BUFFER: usize = 32;
 pub struct IngestService {
     pub(crate) pool: Pool,
     pub(crate) limits: Limits,
+    pub(crate) compress: bool,
     pub(crate) submit: Submitter,
     pub(crate) service_budget: Arc<Semaphore>,
     pub(crate) stream_budget_bytes: usize,
@@ -60,6 +61,7 @@ impl Ingest for IngestService {
             stream_id,
             device_id: device_id.clone(),
             limits: self.limits,
+            compress: self.compress,
             submit: self.submit.clone(),
             service_budget: Arc::clone(&self.service_budget),
             stream_budget: Arc::new(Semaphore::new(self.stream_budget_bytes)),

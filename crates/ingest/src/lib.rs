@@ -26,7 +26,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
-pub use settings::{InvalidSetting, Settings, TlsSettings};
+pub use settings::{AudioStorage, InvalidSetting, Settings, TlsSettings};
 
 /// What stops the service from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +117,7 @@ pub async fn run(
     let service = grpc::IngestService {
         pool: pool.clone(),
         limits: settings.frame_limits(),
+        compress: settings.storage.audio == settings::AudioStorage::Flac,
         submit,
         service_budget: Arc::new(Semaphore::new(settings.flow.max_inflight_bytes)),
         stream_budget_bytes: settings.flow.max_stream_inflight_bytes,

@@ -14,6 +14,7 @@ pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
 pub const INFLIGHT_BYTES: &str = "auscult_ingest_inflight_bytes";
 pub const ACKS_SURVIVE_PRIMARY_LOSS: &str = "auscult_ingest_acks_survive_primary_loss";
+pub const COMPRESSION_FAILURES_TOTAL: &str = "auscult_ingest_compression_failures_total";
 pub const LIFECYCLE_PASSES_TOTAL: &str = "auscult_lifecycle_passes_total";
 pub const LIFECYCLE_LAST_PASS_SECONDS: &str = "auscult_lifecycle_last_pass_timestamp_seconds";
 pub const PARTITIONS_CREATED_TOTAL: &str = "auscult_lifecycle_partitions_created_total";
@@ -107,5 +108,9 @@ pub fn describe() {
         NEXT_DROP_SECONDS,
         metrics::Unit::Seconds,
         "Unix time at which the next partition is due to be dropped."
+    );
+    describe_counter!(
+        COMPRESSION_FAILURES_TOTAL,
+        "Frames the FLAC encoder could not compress, stored as received instead."
     );
 }

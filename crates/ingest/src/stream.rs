@@ -27,6 +27,8 @@ pub struct StreamContext {
     /// The device the stream's token belongs to; frames of any other device end the stream.
     pub device_id: String,
     pub limits: Limits,
+    /// Compress 16-bit PCM frames (FLAC) before they are stored.
+    pub compress: bool,
     pub submit: Submitter,
     pub service_budget: Arc<Semaphore>,
     pub stream_budget: Arc<Semaphore>,
@@ -134,7 +136,7 @@ impl State<'_> {
         }
         let (sensor_id, stream_epoch, seq) =
             (frame.sensor_id.clone(), frame.stream_epoch, frame.seq);
-        let frame =
+        let mut frame =
             match auscult_proto::to_raw_frame(frame).validate(&ctx.limits, SystemTime::now()) {
                 Ok(frame) => frame,
                 Err(invalid) => {
@@ -149,6 +151,13 @@ impl State<'_> {
                         .await;
                 }
             };
+        if ctx.compress
+            && let Err(e) = frame.compress_for_storage()
+        {
+            // Never a reason to refuse a valid frame: it is stored as received.
+            metrics::counter!(m::COMPRESSION_FAILURES_TOTAL).increment(1);
+            warn!(sensor = %sensor_id, seq, "storing the frame uncompressed: {e}");
+        }
         let bytes = frame.samples.len();
         let permits = self.reserve(ctx, bytes).await?;
         #[allow(clippy::cast_precision_loss)]

@@ -107,12 +107,26 @@ BEGIN
     EXECUTE format('ALTER TABLE %s ALTER COLUMN id RESTART WITH %s', parent, last_id + 1);
 END $$;
 
+-- Samples per channel of a stored frame, whatever its encoding. A FLAC stream records its length in its
+-- STREAMINFO block: 36 bits starting in the 22nd byte (read as a slice; `samples` is stored uncompressed, so
+-- no more than those bytes is fetched).
+CREATE FUNCTION auscult_sample_frames(encoding text, samples bytea, channels smallint) RETURNS bigint
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE encoding
+        WHEN 'flac' THEN ('x' || encode(substring(samples FROM 22 FOR 5), 'hex'))::bit(40)::bigint & 68719476735
+        WHEN 'f32le' THEN length(samples) / (4 * channels)
+        ELSE length(samples) / (2 * channels) END
+$$;
+
 -- Results and jobs outlive or outrun their frames: their references become plain columns.
 ALTER TABLE analysis_jobs DROP CONSTRAINT analysis_jobs_frame_id_fkey;
 ALTER TABLE analysis_results DROP CONSTRAINT analysis_results_frame_id_fkey;
 
 -- frames -----------------------------------------------------------------------------------------------------
 ALTER TABLE frames RENAME TO frames_before_partitioning;
+-- Frames of 16-bit PCM may be stored FLAC-compressed (lossless; about half the size on machine sound).
+ALTER TABLE frames_before_partitioning DROP CONSTRAINT frames_encoding_check,
+    ADD CONSTRAINT frames_encoding_check CHECK (encoding IN ('pcm_s16le', 'f32le', 'flac'));
 -- The parent's own foreign key to devices covers the adopted rows once they are attached.
 ALTER TABLE frames_before_partitioning
     DROP CONSTRAINT frames_pkey, DROP CONSTRAINT frames_key, DROP CONSTRAINT frames_device_id_fkey;

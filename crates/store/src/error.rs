@@ -33,6 +33,8 @@ pub enum StoreError {
     ModelVersionConflict(String),
     #[error("no model version {0:?}: `auscult model list` shows the published ones")]
     UnknownModel(String),
+    #[error("{0}")]
+    StoredAudio(#[from] auscult_frame::flac::FlacError),
     #[error("cannot encode a row for the database: {0}")]
     Encode(String),
     /// The database did not answer in time; a transaction's COMMIT may or may not have happened.

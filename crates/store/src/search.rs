@@ -226,8 +226,8 @@ fn document_query(kind: SearchKind) -> &'static str {
                         'sample_rate_hz', f.sample_rate_hz,
                         'channels', f.channels,
                         'encoding', f.encoding,
-                        'duration_s', round((length(f.samples)::float8
-                            / (CASE f.encoding WHEN 'pcm_s16le' THEN 2 ELSE 4 END * f.channels * f.sample_rate_hz))::numeric, 6),
+                        'duration_s', round((auscult_sample_frames(f.encoding, f.samples, f.channels)::float8
+                            / f.sample_rate_hz)::numeric, 6),
                         'rms_dbfs', f.rms_dbfs,
                         'peak_dbfs', f.peak_dbfs,
                         'crest_factor', f.crest_factor

@@ -434,3 +434,57 @@ async fn concurrent_batches_of_the_same_keys_in_opposite_orders_never_deadlock()
         }
     }
 }
+
+#[tokio::test]
+async fn frames_stored_compressed_read_back_exactly_as_received() {
+    let (_pg, mut client) = migrated().await;
+    auscult_store::add_device(&mut client, "gw-1", "")
+        .await
+        .expect("device");
+    let mut frames: Vec<Frame> = (0..5)
+        .map(|seq| frame("gw-1", "mic-1", seq, 0.1 * seq as f32))
+        .collect();
+    for frame in &mut frames[..4] {
+        frame.compress_for_storage().expect("compress");
+    }
+    let refs: Vec<&Frame> = frames.iter().collect();
+    auscult_store::insert_frames(&mut client, &refs, SystemTime::now())
+        .await
+        .expect("store");
+    let rows = client
+        .query(
+            "SELECT id, encoding, length(samples), auscult_sample_frames(encoding, samples, channels)
+             FROM frames ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("rows");
+    let encodings: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
+    assert_eq!(encodings, ["flac", "flac", "flac", "flac", "pcm_s16le"]);
+    for (row, frame) in rows.iter().zip(&frames) {
+        // The length of every stored frame, compressed or not, as the search projection reports it.
+        assert_eq!(row.get::<_, i64>(3), frame.sample_count() as i64);
+    }
+    // A constant frame compresses to almost nothing.
+    assert!(rows[1].get::<_, i32>(2) < 1_000);
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let audio = auscult_store::frame_audio(&client, &ids)
+        .await
+        .expect("audio");
+    for (id, frame) in ids.iter().zip(&frames) {
+        assert_eq!(audio[id].samples, frame.samples.to_vec());
+        assert_eq!(audio[id].encoding, SampleEncoding::PcmS16le);
+    }
+    // A damaged stored frame is an error that names the damage, not wrong audio.
+    client
+        .execute(
+            "UPDATE frames SET samples = substring(samples FROM 1 FOR 20) WHERE id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .expect("damage");
+    assert!(matches!(
+        auscult_store::frame_audio(&client, &ids[..1]).await,
+        Err(StoreError::StoredAudio(_))
+    ));
+}

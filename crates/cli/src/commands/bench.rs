@@ -221,6 +221,7 @@ async fn measure_ingest(
     settings.database.url = url.to_owned();
     // The benchmark runs lifecycle passes itself, where it measures them.
     settings.lifecycle.enabled = false;
+    let compress = settings.storage.audio == auscult_ingest::AudioStorage::Flac;
     let service = tokio::spawn(auscult_ingest::run(
         settings,
         auscult_ingest::Listeners { grpc, admin },
@@ -264,14 +265,20 @@ async fn measure_ingest(
         .await?;
     let (persisted, distinct): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
 
-    // The ceiling: the same rows, binary COPY, into a table shaped like `frames` in the same database.
-    let rows: Vec<Frame> = all_frames
+    // The ceiling: the same rows as stored (compressed before the clock starts, when ingest compresses),
+    // binary COPY, into a table shaped like `frames` in the same database.
+    let mut rows: Vec<Frame> = all_frames
         .into_iter()
         .map(|f| {
             auscult_proto::to_raw_frame(f)
                 .validate(&auscult_frame::Limits::default(), SystemTime::now())
         })
         .collect::<Result<_, _>>()?;
+    if compress {
+        for row in &mut rows {
+            row.compress_for_storage()?;
+        }
+    }
     let table = format!("bench_copy_{}", std::process::id());
     client
         .batch_execute(&format!(

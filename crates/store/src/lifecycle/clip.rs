@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::{StoreError, StoredAudio, frames::decode_encoding};
+use crate::{StoreError, StoredAudio, frames::stored_audio};
 
 /// One frame of an alert's audio.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,18 +84,16 @@ pub async fn alert_audio(
     let truncated = rows.len() as i64 > max_frames;
     let mut frames = Vec::with_capacity(rows.len());
     for row in rows.iter().take(usize::try_from(max_frames).unwrap_or(0)) {
-        let sample_rate: i32 = row.try_get(3)?;
-        let channels: i16 = row.try_get(4)?;
         frames.push(ClipFrame {
             captured_at: row.try_get(0)?,
             stream_epoch: row.try_get(1)?,
             seq: row.try_get(2)?,
-            audio: StoredAudio {
-                sample_rate_hz: u32::try_from(sample_rate).unwrap_or_default(),
-                channels: u16::try_from(channels).unwrap_or_default(),
-                encoding: decode_encoding(row.try_get(5)?),
-                samples: row.try_get(6)?,
-            },
+            audio: stored_audio(
+                row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get(5)?,
+                row.try_get(6)?,
+            )?,
         });
     }
     Ok(Some(AlertAudio {
