@@ -29,7 +29,7 @@ pub enum Command {
     /// throwaway PostgreSQL.
     Pipeline(pipeline::Args),
     /// Day 30: measure ingest, fill PostgreSQL with tens of GB of frames across a month of partitions,
-    /// measure again, prune to the retention policy, measure a third time; sizes and dead rows at each step.
+    /// measure again, prune to the retention policy, measure twice more; sizes and dead rows at each step.
     /// Uses DATABASE_URL (it adds a month of frames to it) or starts a throwaway PostgreSQL.
     Soak(soak::Args),
 }
