@@ -112,7 +112,17 @@ async fn run_pass_waiting(
     }
 }
 
+/// When a partition goes: its time, or that the next pass drops it.
+fn drop_time(at: SystemTime, now: SystemTime) -> String {
+    if at <= now {
+        "due (next pass)".into()
+    } else {
+        timestamp(at)
+    }
+}
+
 fn print_status(status: &LifecycleStatus) {
+    let now = SystemTime::now();
     match (&status.last_pass_by, status.last_pass_at) {
         (Some(by), Some(at)) => println!("last pass: {} by {by}", timestamp(at)),
         _ => println!("last pass: none yet (policy shown: the defaults)"),
@@ -139,7 +149,7 @@ fn print_status(status: &LifecycleStatus) {
                 timestamp(p.to),
                 p.rows_estimate,
                 bytes(p.bytes),
-                timestamp(p.drops_at)
+                drop_time(p.drops_at, now)
             );
         }
     }
@@ -167,8 +177,8 @@ fn print_status(status: &LifecycleStatus) {
     }
     if let Some((table, partition, at)) = status.next_drop() {
         println!(
-            "\nnext to go: {table} partition {partition} at {}",
-            timestamp(at)
+            "\nnext to go: {table} partition {partition}, {}",
+            drop_time(at, now)
         );
     }
 }
