@@ -317,64 +317,42 @@ async fn lock_and_check(
     frames: &[&Frame],
 ) -> Result<HashMap<FrameKey, [u8; 32]>, StoreError> {
     lock_streams(tx, frames).await?;
-    let high_water = high_water_marks(tx, frames).await?;
-    let maybe_stored: Vec<&Frame> = frames
-        .iter()
-        .filter(|f| {
-            high_water
-                .get(&(
-                    f.key.device_id.as_str(),
-                    f.key.sensor_id.as_str(),
-                    f.key.stream_epoch,
-                ))
-                .is_some_and(|max_seq| f.key.seq <= *max_seq)
-        })
-        .copied()
-        .collect();
+    let maybe_stored = at_or_below_high_water(tx, frames).await?;
     if maybe_stored.is_empty() {
         return Ok(HashMap::new());
     }
     stored_checksums(tx, &maybe_stored).await
 }
 
-/// (device, sensor, epoch) → highest stored seq, for the streams of `frames` that have stored any.
-async fn high_water_marks<'a>(
+/// The frames whose seq is at or below their stream's high-water mark: the only ones that may be stored.
+async fn at_or_below_high_water<'a>(
     tx: &tokio_postgres::Transaction<'_>,
     frames: &[&'a Frame],
-) -> Result<HashMap<(&'a str, &'a str, i64), i64>, StoreError> {
+) -> Result<Vec<&'a Frame>, StoreError> {
     let KeyColumns {
         device_ids,
         sensor_ids,
         epochs,
-        ..
+        seqs,
     } = KeyColumns::of(frames);
     let rows = tx
         .query(
-            "SELECT s.device_id, s.sensor_id, s.stream_epoch, s.max_seq
-             FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::int8[]) AS k(device_id, sensor_id, stream_epoch)) k
-             JOIN frame_streams s USING (device_id, sensor_id, stream_epoch)",
-            &[&device_ids, &sensor_ids, &epochs],
+            "SELECT k.n FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY
+                 AS k(device_id, sensor_id, stream_epoch, seq, n)
+             JOIN frame_streams s USING (device_id, sensor_id, stream_epoch)
+             WHERE k.seq <= s.max_seq",
+            &[&device_ids, &sensor_ids, &epochs, &seqs],
         )
         .await?;
-    let mut marks = HashMap::with_capacity(rows.len());
+    let mut maybe_stored = Vec::with_capacity(rows.len());
     for row in &rows {
-        let (device, sensor, epoch): (&str, &str, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        // Key the map by the batch's own strings, so that it borrows from the frames.
-        if let Some(f) = frames.iter().find(|f| {
-            f.key.device_id == device && f.key.sensor_id == sensor && f.key.stream_epoch == epoch
-        }) {
-            marks.insert(
-                (
-                    f.key.device_id.as_str(),
-                    f.key.sensor_id.as_str(),
-                    f.key.stream_epoch,
-                ),
-                row.try_get(3)?,
-            );
+        // Ordinals count from 1 over the arrays built from `frames`.
+        let n: i64 = row.try_get(0)?;
+        if let Some(frame) = usize::try_from(n - 1).ok().and_then(|i| frames.get(i)) {
+            maybe_stored.push(*frame);
         }
     }
-    Ok(marks)
+    Ok(maybe_stored)
 }
 
 /// Raises the high-water marks of the streams of `frames`, which this transaction stores.

@@ -316,10 +316,10 @@ async fn prune_orphans(
     partition: &str,
 ) -> Result<u64, StoreError> {
     let partition = quote_ident(partition);
-    let (kind, key) = match table {
-        PartitionedTable::Frames => ("frame", "id"),
-        PartitionedTable::Results => ("result", "id"),
-        PartitionedTable::HealthEvents => ("health", "id"),
+    let kind = match table {
+        PartitionedTable::Frames => "frame",
+        PartitionedTable::Results => "result",
+        PartitionedTable::HealthEvents => "health",
     };
     let mut pruned = 0;
     if table == PartitionedTable::Frames {
@@ -337,7 +337,7 @@ async fn prune_orphans(
         client,
         &format!(
             "DELETE FROM search_outbox WHERE id = ANY(ARRAY(
-                 SELECT o.id FROM search_outbox o JOIN {partition} p ON p.{key} = o.ref_id
+                 SELECT o.id FROM search_outbox o JOIN {partition} p ON p.id = o.ref_id
                  WHERE o.kind = '{kind}' LIMIT $1))"
         ),
         &[],
