@@ -27,12 +27,6 @@ pub(crate) async fn maintain(
             () = shutdown.cancelled() => return,
             outcome = run_once(&settings, &database_url, &instance).instrument(span) => outcome,
         };
-        if outcome.is_ok() {
-            // Every replica reports the sizes, whichever ran the pass.
-            if let Err(e) = report_sizes(&database_url).await {
-                warn!("reading storage sizes: {e:#}");
-            }
-        }
         match outcome {
             Ok(PassOutcome::Ran(report)) => record(&report),
             Ok(PassOutcome::Busy) => {
@@ -53,18 +47,8 @@ pub(crate) async fn maintain(
 }
 
 /// Sets the size gauges from `auscult retention status`'s view of the database.
-async fn report_sizes(database_url: &str) -> Result<(), auscult_store::StoreError> {
-    let config = auscult_store::session_config(
-        database_url,
-        "auscult-ingest-lifecycle",
-        &SessionLimits::default(),
-    )?;
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(connection);
-    let status = auscult_store::lifecycle_status(&client, SystemTime::now()).await;
-    drop(client);
-    let _ = driver.await;
-    let status = status?;
+async fn report_sizes(client: &tokio_postgres::Client) -> Result<(), auscult_store::StoreError> {
+    let status = auscult_store::lifecycle_status(client, SystemTime::now()).await?;
     for kind in &status.partitioned {
         ::metrics::gauge!(metrics::STORED_BYTES, "table" => kind.table).set(kind.bytes as f64);
         ::metrics::gauge!(metrics::PARTITIONS, "table" => kind.table)
@@ -87,6 +71,8 @@ fn unix_seconds(at: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// One pass on a connection of its own, then the size gauges from the same connection: every replica
+/// reports them, whichever ran the pass.
 async fn run_once(
     settings: &LifecycleSettings,
     database_url: &str,
@@ -106,6 +92,11 @@ async fn run_once(
         instance,
     )
     .await;
+    if outcome.is_ok()
+        && let Err(e) = report_sizes(&client).await
+    {
+        warn!("reading storage sizes: {e:#}");
+    }
     drop(client);
     let _ = driver.await;
     outcome
