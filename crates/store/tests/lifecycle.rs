@@ -1,28 +1,22 @@
 //! Partitioned storage and retention against a real, throwaway PostgreSQL: the upgrade of a database that
 //! holds frames, deduplication across partitions, and maintenance passes that keep what matters.
 
+mod common;
+
+use common::connect;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use auscult_frame::{Frame, Limits, RawFrame, SampleEncoding, encode_pcm_s16le};
 use auscult_store::{InsertOutcome, PassOutcome, RetentionPolicy};
 use auscult_testkit::PostgresServer;
 use bytes::Bytes;
-use tokio_postgres::NoTls;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-async fn connect(pg: &PostgresServer) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
-async fn migrated() -> (PostgresServer, tokio_postgres::Client) {
-    let pg = PostgresServer::start().expect("postgres");
-    let mut client = connect(&pg).await;
-    auscult_store::migrate(&mut client).await.expect("migrate");
+/// A migrated database with the devices these tests send for.
+async fn migrated_with_devices() -> (PostgresServer, tokio_postgres::Client) {
+    let (pg, client) = common::migrated().await;
     add_devices(&client).await;
     (pg, client)
 }
@@ -194,7 +188,7 @@ async fn a_database_holding_frames_is_partitioned_in_place_and_keeps_deduplicati
 
 #[tokio::test]
 async fn a_resend_is_recognised_whichever_partition_holds_the_first_copy() {
-    let (_pg, mut client) = migrated().await;
+    let (_pg, mut client) = migrated_with_devices().await;
     let boundary = next_midnight();
     let before = boundary - Duration::from_millis(1);
     let after = boundary + Duration::from_millis(1);
@@ -243,7 +237,7 @@ async fn a_resend_is_recognised_whichever_partition_holds_the_first_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_racing_with_one_key_in_two_partitions_store_it_once() {
-    let (pg, _client) = migrated().await;
+    let (pg, _client) = migrated_with_devices().await;
     let boundary = next_midnight();
     const WRITERS: usize = 6;
     const KEYS: u64 = 40;
@@ -309,7 +303,7 @@ async fn verdict(client: &tokio_postgres::Client, frame_id: i64, anomalous: bool
 
 #[tokio::test]
 async fn a_pass_keeps_the_audio_around_anomalies_and_alerts_and_drops_expired_partitions_whole() {
-    let (_pg, mut client) = migrated().await;
+    let (_pg, mut client) = migrated_with_devices().await;
     let start = SystemTime::now();
     let at = |s: u64| start + Duration::from_secs(s);
     let mic1: Vec<Frame> = (0..30)
@@ -451,7 +445,7 @@ async fn a_pass_keeps_the_audio_around_anomalies_and_alerts_and_drops_expired_pa
 
 #[tokio::test]
 async fn one_pass_runs_at_a_time_and_partitions_follow_the_configured_width() {
-    let (pg, mut client) = migrated().await;
+    let (pg, mut client) = migrated_with_devices().await;
     let holder = connect(&pg).await;
     holder
         .execute("SELECT pg_advisory_lock(1635087203, -1)", &[])

@@ -1,5 +1,9 @@
 //! The store against a real, throwaway PostgreSQL.
 
+mod common;
+
+use common::{connect, migrated};
+
 use std::time::SystemTime;
 
 use auscult_frame::{Frame, Limits, RawFrame, SampleEncoding, encode_pcm_s16le};
@@ -8,21 +12,6 @@ use auscult_testkit::PostgresServer;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
-
-async fn connect(pg: &PostgresServer) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
-async fn migrated() -> (PostgresServer, tokio_postgres::Client) {
-    let pg = PostgresServer::start().expect("postgres");
-    let mut client = connect(&pg).await;
-    auscult_store::migrate(&mut client).await.expect("migrate");
-    (pg, client)
-}
 
 fn frame(device: &str, sensor: &str, seq: u64, level: f32) -> Frame {
     let now = SystemTime::now();

@@ -1,26 +1,19 @@
 //! The work queue, verdicts, alerts and sensor health against a real, throwaway PostgreSQL.
 
+mod common;
+
+use common::{connect, migrated};
+
 use std::time::{Duration, SystemTime};
 
 use auscult_frame::{Frame, Limits, RawFrame, SampleEncoding, encode_pcm_s16le};
 use auscult_store::{AlertEvent, AlertRule, FailedAttempt, HealthRule, NewResult};
 use auscult_testkit::PostgresServer;
 use bytes::Bytes;
-use tokio_postgres::NoTls;
-
-async fn connect(pg: &PostgresServer) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-}
 
 /// A migrated database holding `count` frames of one sensor, one second apart in capture time.
 async fn with_frames(count: u64) -> (PostgresServer, tokio_postgres::Client) {
-    let pg = PostgresServer::start().expect("postgres");
-    let mut client = connect(&pg).await;
-    auscult_store::migrate(&mut client).await.expect("migrate");
+    let (pg, mut client) = migrated().await;
     auscult_store::add_device(&mut client, "gw-1", "")
         .await
         .expect("device");
