@@ -150,13 +150,15 @@ async fn pass(
         &[&(now - policy.alerts)],
     )
     .await?;
-    // A stream's mark goes once every partition its frames could be in has gone.
+    // A stream's mark goes once no partition left can hold its frames: all of them were captured before the
+    // oldest partition begins (never while the partition adopted at the upgrade, unbounded below, remains).
     report.stream_marks_pruned = bounded_delete(
         client,
         "DELETE FROM frame_streams WHERE (device_id, sensor_id, stream_epoch) IN (
-             SELECT device_id, sensor_id, stream_epoch FROM frame_streams WHERE last_captured_at < $1
-             ORDER BY last_captured_at LIMIT $2)",
-        &[&(now - policy.raw_audio - policy.frame_partition)],
+             SELECT device_id, sensor_id, stream_epoch FROM frame_streams
+             WHERE last_captured_at < (SELECT min(lower_bound) FROM auscult_partitions WHERE parent = 'frames')
+             ORDER BY last_captured_at LIMIT $1)",
+        &[],
     )
     .await?;
     report.took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
