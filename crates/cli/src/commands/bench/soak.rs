@@ -1,5 +1,5 @@
 //! `auscult bench soak`: does ingest keep its speed when PostgreSQL holds a month of audio, and after
-//! retention has pruned it? Three ingest measurements — on the database as found, after a fill of tens of GB
+//! retention has pruned it? Ingest measured at three steps, a few rounds each — on the database as found, after a fill of tens of GB
 //! spread over a month of daily partitions, and after a lifecycle pass has dropped what the policy no longer
 //! keeps — with table, index and dead-row sizes at each step.
 
@@ -36,6 +36,10 @@ pub struct Args {
     /// Frames streamed through ingest in each measurement.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     frames: u64,
+    /// Measurements at each step; a step reports their median (one round's p99 on a shared disk moves by
+    /// tens of percent from one round to the next).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    rounds: u64,
     /// Concurrent gateway streams in each measurement.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     streams: u64,
@@ -51,11 +55,65 @@ pub struct Args {
     json: bool,
 }
 
-/// One step's figures.
+/// One step's figures: each round's, and the sizes after the last.
 struct Step {
     name: &'static str,
-    ingest: IngestFigures,
+    rounds: Vec<IngestFigures>,
     sizes: Sizes,
+}
+
+impl Step {
+    /// The median of one figure over the rounds (the lower middle one for an even count).
+    fn median(&self, figure: impl Fn(&IngestFigures) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.rounds.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        values[(values.len() - 1) / 2]
+    }
+
+    /// The lowest and highest value of one figure over the rounds.
+    fn range(&self, figure: impl Fn(&IngestFigures) -> f64) -> (f64, f64) {
+        self.rounds
+            .iter()
+            .map(figure)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let (p99_low, p99_high) = self.range(|f| f.ack_p99_ms);
+        let (rate_low, rate_high) = self.range(|f| f.frames_per_s);
+        serde_json::json!({
+            "step": self.name,
+            "median": {
+                "frames_per_s": round3(self.median(|f| f.frames_per_s)),
+                "ratio_to_copy": round3(self.median(|f| f.ratio_to_copy)),
+                "ack_p50_ms": round3(self.median(|f| f.ack_p50_ms)),
+                "ack_p99_ms": round3(self.median(|f| f.ack_p99_ms)),
+            },
+            "range": {
+                "frames_per_s": [round3(rate_low), round3(rate_high)],
+                "ack_p99_ms": [round3(p99_low), round3(p99_high)],
+            },
+            "rounds": self.rounds.iter().map(IngestFigures::to_json).collect::<Vec<_>>(),
+            "sizes": self.sizes.to_json(),
+        })
+    }
+}
+
+/// `rounds` ingest measurements in a row.
+async fn measure_rounds(
+    url: &str,
+    load: &IngestLoad,
+    rounds: u64,
+    say: &impl Fn(&str),
+) -> anyhow::Result<Vec<IngestFigures>> {
+    let mut figures = Vec::new();
+    for round in 1..=rounds {
+        say(&format!("    round {round}/{rounds}"));
+        figures.push(measure_ingest(url, load, say).await?);
+    }
+    Ok(figures)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -89,10 +147,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     measure_ingest(&url, &load, &say).await?;
 
     say("1/5 measuring ingest on the database as it is…");
-    let ingest = measure_ingest(&url, &load, &say).await?;
+    let rounds = measure_rounds(&url, &load, args.rounds, &say).await?;
     steps.push(Step {
         name: "start",
-        ingest,
+        rounds,
         sizes: sizes(&client).await?,
     });
 
@@ -120,10 +178,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
 
     say("3/5 measuring ingest on the full database…");
-    let ingest = measure_ingest(&url, &load, &say).await?;
+    let rounds = measure_rounds(&url, &load, args.rounds, &say).await?;
     steps.push(Step {
         name: "after the fill",
-        ingest,
+        rounds,
         sizes: sizes(&client).await?,
     });
 
@@ -138,25 +196,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let prune_seconds = started.elapsed().as_secs_f64();
     checkpoint(&client).await;
 
-    say("5/5 measuring ingest after pruning, twice…");
-    let ingest = measure_ingest(&url, &load, &say).await?;
+    // The first round starts right after the drop, while the filesystem is still freeing what went.
+    say("5/5 measuring ingest after pruning…");
+    let rounds = measure_rounds(&url, &load, args.rounds, &say).await?;
     steps.push(Step {
         name: "after pruning",
-        ingest,
-        sizes: sizes(&client).await?,
-    });
-    // Dropping tens of GB at once leaves the filesystem freeing them for a while; the next round shows
-    // whether what the first one met was that or the database.
-    let ingest = measure_ingest(&url, &load, &say).await?;
-    steps.push(Step {
-        name: "after pruning, next round",
-        ingest,
+        rounds,
         sizes: sizes(&client).await?,
     });
 
-    let (first, last) = (&steps[0].ingest, &steps[steps.len() - 1].ingest);
-    let ratio_change = last.ratio_to_copy / first.ratio_to_copy - 1.0;
-    let p99_change = last.ack_p99_ms / first.ack_p99_ms - 1.0;
+    let (first, last) = (&steps[0], &steps[steps.len() - 1]);
+    let ratio_change = last.median(|f| f.ratio_to_copy) / first.median(|f| f.ratio_to_copy) - 1.0;
+    let p99_change = last.median(|f| f.ack_p99_ms) / first.median(|f| f.ack_p99_ms) - 1.0;
     if json {
         let out = serde_json::json!({
             "fill": {
@@ -171,11 +222,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "partitions_dropped": pass.partitions_dropped.len(),
                 "bytes_freed": pass.bytes_freed(),
             },
-            "steps": steps.iter().map(|s| serde_json::json!({
-                "step": s.name,
-                "ingest": s.ingest.to_json(),
-                "sizes": s.sizes.to_json(),
-            })).collect::<Vec<_>>(),
+            "rounds_per_step": args.rounds,
+            "steps": steps.iter().map(Step::to_json).collect::<Vec<_>>(),
             "ratio_change": round3(ratio_change),
             "p99_change": round3(p99_change),
         });
@@ -194,22 +242,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             prune_seconds
         );
         println!(
+            "medians of {} rounds per step (range in brackets)",
+            args.rounds
+        );
+        println!(
             "| step | frames stored | frames table | its indexes | dead rows | partitions | ingest frames/s | ratio to COPY | ack p50 ms | ack p99 ms |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for s in &steps {
+            let (rate_low, rate_high) = s.range(|f| f.frames_per_s);
+            let (p99_low, p99_high) = s.range(|f| f.ack_p99_ms);
             println!(
-                "| {} | {} | {:.2} GB | {:.0} MB | {} | {} | {:.0} | {:.2} | {:.1} | {:.1} |",
+                "| {} | {} | {:.2} GB | {:.0} MB | {} | {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.1} | {:.1} ({:.0}–{:.0}) |",
                 s.name,
                 s.sizes.frames,
                 s.sizes.table_bytes as f64 / 1e9,
                 s.sizes.index_bytes as f64 / 1e6,
                 s.sizes.dead_rows,
                 s.sizes.partitions,
-                s.ingest.frames_per_s,
-                s.ingest.ratio_to_copy,
-                s.ingest.ack_p50_ms,
-                s.ingest.ack_p99_ms
+                s.median(|f| f.frames_per_s),
+                rate_low,
+                rate_high,
+                s.median(|f| f.ratio_to_copy),
+                s.median(|f| f.ack_p50_ms),
+                s.median(|f| f.ack_p99_ms),
+                p99_low,
+                p99_high
             );
         }
         println!(
