@@ -7,6 +7,13 @@ use auscult_e2e::{Stack, stored_frames};
 use auscult_gateway::{Event, Gateway, GatewayConfig, Identity, SyntheticSource};
 use sha2::{Digest, Sha256};
 
+/// These gateways send as fast as ingest takes frames, to find races in storing them: one device's fair
+/// share of a replica (its pace, tested in `fairness.rs`) is lifted.
+const FULL_SPEED: &[(&str, &str)] = &[
+    ("AUSCULT__DEVICES__MAX_FRAMES_PER_SECOND", "0"),
+    ("AUSCULT__DEVICES__MAX_BYTES_PER_SECOND", "0"),
+];
+
 /// What the simulator sends for `sensors` × `frames` with seed 1, as (sensor_id, seq, sha256).
 fn expected(device: &str, sensors: usize, frames: u64) -> Vec<(String, i64, Vec<u8>)> {
     let identity = Identity {
@@ -47,7 +54,7 @@ async fn simulate(stack: &Stack, device: &str, token: &str, extra: &[&str]) -> s
 
 #[tokio::test]
 async fn ten_thousand_frames_from_twenty_sensors_arrive_exactly_once() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::start(FULL_SPEED).await;
     let token = stack.add_device("gw-a").await;
     let summary = simulate(&stack, "gw-a", &token, &[]).await;
     assert_eq!(summary["sent"], 10_000);
@@ -83,7 +90,7 @@ async fn ten_thousand_frames_from_twenty_sensors_arrive_exactly_once() {
 
 #[tokio::test]
 async fn cutting_the_connection_every_500_frames_loses_and_doubles_nothing() {
-    let stack = Stack::start(&[]).await;
+    let stack = Stack::start(FULL_SPEED).await;
     let token = stack.add_device("gw-b").await;
     let summary = simulate(&stack, "gw-b", &token, &["--cut-every", "500"]).await;
     assert_eq!(summary["acked"], 10_000);
@@ -101,7 +108,7 @@ async fn cutting_the_connection_every_500_frames_loses_and_doubles_nothing() {
 
 #[tokio::test]
 async fn frames_acknowledged_before_a_sigkill_are_stored() {
-    let mut stack = Stack::start(&[]).await;
+    let mut stack = Stack::start(FULL_SPEED).await;
     let token = stack.add_device("gw-k").await;
     let (run, mut events) = spawn_gateway(&stack, "gw-k", token, 10);
 
@@ -151,7 +158,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
-    let mut stack = Stack::start(&[]).await;
+    let mut stack = Stack::start(FULL_SPEED).await;
     let token = stack.add_device("gw-t").await;
     let (run, mut events) = spawn_gateway(&stack, "gw-t", token, 4);
 

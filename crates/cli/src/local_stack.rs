@@ -24,6 +24,8 @@ pub struct StackPlan {
     pub listener_replicas: usize,
     /// Extra environment for the listener (`AUSCULT__…`).
     pub listener_env: Vec<(String, String)>,
+    /// Extra environment for ingest.
+    pub ingest_env: Vec<(String, String)>,
 }
 
 impl LocalStack {
@@ -79,7 +81,9 @@ impl LocalStack {
             ]
         };
         let (grpc, admin) = (free_port()?, free_port()?);
-        stack.spawn("auscult-ingest", base(grpc, admin))?;
+        let mut env = base(grpc, admin);
+        env.extend(plan.ingest_env.iter().cloned());
+        stack.spawn("auscult-ingest", env)?;
         stack.ingest_endpoint = format!("http://127.0.0.1:{grpc}");
         wait_serving(&stack.ingest_endpoint, "auscult.ingest.v1.Ingest").await?;
         say(&format!("ingest serving on {}", stack.ingest_endpoint));

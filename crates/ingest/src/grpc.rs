@@ -1,9 +1,12 @@
 //! The gRPC face of ingest: authentication of each stream and the `Ingest` service. The only module that
 //! knows `tonic::Status`, together with `stream`.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use auscult_frame::Limits;
@@ -16,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::{Instrument, info_span, warn};
 
 use crate::{
+    devices::{Devices, TokenDigest},
     metrics as m,
     stream::{StreamContext, run_stream},
     writer::Submitter,
@@ -27,7 +31,11 @@ const ACK_BUFFER: usize = 32;
 /// The `Ingest` gRPC service.
 #[derive(Debug)]
 pub struct IngestService {
-    pub(crate) pool: Pool,
+    /// Connections for authentication only, apart from the writers'.
+    pub(crate) auth_pool: Pool,
+    /// How long a new stream waits for an authentication connection.
+    pub(crate) auth_wait: Duration,
+    pub(crate) devices: Arc<Devices>,
     pub(crate) limits: Limits,
     pub(crate) compress: bool,
     pub(crate) submit: Submitter,
@@ -55,11 +63,21 @@ impl Ingest for IngestService {
             .remote_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let device_id = self.authenticate(request.metadata()).await?;
+        let (device_id, token) = self.authenticate(request.metadata()).await?;
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
+        let slot = self
+            .devices
+            .open(&device_id, stream_id, token)
+            .map_err(|refused| {
+                metrics::counter!(m::STREAMS_REFUSED_TOTAL, "reason" => "device_streams")
+                    .increment(1);
+                warn!(device = %device_id, "{refused}");
+                Status::resource_exhausted(format!("{refused}: close one, or reuse an open stream"))
+            })?;
         let ctx = StreamContext {
             stream_id,
             device_id: device_id.clone(),
+            slot,
             limits: self.limits,
             compress: self.compress,
             submit: self.submit.clone(),
@@ -83,8 +101,8 @@ impl Ingest for IngestService {
 }
 
 impl IngestService {
-    /// The device whose bearer token the stream presents.
-    async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+    /// The device whose bearer token the stream presents, and the token's digest.
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<(String, TokenDigest), Status> {
         let refuse = |reason: &'static str, message: &'static str| {
             metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
             Status::unauthenticated(message)
@@ -110,12 +128,23 @@ impl IngestService {
                     "authorization metadata must be `Bearer <token>`",
                 )
             })?;
-        let client = self.pool.get().await.map_err(|e| {
-            warn!("cannot authenticate, no database connection: {e}");
-            Status::unavailable("cannot authenticate right now: database unavailable")
-        })?;
+        let client = match tokio::time::timeout(self.auth_wait, self.auth_pool.get()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                warn!("cannot authenticate, no database connection: {e}");
+                return Err(Status::unavailable(
+                    "cannot authenticate right now: database unavailable",
+                ));
+            }
+            Err(_) => {
+                metrics::counter!(m::STREAMS_REFUSED_TOTAL, "reason" => "auth_busy").increment(1);
+                return Err(Status::unavailable(
+                    "cannot authenticate right now: too many streams opening at once; retry shortly",
+                ));
+            }
+        };
         match auscult_store::authenticate(&**client, token).await {
-            Ok(Some(device)) => Ok(device),
+            Ok(Some(device)) => Ok((device, auscult_store::token_digest(token))),
             Ok(None) => Err(refuse("unknown_token", "unknown or revoked token")),
             Err(e) => {
                 warn!("cannot authenticate: {e}");

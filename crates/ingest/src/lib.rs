@@ -6,6 +6,8 @@
 //! flow control; `writer` batches frames from all streams into transactions; `ack` builds acknowledgements.
 
 mod ack;
+mod connections;
+mod devices;
 mod grpc;
 mod lifecycle;
 mod metrics;
@@ -21,12 +23,14 @@ use std::{
 use auscult_proto::ingest::v1::ingest_server::IngestServer;
 use auscult_telemetry::Readiness;
 use tokio::{net::TcpListener, sync::Semaphore};
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
-pub use settings::{AudioStorage, InvalidSetting, Settings, TlsSettings};
+pub use settings::{
+    AudioStorage, AuthSettings, DeviceSettings, InvalidSetting, Settings, TlsSettings,
+};
 
 /// What stops the service from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +80,12 @@ pub async fn run(
         settings.database.pool_size,
         "auscult-ingest",
     )?;
+    let auth_pool = auscult_store::connect_pool(
+        &settings.database.url,
+        settings.auth.pool_size,
+        "auscult-ingest-auth",
+    )?;
+    let devices = Arc::new(devices::Devices::new(settings.devices.clone()));
     let tasks = TaskTracker::new();
     let streams = TaskTracker::new();
     let abort_writers = CancellationToken::new();
@@ -114,8 +124,17 @@ pub async fn run(
         }
     });
 
+    tasks.spawn(end_revoked_streams(
+        auth_pool.clone(),
+        Arc::clone(&devices),
+        settings.auth.recheck_interval,
+        shutdown.clone(),
+    ));
+
     let service = grpc::IngestService {
-        pool: pool.clone(),
+        auth_pool: auth_pool.clone(),
+        auth_wait: settings.auth.wait,
+        devices,
         limits: settings.frame_limits(),
         compress: settings.storage.audio == settings::AudioStorage::Flac,
         submit,
@@ -138,17 +157,26 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(settings.flow.max_streams_per_connection))
-        .initial_stream_window_size(Some(1 << 20))
-        .initial_connection_window_size(Some(8 << 20));
+        .initial_stream_window_size(Some(settings.flow.stream_window_bytes))
+        .initial_connection_window_size(Some(settings.flow.connection_window_bytes))
+        // A client that opens and resets streams in a loop (CVE-2023-44487) is cut off.
+        .http2_max_pending_accept_reset_streams(Some(32))
+        .http2_max_header_list_size(Some(16 << 10));
     if let Some(tls) = &settings.tls {
         server = server.tls_config(tls_config(tls)?)?;
     }
     let addr = listeners.grpc.local_addr().ok();
-    let incoming = TcpListenerStream::new(listeners.grpc).map(|conn| {
-        // Acknowledgements are small: without NODELAY, Nagle's algorithm would hold them back.
-        conn.and_then(|c| c.set_nodelay(true).map(|()| c))
-    });
-    info!(?addr, tls = settings.tls.is_some(), "ingest serving");
+    let incoming = connections::counted(
+        TcpListenerStream::new(listeners.grpc),
+        Arc::new(Semaphore::new(settings.flow.max_connections as usize)),
+    );
+    info!(
+        ?addr,
+        tls = settings.tls.is_some(),
+        max_connections = settings.flow.max_connections,
+        memory_bound_mib = settings.memory_bound_bytes() >> 20,
+        "ingest serving"
+    );
 
     let stop_accepting = {
         let (shutdown, health, streams) = (shutdown.clone(), health.clone(), streams.clone());
@@ -190,11 +218,52 @@ pub async fn run(
         tasks.wait().await;
     }
     pool.close();
+    auth_pool.close();
     info!("ingest stopped");
     served.map_err(IngestError::from)
 }
 
 /// How this replica names itself in `lifecycle_state`: its host name (the pod's, in Kubernetes).
+/// Checks the tokens of open streams every `interval` and ends the streams whose token was revoked, so a
+/// revocation takes effect on open streams within one interval (new streams are refused at once).
+async fn end_revoked_streams(
+    auth_pool: auscult_store::Pool,
+    devices: Arc<devices::Devices>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let tokens = devices.open_tokens();
+        if tokens.is_empty() {
+            continue;
+        }
+        let checked = tokio::time::timeout(interval, async {
+            let client = auth_pool.get().await?;
+            auscult_store::tokens_no_longer_valid(&**client, &tokens).await
+        })
+        .await;
+        match checked {
+            Ok(Ok(revoked)) if !revoked.is_empty() => {
+                let ended = devices.end_streams_of(&revoked);
+                info!(
+                    tokens = revoked.len(),
+                    streams = ended,
+                    "ending the streams of revoked tokens"
+                );
+            }
+            Ok(Ok(_)) => {}
+            // Streams stay open while the database is away: the writers cannot store their frames anyway,
+            // and the next check comes within one interval of its return.
+            Ok(Err(e)) => warn!("cannot check open streams' tokens: {e}"),
+            Err(_) => warn!("checking open streams' tokens took longer than {interval:?}"),
+        }
+    }
+}
+
 fn instance_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

@@ -12,6 +12,11 @@ pub const BATCH_SPLITS_TOTAL: &str = "auscult_ingest_batch_splits_total";
 pub const STREAMS_ACTIVE: &str = "auscult_ingest_streams_active";
 pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
+pub const STREAMS_REFUSED_TOTAL: &str = "auscult_ingest_streams_refused_total";
+pub const STREAMS_REVOKED_TOTAL: &str = "auscult_ingest_streams_revoked_total";
+pub const DEVICE_PACE_WAIT_SECONDS: &str = "auscult_ingest_device_pace_wait_seconds";
+pub const CONNECTIONS_OPEN: &str = "auscult_ingest_connections_open";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "auscult_ingest_connections_refused_total";
 pub const INFLIGHT_BYTES: &str = "auscult_ingest_inflight_bytes";
 pub const ACKS_SURVIVE_PRIMARY_LOSS: &str = "auscult_ingest_acks_survive_primary_loss";
 pub const COMPRESSION_FAILURES_TOTAL: &str = "auscult_ingest_compression_failures_total";
@@ -56,6 +61,25 @@ pub fn describe() {
     describe_counter!(
         AUTH_FAILURES_TOTAL,
         "Streams refused by authentication or authorisation, by reason."
+    );
+    describe_counter!(
+        STREAMS_REFUSED_TOTAL,
+        "New streams refused for fairness, by reason (device_streams: the device holds as many as it \
+         may; auth_busy: no authentication connection came free in time)."
+    );
+    describe_counter!(
+        STREAMS_REVOKED_TOTAL,
+        "Open streams ended because the token they were opened with was revoked."
+    );
+    describe_histogram!(
+        DEVICE_PACE_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time a frame waited for its turn under its device's frame and byte rates."
+    );
+    describe_gauge!(CONNECTIONS_OPEN, "Gateway connections open.");
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed on arrival because flow.max_connections were open."
     );
     describe_gauge!(
         INFLIGHT_BYTES,

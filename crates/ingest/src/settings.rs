@@ -20,6 +20,8 @@ pub struct Settings {
     pub batch: BatchSettings,
     pub limits: LimitSettings,
     pub flow: FlowSettings,
+    pub devices: DeviceSettings,
+    pub auth: AuthSettings,
     pub tls: Option<TlsSettings>,
     pub storage: StorageSettings,
     pub lifecycle: LifecycleSettings,
@@ -81,6 +83,45 @@ pub struct FlowSettings {
     pub max_stream_inflight_bytes: usize,
     /// Concurrent streams per connection.
     pub max_streams_per_connection: u32,
+    /// Open connections; a connection beyond it is closed as soon as it is accepted. With the windows
+    /// below, this bounds what HTTP/2 buffers: `max_connections × connection_window_bytes`.
+    pub max_connections: u32,
+    /// HTTP/2 flow-control window of a connection: bytes a gateway may send that ingest has not read yet.
+    pub connection_window_bytes: u32,
+    /// HTTP/2 flow-control window of one stream.
+    pub stream_window_bytes: u32,
+}
+
+/// What one device may take of one replica, so that a flooding or misbehaving device slows only itself.
+/// A device over its rate is paced, not refused: its streams are read no faster than the rate, HTTP/2 flow
+/// control holds the gateway back, and nothing it sent is lost or has to be resent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// Streams one device may have open at once; one more is refused (RESOURCE_EXHAUSTED).
+    pub max_streams: u32,
+    /// Frames per second one device may send, over all its streams; 0 for no cap.
+    pub max_frames_per_second: u32,
+    /// Bytes of samples per second one device may send, over all its streams; 0 for no cap.
+    pub max_bytes_per_second: u64,
+    /// How far ahead of its rates a device may run: a burst of this much time's worth is read at once.
+    #[serde(with = "humantime_serde")]
+    pub burst: Duration,
+}
+
+/// Authentication of new streams, on its own connections so that it neither waits behind the writers nor
+/// takes connections from them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Connections kept for authenticating new streams and re-checking open streams' tokens.
+    pub pool_size: usize,
+    /// How long a new stream waits for one of those connections before it is refused (UNAVAILABLE).
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// How often the tokens of open streams are checked again: a revoked token's streams end within it.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
 }
 
 /// How frames are stored.
@@ -144,6 +185,8 @@ impl Default for Settings {
             batch: BatchSettings::default(),
             limits: LimitSettings::default(),
             flow: FlowSettings::default(),
+            devices: DeviceSettings::default(),
+            auth: AuthSettings::default(),
             tls: None,
             storage: StorageSettings::default(),
             lifecycle: LifecycleSettings::default(),
@@ -190,6 +233,34 @@ impl Default for FlowSettings {
             max_inflight_bytes: 256 << 20,
             max_stream_inflight_bytes: 16 << 20,
             max_streams_per_connection: 64,
+            // 1,024 connections × 256 KiB: at most 256 MiB buffered by HTTP/2. 256 KiB is eight 32 KB
+            // frames in flight per connection, about 2.6 MB/s over an LTE round trip of 100 ms.
+            max_connections: 1024,
+            connection_window_bytes: 256 << 10,
+            stream_window_bytes: 128 << 10,
+        }
+    }
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        // A gateway of 16 microphones sends 16 one-second frames a second; the caps let it catch up after
+        // an outage at about 15 times that, in 16 kHz 16-bit audio (500 frames/s of 32 KB).
+        Self {
+            max_streams: 8,
+            max_frames_per_second: 250,
+            max_bytes_per_second: 16 << 20,
+            burst: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            pool_size: 2,
+            wait: Duration::from_secs(2),
+            recheck_interval: Duration::from_secs(10),
         }
     }
 }
@@ -216,10 +287,45 @@ impl Settings {
             return fail(
                 "database.pool_size",
                 format!(
-                    "must exceed batch.writers ({}) to leave connections for authentication",
+                    "must exceed batch.writers ({}) to leave a connection for the readiness check",
                     self.batch.writers
                 ),
             );
+        }
+        if !(1..=16).contains(&self.auth.pool_size) {
+            return fail("auth.pool_size", "must be between 1 and 16".into());
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(30)).contains(&self.auth.wait) {
+            return fail("auth.wait", "must be between 100ms and 30s".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600))
+            .contains(&self.auth.recheck_interval)
+        {
+            return fail("auth.recheck_interval", "must be between 1s and 10m".into());
+        }
+        if self.devices.max_streams == 0 {
+            return fail("devices.max_streams", "must be at least 1".into());
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.devices.burst) {
+            return fail("devices.burst", "must be between 100ms and 60s".into());
+        }
+        let window = 65_535..=(64 << 20);
+        if !window.contains(&self.flow.connection_window_bytes) {
+            return fail(
+                "flow.connection_window_bytes",
+                "must be between 65535 (HTTP/2's initial window) and 64 MiB".into(),
+            );
+        }
+        if !window.contains(&self.flow.stream_window_bytes)
+            || self.flow.stream_window_bytes > self.flow.connection_window_bytes
+        {
+            return fail(
+                "flow.stream_window_bytes",
+                "must be between 65535 and flow.connection_window_bytes".into(),
+            );
+        }
+        if self.flow.max_connections == 0 {
+            return fail("flow.max_connections", "must be at least 1".into());
         }
         if !(1024..=64 << 20).contains(&self.limits.max_message_bytes) {
             return fail(
@@ -265,6 +371,13 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// The most memory received frames can take: what HTTP/2 may buffer on every connection, plus frames
+    /// read and not yet committed.
+    pub fn memory_bound_bytes(&self) -> u64 {
+        u64::from(self.flow.max_connections) * u64::from(self.flow.connection_window_bytes)
+            + self.flow.max_inflight_bytes as u64
     }
 
     /// The frame validation limits.

@@ -5,7 +5,10 @@
 //! service's memory budgets. While a budget is exhausted the stream stops reading, the HTTP/2 window fills up,
 //! and the gateway is slowed down by the transport itself; no frame is buffered beyond the budgets.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use auscult_frame::Limits;
 use auscult_proto::ingest::v1 as pb;
@@ -16,7 +19,9 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::{
-    ack, metrics as m,
+    ack,
+    devices::StreamSlot,
+    metrics as m,
     writer::{BatchReply, PendingFrame, StreamId, Submitter},
 };
 
@@ -26,6 +31,8 @@ pub struct StreamContext {
     pub stream_id: StreamId,
     /// The device the stream's token belongs to; frames of any other device end the stream.
     pub device_id: String,
+    /// The stream's place among its device's: its pace, and the end of the stream if its token is revoked.
+    pub slot: StreamSlot,
     pub limits: Limits,
     /// Compress 16-bit PCM frames (FLAC) before they are stored.
     pub compress: bool,
@@ -77,6 +84,10 @@ pub async fn run_stream(
                 end = End::Status(Status::unavailable(
                     "ingest is shutting down: reconnect and resend unacknowledged frames",
                 ));
+            }
+            () = ctx.slot.revoked().cancelled(), if reading => {
+                reading = false;
+                end = revoked();
             }
             message = inbound.next(), if reading => match message {
                 None => reading = false,
@@ -134,6 +145,10 @@ impl State<'_> {
                 ctx.device_id, frame.device_id
             ))));
         }
+        // Everything a device sends counts against its rates, valid or not.
+        if let Some(turn) = ctx.slot.pace(frame.samples.len(), Instant::now()) {
+            self.wait_turn(ctx, turn).await?;
+        }
         let (sensor_id, stream_epoch, seq) =
             (frame.sensor_id.clone(), frame.stream_epoch, frame.seq);
         let mut frame =
@@ -176,6 +191,31 @@ impl State<'_> {
             })?;
         self.inflight += 1;
         Ok(())
+    }
+
+    /// Waits until `turn`, the time the device's pace lets the frame go on, answering committed batches
+    /// meanwhile. The stream is not read while it waits, so HTTP/2 flow control holds the gateway back.
+    async fn wait_turn(&mut self, ctx: &StreamContext, turn: Instant) -> Result<(), End> {
+        let waited = Instant::now();
+        let sleep = tokio::time::sleep_until(turn.into());
+        tokio::pin!(sleep);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                Some(reply) = self.replies.recv() => {
+                    if let Err(stop) = self.answer(reply).await {
+                        break Err(stop);
+                    }
+                }
+                () = ctx.slot.revoked().cancelled() => break Err(revoked()),
+                () = ctx.shutdown.cancelled() => break Err(End::Status(Status::unavailable(
+                    "ingest is shutting down: reconnect and resend unacknowledged frames",
+                ))),
+                () = &mut sleep => break Ok(()),
+            }
+        };
+        metrics::histogram!(m::DEVICE_PACE_WAIT_SECONDS).record(waited.elapsed().as_secs_f64());
+        outcome
     }
 
     /// Takes `bytes` from the stream's budget, then the service's, answering committed batches while waiting
@@ -232,6 +272,13 @@ impl State<'_> {
     async fn send(&self, ack: pb::Ack) -> Result<(), End> {
         self.out.send(Ok(ack)).await.map_err(|_| End::Gone)
     }
+}
+
+fn revoked() -> End {
+    metrics::counter!(m::STREAMS_REVOKED_TOTAL).increment(1);
+    End::Status(Status::unauthenticated(
+        "the token this stream was opened with has been revoked",
+    ))
 }
 
 /// What a receive error means for the stream.

@@ -140,6 +140,29 @@ async fn insert_token(client: &impl GenericClient, device_id: &str) -> Result<St
     Ok(token)
 }
 
-fn token_digest(token: &str) -> [u8; 32] {
+/// What is stored of a token (its SHA-256), and what a service may keep of one in memory.
+pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// Of the given token digests, those that no longer admit their device (revoked or removed).
+pub async fn tokens_no_longer_valid(
+    client: &impl GenericClient,
+    digests: &[[u8; 32]],
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let slices: Vec<&[u8]> = digests.iter().map(<[u8; 32]>::as_slice).collect();
+    let rows = client
+        .query(
+            "SELECT d FROM unnest($1::bytea[]) AS d
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM device_tokens WHERE token_sha256 = d AND revoked_at IS NULL)",
+            &[&slices],
+        )
+        .await?;
+    let mut invalid = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let bytes: &[u8] = row.try_get(0)?;
+        invalid.extend(digests.iter().filter(|d| d.as_slice() == bytes));
+    }
+    Ok(invalid)
 }

@@ -21,6 +21,7 @@ pub use alerts::{
 };
 pub use devices::{
     DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens,
+    token_digest, tokens_no_longer_valid,
 };
 pub use durability::{CommitDurability, commit_durability};
 pub use error::StoreError;

@@ -221,6 +221,14 @@ async fn measure_ingest(
     settings.database.url = url.to_owned();
     // The benchmark runs lifecycle passes itself, where it measures them.
     settings.lifecycle.enabled = false;
+    // Its load is one device on many streams at full speed: what is measured is the path to the database,
+    // not that device's fair share of ingest.
+    settings.devices.max_frames_per_second = 0;
+    settings.devices.max_bytes_per_second = 0;
+    settings.devices.max_streams = settings
+        .devices
+        .max_streams
+        .max(u32::try_from(load.streams).unwrap_or(u32::MAX));
     let compress = settings.storage.audio == auscult_ingest::AudioStorage::Flac;
     let service = tokio::spawn(auscult_ingest::run(
         settings,

@@ -86,6 +86,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             analysis_replicas: 1,
             listener_replicas: 1,
             listener_env,
+            ingest_env: Vec::new(),
         },
         say,
     )

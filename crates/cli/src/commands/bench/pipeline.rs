@@ -52,6 +52,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             analysis_replicas: usize::try_from(args.analysis_replicas).unwrap_or(1),
             listener_replicas: 1,
             listener_env: Vec::new(),
+            // The simulated gateway is one device for all its sensors, and the burst measures analysis,
+            // not that device's fair share of ingest.
+            ingest_env: vec![
+                ("AUSCULT__DEVICES__MAX_FRAMES_PER_SECOND".into(), "0".into()),
+                ("AUSCULT__DEVICES__MAX_BYTES_PER_SECOND".into(), "0".into()),
+            ],
         },
         say,
     )
