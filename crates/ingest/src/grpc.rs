@@ -20,7 +20,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::{
     devices::{Devices, TokenDigest},
-    metrics as m,
+    identity, metrics as m,
     stream::{StreamContext, run_stream},
     writer::Submitter,
 };
@@ -64,6 +64,18 @@ impl Ingest for IngestService {
             .map(|a| a.to_string())
             .unwrap_or_default();
         let (device_id, token) = self.authenticate(request.metadata()).await?;
+        let certificates = request.peer_certs();
+        if let Err(problem) = identity::check(
+            certificates
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(AsRef::as_ref),
+            &device_id,
+        ) {
+            metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => problem.reason()).increment(1);
+            warn!(device = %device_id, %peer, "{problem}");
+            return Err(Status::permission_denied(problem.to_string()));
+        }
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
         let slot = self
             .devices

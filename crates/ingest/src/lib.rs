@@ -9,6 +9,7 @@ mod ack;
 mod connections;
 mod devices;
 mod grpc;
+mod identity;
 mod lifecycle;
 mod metrics;
 mod settings;

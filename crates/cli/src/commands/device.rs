@@ -1,4 +1,6 @@
-//! `auscult device …`: the device registry.
+//! `auscult device …`: the device registry, its tokens, and certificates for mutual TLS.
+
+mod certificates;
 
 use std::{io::Write, path::Path, path::PathBuf};
 
@@ -31,11 +33,41 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Revoke every token of a device: its gateways are refused from their next stream on.
+    /// Revoke every token of a device: new streams are refused at once, open ones end within ingest's
+    /// `auth.recheck_interval` (10 s by default).
     Revoke {
         device_id: String,
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Issue a client certificate for mutual TLS, signed by the plant's CA: its subject common name (CN) is
+    /// the device id, which is how ingest knows the device it speaks for.
+    Certify {
+        device_id: String,
+        /// The CA certificate ingest trusts (`tls.client_ca_path`), PEM.
+        #[arg(long)]
+        ca_cert: PathBuf,
+        /// The CA's private key, PEM.
+        #[arg(long)]
+        ca_key: PathBuf,
+        /// Where `<device>.pem` and `<device>.key` (readable by its owner only) are written.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+    /// Create a CA for device certificates (`ca.pem`, and `ca.key` readable by its owner only), for a plant
+    /// that has none. Keep the key off the servers: only `ca.pem` goes to ingest.
+    Ca {
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "auscult device CA")]
+        name: String,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
     },
     /// List devices.
     List {
@@ -97,6 +129,33 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let client = database::connect(&database.url).await?;
             let revoked = auscult_store::revoke_tokens(&client, &device_id).await?;
             println!("revoked {revoked} token(s) of {device_id}");
+        }
+        Command::Certify {
+            device_id,
+            ca_cert,
+            ca_key,
+            out_dir,
+            days,
+        } => {
+            let issued = certificates::certify(&device_id, &ca_cert, &ca_key, &out_dir, days)?;
+            eprintln!(
+                "certificate for device {device_id} (CN={device_id}), valid until {}: {} with its key {}",
+                issued.not_after.date(),
+                issued.certificate.display(),
+                issued.key.display()
+            );
+        }
+        Command::Ca {
+            out_dir,
+            name,
+            days,
+        } => {
+            let (certificate, key) = certificates::create_ca(&name, &out_dir, days)?;
+            eprintln!(
+                "CA {name:?}: {} (give it to ingest as tls.client_ca_path) and its key {} (keep it offline)",
+                certificate.display(),
+                key.display()
+            );
         }
         Command::List { json, database } => {
             let client = database::connect(&database.url).await?;
