@@ -20,7 +20,7 @@ pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let config = auscult_store::session_config(url, "auscult", &limits)
         .with_context(|| format!("PostgreSQL URL {}", redact(url)))?;
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect()
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
     tokio::spawn(async move {

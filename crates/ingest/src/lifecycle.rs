@@ -83,7 +83,7 @@ async fn run_once(
         ..SessionLimits::default()
     };
     let config = auscult_store::session_config(database_url, "auscult-ingest-lifecycle", &limits)?;
-    let (mut client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (mut client, connection) = config.connect().await?;
     let driver = tokio::spawn(connection);
     let outcome = auscult_store::run_pass(
         &mut client,

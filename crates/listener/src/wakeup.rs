@@ -96,7 +96,7 @@ async fn listen_once(
     )
     .map_err(|e| e.to_string())?;
     let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();

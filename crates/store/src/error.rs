@@ -9,6 +9,8 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("invalid database url: {0}")]
     InvalidUrl(tokio_postgres::Error),
+    #[error("database TLS: {0}")]
+    DatabaseTls(String),
     #[error("invalid pool configuration: {0}")]
     PoolConfig(String),
     #[error(

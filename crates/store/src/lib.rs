@@ -14,6 +14,7 @@ mod models;
 mod pool;
 mod results;
 mod search;
+pub mod tls;
 
 pub use alerts::{
     ALERTS_CHANNEL, AlertChange, AlertEvent, AlertRecord, AlertRule, Delivery, claim_deliveries,
@@ -44,7 +45,9 @@ pub use models::{
     MAX_MODEL_BYTES, MODELS_CHANNEL, ModelRecord, PublishOutcome, activate_model, active_model,
     list_models, publish_model,
 };
-pub use pool::{Pool, SessionLimits, connect_pool, session_config};
+pub use pool::{
+    Pool, SessionConfig, SessionConnection, SessionLimits, connect_pool, session_config,
+};
 pub use results::{
     Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,
 };

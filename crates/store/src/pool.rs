@@ -3,9 +3,10 @@
 use std::{str::FromStr, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres::{Socket, tls::MakeTlsConnect};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::StoreError;
+use crate::{StoreError, tls};
 
 /// A pool of PostgreSQL connections.
 pub type Pool = deadpool_postgres::Pool;
@@ -40,15 +41,46 @@ impl Default for SessionLimits {
     }
 }
 
+/// What opening a session needs: the connection settings, and TLS as the URL's `sslmode` and
+/// `sslrootcert` ask (see [`crate::tls`]).
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub postgres: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
+/// The connection half of a session, to be polled (spawned) for the client to work.
+pub type SessionConnection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+impl SessionConfig {
+    /// Opens one session.
+    pub async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, SessionConnection), tokio_postgres::Error> {
+        self.postgres.connect(self.tls.clone()).await
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out: tokio-postgres' own Debug redacts it.
+        f.debug_struct("SessionConfig")
+            .field("postgres", &self.postgres)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The connection settings of `url` with `limits` applied: server-side timeouts in the session's
 /// options (after any the URL gives, which win), TCP user timeout and keepalives, a connect timeout
-/// unless the URL sets one, and `application_name` unless the URL sets one.
+/// unless the URL sets one, `application_name` unless the URL sets one, and TLS.
 pub fn session_config(
     url: &str,
     application_name: &str,
     limits: &SessionLimits,
-) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(StoreError::InvalidUrl)?;
+) -> Result<SessionConfig, StoreError> {
+    let tls = tls::split_tls(url)?;
+    let mut config = tokio_postgres::Config::from_str(&tls.url).map_err(StoreError::InvalidUrl)?;
     if config.get_application_name().is_none() {
         config.application_name(application_name);
     }
@@ -73,7 +105,10 @@ pub fn session_config(
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(5))
         .keepalives_retries(3);
-    Ok(config)
+    Ok(SessionConfig {
+        postgres: config,
+        tls: tls::connector(&tls.verification)?,
+    })
 }
 
 /// Builds a pool for `url` holding at most `max_size` connections, each bounded by the default
@@ -86,8 +121,8 @@ pub fn connect_pool(
 ) -> Result<Pool, StoreError> {
     let config = session_config(url, application_name, &SessionLimits::default())?;
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        config.postgres,
+        config.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
