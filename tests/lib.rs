@@ -293,26 +293,51 @@ pub async fn activate_shipped_model(client: &mut tokio_postgres::Client) -> Stri
 pub struct AnalysisProcess {
     pub process: ServiceProcess,
     pub grpc_port: u16,
+    pub admin_port: u16,
+    /// How clients reach it when it serves TLS.
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl AnalysisProcess {
     /// Starts one on `database_url` and waits until it is SERVING (a model must be active).
     pub async fn start(database_url: &str) -> Self {
+        Self::start_with(database_url, &[], None).await
+    }
+
+    /// Like [`AnalysisProcess::start`], with `env` on top; `client_tls` when `env` makes it serve TLS
+    /// (for a certificate issued to `localhost`).
+    pub async fn start_with(
+        database_url: &str,
+        env: &[(&str, &str)],
+        client_tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
-        let process = ServiceProcess::spawn(
-            "auscult-analysis",
-            &[],
-            [
-                ("AUSCULT__DATABASE__URL", database_url.to_owned()),
-                ("AUSCULT__LISTEN_ADDR", format!("127.0.0.1:{grpc_port}")),
-                ("AUSCULT__ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
-                ("AUSCULT__SCORING__WORKERS", "1".into()),
-            ],
-        )
-        .expect("start auscult-analysis");
-        let analysis = Self { process, grpc_port };
-        let endpoint =
+        let mut vars: Vec<(String, String)> = vec![
+            ("AUSCULT__DATABASE__URL".into(), database_url.to_owned()),
+            (
+                "AUSCULT__LISTEN_ADDR".into(),
+                format!("127.0.0.1:{grpc_port}"),
+            ),
+            (
+                "AUSCULT__ADMIN_ADDR".into(),
+                format!("127.0.0.1:{admin_port}"),
+            ),
+            ("AUSCULT__SCORING__WORKERS".into(), "1".into()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let process =
+            ServiceProcess::spawn("auscult-analysis", &[], vars).expect("start auscult-analysis");
+        let analysis = Self {
+            process,
+            grpc_port,
+            admin_port,
+            client_tls,
+        };
+        let mut endpoint =
             tonic::transport::Endpoint::from_shared(analysis.endpoint()).expect("endpoint");
+        if let Some(tls) = analysis.client_tls.clone() {
+            endpoint = endpoint.tls_config(tls).expect("tls");
+        }
         let serving = wait_grpc_serving(
             &endpoint,
             "auscult.analysis.v1.Analysis",
@@ -328,7 +353,11 @@ impl AnalysisProcess {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
+        if self.client_tls.is_some() {
+            format!("https://localhost:{}", self.grpc_port)
+        } else {
+            format!("http://127.0.0.1:{}", self.grpc_port)
+        }
     }
 }
 

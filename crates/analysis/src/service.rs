@@ -5,10 +5,14 @@ use std::sync::{Arc, OnceLock};
 
 use auscult_proto::analysis::v1::analysis_server::AnalysisServer;
 use auscult_telemetry::Readiness;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::{
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Server,
+};
 use tracing::{info, warn};
 
 use crate::ScoringPool;
@@ -26,6 +30,11 @@ pub enum AnalysisError {
     ModelFile {
         path: String,
         source: auscult_model::ModelError,
+    },
+    #[error("{key}: {source}")]
+    SecretFile {
+        key: &'static str,
+        source: auscult_settings::SecretFileError,
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -53,6 +62,22 @@ pub async fn run(
 ) -> Result<(), AnalysisError> {
     settings.validate()?;
     let metrics_handle = auscult_telemetry::metrics_handle()?;
+    let credential = settings
+        .auth
+        .credential_file
+        .as_deref()
+        .map(auscult_settings::read_credential)
+        .transpose()
+        .map_err(|source| AnalysisError::SecretFile {
+            key: "auth.credential_file",
+            source,
+        })?;
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(auscult_settings::ServerTls::server_config)
+        .transpose()
+        .map_err(|source| AnalysisError::SecretFile { key: "tls", source })?;
     let store = auscult_store::connect_pool(
         &settings.database.url,
         settings.database.pool_size,
@@ -97,7 +122,12 @@ pub async fn run(
         store: Some(store.clone()),
     };
     let addr = listeners.grpc.local_addr().ok();
-    info!(?addr, "analysis serving");
+    info!(
+        ?addr,
+        tls = tls.is_some(),
+        credential = credential.is_some(),
+        "analysis serving"
+    );
     let stop = {
         let (shutdown, health) = (shutdown.clone(), health.clone());
         async move {
@@ -108,11 +138,19 @@ pub async fn run(
                 .await;
         }
     };
-    let serve = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    // Health and reflection stay open (probes use them); scoring needs the credential when one is set.
+    let serve = server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AnalysisServer::new(service).max_decoding_message_size(16 << 20))
+        .add_service(InterceptedService::new(
+            AnalysisServer::new(service).max_decoding_message_size(16 << 20),
+            CredentialCheck::new(credential.as_deref()),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stop);
     let grace = settings.shutdown_grace;
     let served = tokio::select! {
@@ -128,6 +166,51 @@ pub async fn run(
     info!("analysis stopped");
     served.map_err(AnalysisError::from)
 }
+
+/// Admits calls that present the shared credential as `authorization: Bearer <secret>` (all calls when none
+/// is set). Digests are compared, so the comparison's time says nothing about the secret.
+#[derive(Clone)]
+struct CredentialCheck {
+    digest: Option<[u8; 32]>,
+}
+
+impl CredentialCheck {
+    fn new(credential: Option<&str>) -> Self {
+        Self {
+            digest: credential.map(|c| Sha256::digest(c.as_bytes()).into()),
+        }
+    }
+}
+
+impl Interceptor for CredentialCheck {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(expected) = self.digest else {
+            return Ok(request);
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|secret| -> [u8; 32] { Sha256::digest(secret.trim().as_bytes()).into() });
+        if presented == Some(expected) {
+            return Ok(request);
+        }
+        let reason = if presented.is_some() {
+            "wrong_credential"
+        } else {
+            "missing_credential"
+        };
+        metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason).increment(1);
+        Err(tonic::Status::unauthenticated(
+            "Analysis.Score needs `authorization: Bearer <the shared credential>` (the listener's \
+             analysis.credential_file)",
+        ))
+    }
+}
+
+/// Calls refused for a missing or wrong credential, by reason.
+const AUTH_FAILURES_TOTAL: &str = "auscult_analysis_auth_failures_total";
 
 /// Loads the first model and keeps the pool on the active one.
 async fn follow_model(

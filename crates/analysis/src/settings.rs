@@ -18,9 +18,21 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub scoring: ScoringSettings,
     pub model: ModelSettings,
+    /// Serve TLS (with `client_ca_path`, mutual TLS).
+    pub tls: Option<auscult_settings::ServerTls>,
+    pub auth: AuthSettings,
     /// How long shutdown may take to finish the requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+/// Who may call `Analysis.Score`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// A file holding the secret every caller presents as `authorization: Bearer <secret>` (the listeners'
+    /// `analysis.credential_file`). Unset: no credential asked, for a replica reachable by the listeners only.
+    pub credential_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +70,8 @@ impl Default for Settings {
             database: DatabaseSettings::default(),
             scoring: ScoringSettings::default(),
             model: ModelSettings::default(),
+            tls: None,
+            auth: AuthSettings::default(),
             shutdown_grace: Duration::from_secs(20),
         }
     }

@@ -26,7 +26,7 @@ use auscult_telemetry::Readiness;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use settings::{
@@ -40,11 +40,8 @@ pub enum IngestError {
     Settings(#[from] InvalidSetting),
     #[error("store: {0}")]
     Store(#[from] auscult_store::StoreError),
-    #[error("reading TLS file {path}: {source}")]
-    TlsFile {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("TLS: {0}")]
+    Tls(#[from] auscult_settings::SecretFileError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
@@ -164,7 +161,7 @@ pub async fn run(
         .http2_max_pending_accept_reset_streams(Some(32))
         .http2_max_header_list_size(Some(16 << 10));
     if let Some(tls) = &settings.tls {
-        server = server.tls_config(tls_config(tls)?)?;
+        server = server.tls_config(tls.server_config()?)?;
     }
     let addr = listeners.grpc.local_addr().ok();
     let incoming = connections::counted(
@@ -374,21 +371,4 @@ async fn check_database(pool: &auscult_store::Pool) -> Result<DatabaseState, Str
         return Err("the database is read-only (a standby): ingest needs the primary".into());
     }
     Ok(DatabaseState { schema, durability })
-}
-
-fn tls_config(tls: &TlsSettings) -> Result<ServerTlsConfig, IngestError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| IngestError::TlsFile {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(&tls.cert_path)?,
-        read(&tls.key_path)?,
-    ));
-    if let Some(ca) = &tls.client_ca_path {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
 }

@@ -2,7 +2,7 @@
 //! (e.g. `AUSCULT__DATABASE__URL`, `AUSCULT__BATCH__MAX_FRAMES`). Validated at start so that a bad value fails
 //! fast with the name of its key.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
@@ -168,13 +168,7 @@ impl Default for LifecycleSettings {
 }
 
 /// Serve TLS; with `client_ca_path`, also require client certificates signed by that CA (mutual TLS).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
-    pub client_ca_path: Option<PathBuf>,
-}
+pub type TlsSettings = auscult_settings::ServerTls;
 
 impl Default for Settings {
     fn default() -> Self {

@@ -11,10 +11,21 @@ use std::time::{Duration, Instant};
 
 use auscult_proto::analysis::v1::{ScoreRequest, ScoreResponse, analysis_client::AnalysisClient};
 use rand::Rng;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 use tracing::{debug, warn};
 
 use crate::settings::AnalysisSettings;
+
+/// A file the link to analysis needs could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("analysis.{key}: {problem}")]
+pub struct LinkError {
+    key: &'static str,
+    problem: String,
+}
 
 /// Why a Score call failed after its retries.
 #[derive(Debug, thiserror::Error)]
@@ -56,25 +67,80 @@ impl Replica {
 #[derive(Debug, Clone)]
 pub struct AnalysisReplicas {
     settings: AnalysisSettings,
+    /// CA and client identity for `https://` endpoints; the server name is set per endpoint.
+    tls: ClientTlsConfig,
+    /// `Bearer <secret>`, when analysis asks for a credential.
+    credential: Option<MetadataValue<Ascii>>,
     replicas: Arc<RwLock<Vec<Arc<Replica>>>>,
     next: Arc<AtomicUsize>,
 }
 
 impl AnalysisReplicas {
-    /// Resolves the endpoints now; call [`Self::refresh`] periodically to follow scaling.
-    pub async fn connect(settings: AnalysisSettings) -> Self {
+    /// Resolves the endpoints now; call [`Self::refresh`] periodically to follow scaling. Fails only
+    /// when a TLS or credential file cannot be used.
+    pub async fn connect(settings: AnalysisSettings) -> Result<Self, LinkError> {
+        let file_problem = |key| {
+            move |e: auscult_settings::SecretFileError| LinkError {
+                key,
+                problem: e.to_string(),
+            }
+        };
+        let read = |key, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| LinkError {
+                key,
+                problem: format!("reading {}: {e}", path.display()),
+            })
+        };
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(ca) = &settings.ca_path {
+            tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca_path", ca)?));
+        }
+        match (&settings.cert_path, &settings.key_path) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("cert_path", cert)?,
+                    read("key_path", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(LinkError {
+                    key: "cert_path",
+                    problem: "a client certificate needs both cert_path and key_path".into(),
+                });
+            }
+        }
+        let credential = settings
+            .credential_file
+            .as_deref()
+            .map(auscult_settings::read_credential)
+            .transpose()
+            .map_err(file_problem("credential_file"))?
+            .map(|secret| {
+                format!("Bearer {secret}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .map_err(|_| LinkError {
+                        key: "credential_file",
+                        problem: "the credential is not a valid header value".into(),
+                    })
+            })
+            .transpose()?;
         let replicas = Self {
             settings,
+            tls,
+            credential,
             replicas: Arc::new(RwLock::new(Vec::new())),
             next: Arc::new(AtomicUsize::new(0)),
         };
         replicas.refresh().await;
-        replicas
+        Ok(replicas)
     }
 
     /// Re-resolves the endpoints, keeping the connections of addresses that remain.
     pub async fn refresh(&self) {
-        let mut resolved: Vec<(String, SocketAddr)> = Vec::new();
+        // (scheme, host name, address): TLS verifies the name the endpoint was given, not the address.
+        let mut resolved: Vec<(String, String, SocketAddr)> = Vec::new();
         for endpoint in &self.settings.endpoints {
             let Ok(uri) = endpoint.parse::<tonic::transport::Uri>() else {
                 continue;
@@ -84,26 +150,37 @@ impl AnalysisReplicas {
             let port = uri.port_u16().unwrap_or(50052);
             let scheme = uri.scheme_str().unwrap_or("http").to_owned();
             match tokio::net::lookup_host((host, port)).await {
-                Ok(addrs) => resolved.extend(addrs.map(|a| (scheme.clone(), a))),
+                Ok(addrs) => {
+                    resolved.extend(addrs.map(|a| (scheme.clone(), host.to_owned(), a)));
+                }
                 Err(e) => warn!(endpoint, "cannot resolve analysis endpoint: {e}"),
             }
         }
-        resolved.sort_by_key(|r| r.1);
-        resolved.dedup_by_key(|r| r.1);
+        resolved.sort_by_key(|r| r.2);
+        resolved.dedup_by_key(|r| r.2);
         let current: HashMap<SocketAddr, Arc<Replica>> = self
             .replicas
             .read()
             .map(|r| r.iter().map(|x| (x.addr, Arc::clone(x))).collect())
             .unwrap_or_default();
         let mut next = Vec::with_capacity(resolved.len());
-        for (scheme, addr) in resolved {
+        for (scheme, host, addr) in resolved {
             if let Some(existing) = current.get(&addr) {
                 next.push(Arc::clone(existing));
                 continue;
             }
-            let Ok(endpoint) = Endpoint::from_shared(format!("{scheme}://{addr}")) else {
+            let Ok(mut endpoint) = Endpoint::from_shared(format!("{scheme}://{addr}")) else {
                 continue;
             };
+            if scheme == "https" {
+                match endpoint.tls_config(self.tls.clone().domain_name(host)) {
+                    Ok(with_tls) => endpoint = with_tls,
+                    Err(e) => {
+                        warn!(%addr, "cannot set up TLS to an analysis replica: {e}");
+                        continue;
+                    }
+                }
+            }
             let channel = endpoint
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
@@ -151,6 +228,10 @@ impl AnalysisReplicas {
             };
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(self.settings.deadline);
+            if let Some(credential) = &self.credential {
+                call.metadata_mut()
+                    .insert("authorization", credential.clone());
+            }
             let mut client = replica.client.clone();
             let outcome = tokio::time::timeout(self.settings.deadline, client.score(call))
                 .await

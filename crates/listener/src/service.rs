@@ -29,6 +29,8 @@ pub enum ListenerError {
     Telemetry(#[from] auscult_telemetry::TelemetryError),
     #[error("elasticsearch: {0}")]
     Search(#[from] auscult_search::IndexerError),
+    #[error(transparent)]
+    AnalysisLink(#[from] crate::replicas::LinkError),
 }
 
 /// The sockets the service serves on, bound by the caller (port 0 in tests).
@@ -54,7 +56,7 @@ pub async fn run(
     )?;
     let readiness = Readiness::default();
     let wakeups = Wakeups::new();
-    let replicas = AnalysisReplicas::connect(settings.analysis.clone()).await;
+    let replicas = AnalysisReplicas::connect(settings.analysis.clone()).await?;
     info!(%owner, replicas = ?settings.analysis.endpoints, "listener starting");
 
     let mut tasks = Vec::new();

@@ -1,7 +1,7 @@
 //! Typed settings: defaults, then an optional TOML file, then `AUSCULT__…` environment variables
 //! (e.g. `AUSCULT__DATABASE__URL`, `AUSCULT__ANALYSIS__ENDPOINTS=http://a:50052,http://b:50052`).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -60,6 +60,15 @@ pub struct AnalysisSettings {
     /// How long a replica that failed is left out.
     #[serde(with = "humantime_serde")]
     pub eject_for: Duration,
+    /// For `https://` endpoints: the PEM CA that signed the replicas' certificates (unset: the public
+    /// roots). The host name of the endpoint is what the certificate must be issued for.
+    pub ca_path: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for replicas that require mutual TLS.
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// A file holding the shared credential sent as `authorization: Bearer <secret>` (analysis's
+    /// `auth.credential_file`).
+    pub credential_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +161,10 @@ impl Default for AnalysisSettings {
             retries: 4,
             backoff: Duration::from_millis(100),
             eject_for: Duration::from_secs(2),
+            ca_path: None,
+            cert_path: None,
+            key_path: None,
+            credential_file: None,
         }
     }
 }

@@ -2,11 +2,14 @@
 //! `AUSCULT__…` environment variables (`AUSCULT__DATABASE__URL` sets `database.url`). Services
 //! validate the result and name the offending key with [`InvalidSetting`].
 
+mod secure;
+
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
 pub use config::ConfigError;
+pub use secure::{SecretFileError, ServerTls, read_credential};
 
 /// A setting that makes no sense, named by its key.
 #[derive(Debug, thiserror::Error)]
