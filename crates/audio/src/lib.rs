@@ -14,7 +14,7 @@ mod wav;
 use std::path::PathBuf;
 
 pub use resample::resample;
-pub use wav::read_wav;
+pub use wav::{parse_wav, read_wav};
 
 /// Mono audio, samples in [-1, 1] (float files may exceed it; nothing clips them here).
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,19 @@ pub fn read_wav(
     channel: ChannelChoice,
     limits: AudioLimits,
 ) -> Result<Audio, AudioError> {
-    let reader = hound::WavReader::open(path).map_err(|e| AudioError::new(path, describe(&e)))?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| AudioError::new(path, describe(&hound::Error::IoError(e))))?;
+    parse_wav(std::io::BufReader::new(file), path, channel, limits)
+}
+
+/// Decodes WAV bytes from `source` (named `path` in errors) into mono audio at its own sample rate.
+pub fn parse_wav<R: std::io::Read>(
+    source: R,
+    path: &Path,
+    channel: ChannelChoice,
+    limits: AudioLimits,
+) -> Result<Audio, AudioError> {
+    let reader = hound::WavReader::new(source).map_err(|e| AudioError::new(path, describe(&e)))?;
     let spec = reader.spec();
     if spec.channels == 0 || spec.channels > limits.max_channels {
         return Err(AudioError::new(

@@ -76,6 +76,9 @@ pub fn encode_pcm_s16le(
     Ok(sink.as_slice().to_vec())
 }
 
+/// The most PCM one stored frame decodes to: ingest accepts no message above 64 MiB.
+const MAX_DECODED_BYTES: usize = 64 << 20;
+
 /// Decodes a stored FLAC frame back to the interleaved 16-bit little-endian PCM that was received, checking
 /// that it holds what its row says.
 pub fn decode_to_pcm_s16le(
@@ -98,16 +101,33 @@ pub fn decode_to_pcm_s16le(
             expected: format!("{channels} channel(s) at {sample_rate_hz} Hz, 16 bits"),
         });
     }
-    let expected = info
+    // The header's sample count is only a claim: a damaged or hostile stream may claim any size, and a
+    // few bytes of constant blocks decode to megabytes. What a frame can hold bounds both the buffer and
+    // the output.
+    let declared = info
         .samples
         .and_then(|n| usize::try_from(n).ok())
-        .map_or(0, |n| n * usize::from(channels) * 2);
-    let mut pcm = Vec::with_capacity(expected);
+        .and_then(|n| n.checked_mul(usize::from(channels) * 2));
+    let limit = declared.map_or(MAX_DECODED_BYTES, |d| d.min(MAX_DECODED_BYTES));
+    let mut pcm = Vec::with_capacity(limit.min(1 << 20));
     for sample in reader.samples() {
+        if pcm.len() >= limit {
+            return Err(FlacError::Decode(format!(
+                "more samples than the stream declares or a frame may hold ({limit} bytes)"
+            )));
+        }
         let sample = sample.map_err(|e| FlacError::Decode(e.to_string()))?;
         let sample = i16::try_from(sample)
             .map_err(|_| FlacError::Decode(format!("sample {sample} is not 16-bit")))?;
         pcm.extend_from_slice(&sample.to_le_bytes());
+    }
+    if let Some(declared) = declared
+        && pcm.len() != declared
+    {
+        return Err(FlacError::Decode(format!(
+            "the stream holds {} bytes of samples but declares {declared}",
+            pcm.len()
+        )));
     }
     Ok(pcm)
 }
@@ -118,6 +138,18 @@ mod tests {
 
     fn pcm(values: &[i16]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// Found by the `stored_flac` fuzz target: a header claiming 34 GB of samples made the decoder
+    /// reserve them all at once and abort.
+    #[test]
+    fn a_stream_claiming_more_samples_than_it_holds_is_refused_without_reserving_them() {
+        let input = include_bytes!("../tests/fuzz/stored_flac_claims_34_gb.bin");
+        let (shape, flac) = input.split_first().expect("input");
+        let channels = u16::from(shape % 4 + 1);
+        // Before the fix this aborted the process (a 34 GB allocation); now it is an error like any other.
+        let error = decode_to_pcm_s16le(flac, channels, 16_000).expect_err("refused");
+        assert!(matches!(error, FlacError::Decode(_)), "{error}");
     }
 
     #[test]

@@ -28,6 +28,15 @@ impl InvalidSetting {
     }
 }
 
+/// Loads `T` from its defaults (`#[serde(default)]`) and a TOML text only (no environment): for checking
+/// a settings file's text, and for fuzzing the loader.
+pub fn load_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()?
+        .try_deserialize()
+}
+
 /// Loads `T` from its defaults (`#[serde(default)]`), then `file` if given, then the environment.
 pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
