@@ -1,12 +1,14 @@
 //! The indexer: drains the search outbox into Elasticsearch. Any number run at once (a few tasks per
 //! listener replica); `FOR UPDATE SKIP LOCKED` gives each its own rows.
 //!
-//! One round: make sure the cluster holds the projection, claim a batch of due rows, read their
-//! documents as PostgreSQL holds them now, send them in one `_bulk`, and settle every row by its own
-//! outcome in the claiming transaction — indexed or already there (409): gone; 429 or 5xx: pushed
-//! back with backoff, alone; 400 or 404: to the dead letters with the reason. If the whole request
-//! fails (cluster unreachable, overloaded), nothing is settled, the transaction rolls back and the
-//! round is retried after a pause. Ingest never waits on any of this: it only inserted the rows.
+//! One round: make sure the cluster holds the projection, claim a batch of due rows for a lease (committed
+//! at once: no transaction or row lock is held while the documents travel), read their documents as
+//! PostgreSQL holds them now, send them in one `_bulk`, and settle every row by its own outcome under the
+//! claim's token — indexed or already there (409): gone; 429 or 5xx: pushed back with backoff, alone; 400
+//! or 404: to the dead letters with the reason. If the whole request fails (cluster unreachable,
+//! overloaded), the rows are given back and the round is retried after a pause; if the indexer dies, they
+//! are due again when the lease ends, and documents sent twice are absorbed by their versions (409).
+//! Ingest never waits on any of this: it only inserted the rows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use auscult_store::{
     OutboxEntry, Pool, Refusal, Settlement, StoreError, claim_outbox, load_documents, outbox_depth,
-    refill_outbox, settle_outbox,
+    refill_outbox, release_outbox, settle_outbox,
 };
 
 use crate::{
@@ -155,9 +157,11 @@ impl Indexer {
     pub async fn round(&self) -> Result<Round, IndexerError> {
         self.ensure_projection().await?;
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
         let limit = i64::try_from(self.settings.batch_documents).unwrap_or(i64::MAX);
-        let entries = claim_outbox(&tx, limit).await?;
+        // Long enough for the slowest request the cluster may take, and the settling after it.
+        let lease = self.settings.request_timeout * 2 + Duration::from_secs(10);
+        let claim = claim_outbox(&**client, limit, lease).await?;
+        let (token, entries) = (claim.token, claim.entries);
         let mut round = Round {
             claimed: entries.len(),
             ..Round::default()
@@ -167,12 +171,13 @@ impl Indexer {
         }
         let span = info_span!("bulk", claimed = entries.len());
         async {
-            let documents = load_documents(&*tx, &entries).await?;
+            let documents = load_documents(&**client, &entries).await?;
             let now = SystemTime::now();
             let mut batch: Vec<(&OutboxEntry, BulkDocument)> = Vec::with_capacity(documents.len());
             let mut bytes = 0;
             let mut settlements: Vec<(i64, Settlement)> = Vec::with_capacity(entries.len());
             let mut has_document = std::collections::HashSet::with_capacity(documents.len());
+            let mut deferred = Vec::new();
             for document in documents {
                 has_document.insert(document.outbox_id);
                 let Some(entry) = entries.iter().find(|e| e.id == document.outbox_id) else {
@@ -190,9 +195,10 @@ impl Indexer {
                     body: serde_json::Value::Object(body).to_string().into_bytes(),
                 };
                 let size = bulk_document.encoded_len();
-                // A full body leaves the rest claimed but unsettled: the commit releases them.
+                // What does not fit in this request's body is given back for the next round.
                 if !batch.is_empty() && bytes + size > self.settings.batch_bytes {
                     round.deferred += 1;
+                    deferred.push(entry.id);
                     continue;
                 }
                 bytes += size;
@@ -209,7 +215,17 @@ impl Indexer {
             if !batch.is_empty() {
                 let documents: Vec<BulkDocument> = batch.iter().map(|(_, d)| d.clone()).collect();
                 let started = Instant::now();
-                let outcomes = self.cluster.bulk(&documents).await?;
+                let outcomes = match self.cluster.bulk(&documents).await {
+                    Ok(outcomes) => outcomes,
+                    Err(error) => {
+                        let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+                        if let Err(e) = release_outbox(&**client, token, &ids).await {
+                            // They come back by themselves when the lease ends.
+                            warn!("cannot give claimed outbox rows back: {e}");
+                        }
+                        return Err(error.into());
+                    }
+                };
                 histogram!("auscult_search_bulk_seconds").record(started.elapsed().as_secs_f64());
                 histogram!("auscult_search_bulk_documents").record(documents.len() as f64);
                 let acknowledged = SystemTime::now();
@@ -260,12 +276,14 @@ impl Indexer {
                     settlements.push((entry.id, settlement));
                 }
             }
-            settle_outbox(&tx, &settlements).await?;
+            settle_outbox(&mut client, token, &settlements).await?;
+            if !deferred.is_empty() {
+                release_outbox(&**client, token, &deferred).await?;
+            }
             Ok::<_, IndexerError>(())
         }
         .instrument(span)
         .await?;
-        tx.commit().await?;
         Ok(round)
     }
 

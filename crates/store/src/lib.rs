@@ -52,9 +52,9 @@ pub use results::{
     Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,
 };
 pub use search::{
-    DeadLetter, OutboxDepth, OutboxEntry, RefillWindow, Refusal, SearchKind, Settlement,
-    SourceDocument, claim_outbox, list_dead_letters, load_documents, outbox_depth, projection_id,
-    refill_outbox, replay_dead_letters, settle_outbox,
+    DeadLetter, OutboxClaim, OutboxDepth, OutboxEntry, RefillWindow, Refusal, SearchKind,
+    Settlement, SourceDocument, claim_outbox, list_dead_letters, load_documents, outbox_depth,
+    projection_id, refill_outbox, release_outbox, replay_dead_letters, settle_outbox,
 };
 
 /// Re-exported so that callers name one `Client` type without depending on the pool crate themselves.

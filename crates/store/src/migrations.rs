@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "partitioned storage",
         include_str!("../migrations/0005_partitioned_storage.sql"),
     ),
+    (
+        6,
+        "outbox claims",
+        include_str!("../migrations/0006_outbox_claims.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

@@ -129,18 +129,33 @@ pub struct DeadLetter {
     pub failed_at: SystemTime,
 }
 
-/// Claims up to `limit` outbox rows that are due, oldest first, skipping rows other indexers hold. The
-/// rows stay locked until `tx` ends; settle them with [`settle_outbox`] before committing.
-#[instrument(skip(tx))]
+/// Outbox rows claimed by one indexer round: only this claim's token settles or releases them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxClaim {
+    pub token: i64,
+    pub entries: Vec<OutboxEntry>,
+}
+
+/// Claims up to `limit` outbox rows that are due, oldest first, skipping rows other indexers are claiming,
+/// for `lease`: the claim is committed at once, so no lock is held while the documents travel. Settle the
+/// rows with [`settle_outbox`] (or give them back with [`release_outbox`]) before the lease ends; after it,
+/// they are due again for any indexer.
+#[instrument(skip(client))]
 pub async fn claim_outbox(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &impl GenericClient,
     limit: i64,
-) -> Result<Vec<OutboxEntry>, StoreError> {
-    let rows = tx
+    lease: Duration,
+) -> Result<OutboxClaim, StoreError> {
+    let token = rand::random::<i64>();
+    let rows = client
         .query(
-            "SELECT id, kind, ref_id, attempts, created_at FROM search_outbox
-             WHERE not_before <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            &[&limit],
+            "UPDATE search_outbox o
+             SET claim = $2, not_before = now() + make_interval(secs => $3)
+             FROM (SELECT id FROM search_outbox WHERE not_before <= now()
+                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) due
+             WHERE o.id = due.id
+             RETURNING o.id, o.kind, o.ref_id, o.attempts, o.created_at",
+            &[&limit, &token, &lease.as_secs_f64()],
         )
         .await?;
     let mut entries = Vec::with_capacity(rows.len());
@@ -160,7 +175,25 @@ pub async fn claim_outbox(
             queued_at: row.try_get(4)?,
         });
     }
-    Ok(entries)
+    // UPDATE … RETURNING does not keep the subquery's order.
+    entries.sort_by_key(|e| e.id);
+    Ok(OutboxClaim { token, entries })
+}
+
+/// Gives claimed rows back, due at once (rows left out of a full request, or a round that could not reach
+/// the cluster: they are not failures of their own, so their attempts do not count).
+pub async fn release_outbox(
+    client: &impl GenericClient,
+    token: i64,
+    ids: &[i64],
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "UPDATE search_outbox SET claim = NULL, not_before = now()
+             WHERE id = ANY($1) AND claim = $2",
+            &[&ids, &token],
+        )
+        .await?)
 }
 
 /// The documents `entries` stand for, read as of now. Entries whose source row no longer exists (a
@@ -321,13 +354,16 @@ fn document_query(kind: SearchKind) -> &'static str {
     }
 }
 
-/// Settles claimed rows in the claiming transaction: done rows leave the outbox, retried rows wait,
-/// refused rows move to the dead letters.
+/// Settles rows of the claim `token`, in one transaction: done rows leave the outbox, retried rows wait,
+/// refused rows move to the dead letters. Rows no longer held by the claim (its lease ran out and another
+/// indexer took them) are left alone: that indexer settles them.
 #[instrument(skip_all, fields(rows = settlements.len()))]
 pub async fn settle_outbox(
-    tx: &tokio_postgres::Transaction<'_>,
+    client: &mut tokio_postgres::Client,
+    token: i64,
     settlements: &[(i64, Settlement)],
 ) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
     let mut done = Vec::new();
     let (mut retry_ids, mut retry_errors, mut retry_after_ms) =
         (Vec::new(), Vec::new(), Vec::new());
@@ -353,16 +389,19 @@ pub async fn settle_outbox(
         }
     }
     if !done.is_empty() {
-        tx.execute("DELETE FROM search_outbox WHERE id = ANY($1)", &[&done])
-            .await?;
+        tx.execute(
+            "DELETE FROM search_outbox WHERE id = ANY($1) AND claim = $2",
+            &[&done, &token],
+        )
+        .await?;
     }
     if !retry_ids.is_empty() {
         tx.execute(
-            "UPDATE search_outbox o SET attempts = o.attempts + 1, last_error = r.error,
+            "UPDATE search_outbox o SET attempts = o.attempts + 1, last_error = r.error, claim = NULL,
                     not_before = now() + make_interval(secs => r.after_ms / 1000.0)
              FROM unnest($1::int8[], $2::text[], $3::float8[]) AS r(id, error, after_ms)
-             WHERE o.id = r.id",
-            &[&retry_ids, &retry_errors, &retry_after_ms],
+             WHERE o.id = r.id AND o.claim = $4",
+            &[&retry_ids, &retry_errors, &retry_after_ms, &token],
         )
         .await?;
     }
@@ -372,7 +411,7 @@ pub async fn settle_outbox(
                 DELETE FROM search_outbox o
                 USING unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[])
                       AS d(id, index_name, document_id, status, error_type, reason)
-                WHERE o.id = d.id
+                WHERE o.id = d.id AND o.claim = $7
                 RETURNING o.kind, o.ref_id, o.attempts, o.created_at, d.index_name, d.document_id,
                           d.status, d.error_type, d.reason
             )
@@ -380,10 +419,11 @@ pub async fn settle_outbox(
                                              reason, attempts, queued_at)
             SELECT kind, ref_id, index_name, document_id, status, error_type, reason, attempts + 1, created_at
             FROM refused",
-            &[&dead_ids, &indices, &documents, &statuses, &types, &reasons],
+            &[&dead_ids, &indices, &documents, &statuses, &types, &reasons, &token],
         )
         .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -391,7 +431,7 @@ pub async fn settle_outbox(
 pub async fn outbox_depth(client: &impl GenericClient) -> Result<OutboxDepth, StoreError> {
     let row = client
         .query_one(
-            "SELECT count(*), count(*) FILTER (WHERE not_before > now()),
+            "SELECT count(*), count(*) FILTER (WHERE not_before > now() AND claim IS NULL),
                     coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8,
                     (SELECT count(*) FROM search_dead_letters)
              FROM search_outbox",
