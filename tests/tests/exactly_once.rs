@@ -115,7 +115,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
     // Collect acknowledgements until a good share of the run is durable, then kill ingest mid-stream.
     let mut acked: HashSet<(String, u64)> = HashSet::new();
     while acked.len() < 1_500 {
-        match events.recv().await.expect("gateway events") {
+        match next_event(&mut events).await {
             Event::Acked(ranges) => {
                 record(&mut acked, ranges);
             }
@@ -126,7 +126,7 @@ async fn frames_acknowledged_before_a_sigkill_are_stored() {
     stack.ingest.kill().expect("kill ingest");
     // Acknowledgements already on the wire may still arrive; the stream breaks after them.
     loop {
-        match events.recv().await.expect("gateway events") {
+        match next_event(&mut events).await {
             Event::Acked(ranges) => {
                 record(&mut acked, ranges);
             }
@@ -165,7 +165,7 @@ async fn sigterm_commits_and_acknowledges_in_flight_frames_before_exiting() {
     let mut acked: HashSet<(String, u64)> = HashSet::new();
     let mut terminated = None;
     let reason = loop {
-        match events.recv().await.expect("gateway events") {
+        match next_event(&mut events).await {
             Event::Acked(ranges) => {
                 record(&mut acked, ranges);
                 if terminated.is_none() && acked.len() >= 500 {
@@ -253,4 +253,12 @@ async fn stored_keys(db: &tokio_postgres::Client, device: &str) -> HashSet<(Stri
         .into_iter()
         .map(|(s, q, _)| (s, u64::try_from(q).expect("seq")))
         .collect()
+}
+
+/// The gateway's next event; a gateway that goes quiet for 60 s fails the test instead of hanging it.
+async fn next_event(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .expect("a gateway event within 60 s")
+        .expect("gateway events")
 }

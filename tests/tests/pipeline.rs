@@ -38,6 +38,16 @@ async fn settled(
     Some(scoring_progress(client).await)
 }
 
+/// Sends a signal (`STOP`, `CONT`) to a process.
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// Short leases and deadlines, so that a killed listener's jobs return within seconds.
 const FAST_RECOVERY: [(&str, &str); 4] = [
     ("AUSCULT__JOBS__LEASE", "3s"),
@@ -70,6 +80,49 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
         "scoring never started:\n{}",
         listener_a.log()
     );
+    // Listener a is frozen first, so that the jobs it holds when it dies are known: once none of its
+    // statements is still running in PostgreSQL (a COMMIT sent just before the freeze), what it holds no
+    // longer changes. If it holds nothing at that instant (between batches), it runs on a moment.
+    let held = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            signal(listener_a.pid(), "STOP");
+            let quiet = wait_for(Duration::from_secs(10), || async {
+                let active: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE application_name = 'auscult-listener listener-a' AND state = 'active'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                (active == 0).then_some(())
+            })
+            .await;
+            assert!(quiet.is_some(), "listener a's statements never finished");
+            let held: Vec<i64> = db
+                .query(
+                    "SELECT frame_id FROM analysis_jobs WHERE state = 'running' AND lease_owner LIKE 'listener-a#%'",
+                    &[],
+                )
+                .await
+                .expect("held jobs")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if !held.is_empty() {
+                break held;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "listener a never held a job:\n{}",
+                listener_a.log()
+            );
+            signal(listener_a.pid(), "CONT");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     listener_a.kill().expect("kill listener a");
     analysis_b.process.kill().expect("kill analysis b");
     let halfway = scoring_progress(&db).await.0;
@@ -86,6 +139,20 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
     assert_eq!(done, 1200, "every job done, none dead");
     assert_eq!(results, 1200, "one verdict per frame, none doubled");
     assert_eq!(frames, 1200);
+    // The jobs the dead listener held were taken over when their leases ran out: a second attempt each.
+    let taken_over: i64 = db
+        .query_one(
+            "SELECT count(*) FROM analysis_jobs WHERE frame_id = ANY($1) AND state = 'done' AND attempts > 1",
+            &[&held],
+        )
+        .await
+        .expect("taken over")
+        .get(0);
+    assert_eq!(
+        taken_over,
+        held.len() as i64,
+        "every job listener a held was taken over"
+    );
     let versions: Vec<String> = db
         .query("SELECT DISTINCT model_version FROM analysis_results", &[])
         .await
@@ -116,7 +183,7 @@ async fn terminated_listener_connections_lose_no_job() {
     let connected = wait_for(Duration::from_secs(30), || async {
         let n: i64 = db
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'auscult-listener'
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'auscult-listener %'
                    OR query LIKE 'LISTEN%'",
                 &[],
             )
@@ -143,7 +210,7 @@ async fn terminated_listener_connections_lose_no_job() {
                     .query(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                          WHERE pid <> pg_backend_pid() AND datname = current_database()
-                           AND (application_name = 'auscult-listener' OR query LIKE 'LISTEN%')",
+                           AND (application_name LIKE 'auscult-listener %' OR query LIKE 'LISTEN%')",
                         &[],
                     )
                     .await

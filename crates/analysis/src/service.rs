@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 use auscult_proto::analysis::v1::analysis_server::AnalysisServer;
 use auscult_telemetry::Readiness;
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -44,12 +43,7 @@ pub enum AnalysisError {
     Telemetry(#[from] auscult_telemetry::TelemetryError),
 }
 
-/// The sockets the service serves on, bound by the caller (port 0 in tests).
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
+pub use auscult_service::Listeners;
 
 type Health = tonic_health::server::HealthReporter;
 

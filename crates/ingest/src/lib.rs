@@ -23,7 +23,7 @@ use std::{
 
 use auscult_proto::ingest::v1::ingest_server::IngestServer;
 use auscult_telemetry::Readiness;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
@@ -50,12 +50,7 @@ pub enum IngestError {
     Telemetry(#[from] auscult_telemetry::TelemetryError),
 }
 
-/// The sockets the service serves on, bound by the caller (port 0 in tests).
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
+pub use auscult_service::Listeners;
 
 /// How often the database is checked for readiness.
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);

@@ -1,50 +1,40 @@
 //! `auscult-ingest`: receives frames from gateways over gRPC and stores them in PostgreSQL.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::Path};
 
-use anyhow::Context;
-use auscult_ingest::{Listeners, Settings};
-use clap::Parser;
-use tokio::net::TcpListener;
+use auscult_ingest::{InvalidSetting, Listeners, Settings};
 use tokio_util::sync::CancellationToken;
 
-/// Receives microphone frames from gateways and stores them durably, exactly once.
-///
-/// Settings come from defaults, then --config, then AUSCULT__* environment variables
-/// (e.g. AUSCULT__DATABASE__URL, AUSCULT__LISTEN_ADDR).
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// TOML settings file.
-    #[arg(long, env = "AUSCULT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Check the settings and exit: 0 when the service would start with them, otherwise the
-    /// offending key (for installers that render settings, and for their tests).
-    #[arg(long)]
-    check_config: bool,
+struct Ingest;
+
+impl auscult_service::Service for Ingest {
+    const NAME: &'static str = "auscult-ingest";
+    const ABOUT: &'static str =
+        "Receives microphone frames from gateways and stores them durably, exactly once.";
+    type Settings = Settings;
+
+    fn load(file: Option<&Path>) -> Result<Settings, auscult_settings::ConfigError> {
+        Settings::load(file)
+    }
+
+    fn validate(settings: &Settings) -> Result<(), InvalidSetting> {
+        settings.validate()
+    }
+
+    fn addresses(settings: &Settings) -> (SocketAddr, SocketAddr) {
+        (settings.listen_addr, settings.admin_addr)
+    }
+
+    async fn run(
+        settings: Settings,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        Ok(auscult_ingest::run(settings, listeners, shutdown).await?)
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info");
-    let settings = Settings::load(args.config.as_deref()).context("loading settings")?;
-    settings.validate()?;
-    if args.check_config {
-        println!("settings are valid");
-        return Ok(());
-    }
-    let listeners = Listeners {
-        grpc: TcpListener::bind(settings.listen_addr)
-            .await
-            .with_context(|| format!("binding listen_addr {}", settings.listen_addr))?,
-        admin: TcpListener::bind(settings.admin_addr)
-            .await
-            .with_context(|| format!("binding admin_addr {}", settings.admin_addr))?,
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(auscult_telemetry::cancel_on_signal(shutdown.clone()));
-    auscult_ingest::run(settings, listeners, shutdown)
-        .await
-        .context("running ingest")
+    auscult_service::main::<Ingest>().await
 }

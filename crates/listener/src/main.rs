@@ -1,51 +1,39 @@
 //! `auscult-listener`: turns stored frames into verdicts, alerts and health events.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::Path};
 
-use anyhow::Context;
-use auscult_listener::{Listeners, Settings};
-use clap::Parser;
-use tokio::net::TcpListener;
+use auscult_listener::{InvalidSetting, Listeners, Settings};
 use tokio_util::sync::CancellationToken;
 
-/// Claims analysis jobs as frames are stored, scores them on the analysis replicas, stores the
-/// verdicts, raises alerts and watches sensor health.
-///
-/// Settings come from defaults, then --config, then AUSCULT__* environment variables
-/// (e.g. AUSCULT__DATABASE__URL, AUSCULT__ANALYSIS__ENDPOINTS=http://a:50052,http://b:50052).
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// TOML settings file.
-    #[arg(long, env = "AUSCULT_CONFIG")]
-    config: Option<PathBuf>,
-    /// Check the settings and exit: 0 when the service would start with them, otherwise the
-    /// offending key (for installers that render settings, and for their tests).
-    #[arg(long)]
-    check_config: bool,
+struct Listener;
+
+impl auscult_service::Service for Listener {
+    const NAME: &'static str = "auscult-listener";
+    const ABOUT: &'static str = "Claims analysis jobs as frames are stored, scores them on the analysis replicas, stores the verdicts, raises alerts and watches sensor health.";
+    type Settings = Settings;
+
+    fn load(file: Option<&Path>) -> Result<Settings, auscult_settings::ConfigError> {
+        Settings::load(file)
+    }
+
+    fn validate(settings: &Settings) -> Result<(), InvalidSetting> {
+        settings.validate()
+    }
+
+    fn addresses(settings: &Settings) -> (SocketAddr, SocketAddr) {
+        (settings.listen_addr, settings.admin_addr)
+    }
+
+    async fn run(
+        settings: Settings,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        Ok(auscult_listener::run(settings, listeners, shutdown).await?)
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info");
-    let settings = Settings::load(args.config.as_deref()).context("loading settings")?;
-    settings.validate()?;
-    if args.check_config {
-        println!("settings are valid");
-        return Ok(());
-    }
-    let listeners = Listeners {
-        grpc: TcpListener::bind(settings.listen_addr)
-            .await
-            .with_context(|| format!("binding listen_addr {}", settings.listen_addr))?,
-        admin: TcpListener::bind(settings.admin_addr)
-            .await
-            .with_context(|| format!("binding admin_addr {}", settings.admin_addr))?,
-    };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(auscult_telemetry::cancel_on_signal(shutdown.clone()));
-    auscult_listener::run(settings, listeners, shutdown)
-        .await
-        .context("running the listener")
+    auscult_service::main::<Listener>().await
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use auscult_telemetry::Readiness;
-use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -33,12 +32,7 @@ pub enum ListenerError {
     AnalysisLink(#[from] crate::replicas::LinkError),
 }
 
-/// The sockets the service serves on, bound by the caller (port 0 in tests).
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
-}
+pub use auscult_service::Listeners;
 
 /// Runs the listener until `shutdown` is cancelled; batches in flight get `shutdown_grace` to finish.
 pub async fn run(
@@ -49,10 +43,12 @@ pub async fn run(
     settings.validate()?;
     let metrics_handle = auscult_telemetry::metrics_handle()?;
     let owner: Arc<str> = settings.instance_name().into();
+    // The instance in the application name tells operators (and pg_stat_activity) which listener a
+    // session belongs to.
     let store = auscult_store::connect_pool(
         &settings.database.url,
         settings.database.pool_size,
-        "auscult-listener",
+        &format!("auscult-listener {owner}"),
     )?;
     let readiness = Readiness::default();
     let wakeups = Wakeups::new();

@@ -43,10 +43,10 @@ pub async fn run(
         }
         wakeups.mark_unchanged();
         let worked = match claim(&context).await {
-            Ok(jobs) if jobs.is_empty() => false,
-            Ok(jobs) => {
-                let span = info_span!("batch", jobs = jobs.len());
-                work_batch(&context, jobs).instrument(span).await;
+            Ok((_, jobs)) if jobs.is_empty() => false,
+            Ok((lease, jobs)) => {
+                let span = info_span!("batch", jobs = jobs.len(), lease = %lease);
+                work_batch(&context, lease, jobs).instrument(span).await;
                 true
             }
             Err(e) => {
@@ -65,7 +65,8 @@ pub async fn run(
     }
 }
 
-async fn claim(context: &WorkerContext) -> Result<Vec<ClaimedJob>, String> {
+/// Claims a batch: its lease holder (which alone settles the jobs) and the jobs.
+async fn claim(context: &WorkerContext) -> Result<(Arc<str>, Vec<ClaimedJob>), String> {
     let mut client = context.store.get().await.map_err(|e| e.to_string())?;
     let jobs = &context.settings.jobs;
     let claim = auscult_store::claim_jobs(
@@ -85,14 +86,15 @@ async fn claim(context: &WorkerContext) -> Result<Vec<ClaimedJob>, String> {
         );
     }
     metrics::counter!("auscult_listener_jobs_claimed_total").increment(claim.jobs.len() as u64);
-    Ok(claim.jobs)
+    Ok((Arc::from(claim.lease), claim.jobs))
 }
 
 /// Works one claimed batch to the end: every job is completed, failed or (on database trouble) left
 /// to its lease.
-async fn work_batch(context: &WorkerContext, jobs: Vec<ClaimedJob>) {
+async fn work_batch(context: &WorkerContext, lease: Arc<str>, jobs: Vec<ClaimedJob>) {
     let heartbeat = tokio::spawn(keep_leases(
         context.clone(),
+        Arc::clone(&lease),
         jobs.iter().map(|j| j.frame_id).collect(),
     ));
     let history = match load_history(context, &jobs).await {
@@ -142,19 +144,19 @@ async fn work_batch(context: &WorkerContext, jobs: Vec<ClaimedJob>) {
                 );
             }
         }
-        settle(context, &results, &failures).await;
+        settle(context, &lease, &results, &failures).await;
     }
     heartbeat.abort();
 }
 
 /// Renews the batch's leases at a third of their length until aborted.
-async fn keep_leases(context: WorkerContext, frame_ids: Vec<i64>) {
+async fn keep_leases(context: WorkerContext, lease_holder: Arc<str>, frame_ids: Vec<i64>) {
     let lease = context.settings.jobs.lease;
     loop {
         tokio::time::sleep(lease / 3).await;
         let renewed = match context.store.get().await {
             Ok(client) => {
-                auscult_store::extend_leases(&**client, &context.owner, &frame_ids, lease).await
+                auscult_store::extend_leases(&**client, &lease_holder, &frame_ids, lease).await
             }
             Err(e) => Err(e.into()),
         };
@@ -396,7 +398,12 @@ fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
 }
 
 /// Completes the verdicts' jobs and fails the rest; database trouble leaves jobs to their leases.
-async fn settle(context: &WorkerContext, results: &[NewResult], failures: &[FailedAttempt]) {
+async fn settle(
+    context: &WorkerContext,
+    lease_holder: &str,
+    results: &[NewResult],
+    failures: &[FailedAttempt],
+) {
     let settings = &context.settings;
     let mut client = match context.store.get().await {
         Ok(client) => client,
@@ -408,7 +415,7 @@ async fn settle(context: &WorkerContext, results: &[NewResult], failures: &[Fail
     if !results.is_empty() {
         match auscult_store::complete_jobs(
             &mut client,
-            &context.owner,
+            lease_holder,
             results,
             &settings.alert_rule(),
             &settings.alerts.webhooks,
@@ -456,7 +463,7 @@ async fn settle(context: &WorkerContext, results: &[NewResult], failures: &[Fail
     if !failures.is_empty() {
         match auscult_store::fail_jobs(
             &**client,
-            &context.owner,
+            lease_holder,
             failures,
             settings.jobs.max_attempts,
             settings.jobs.retry_backoff,

@@ -87,6 +87,8 @@ pub struct Indexer {
     /// Read from PostgreSQL on first use, so that the indexer starts while the database is away.
     projection_id: tokio::sync::OnceCell<String>,
     design_applied: AtomicBool,
+    /// Whether this process has switched indexing on in PostgreSQL (see [`auscult_store::enable_indexing`]).
+    indexing_on: AtomicBool,
     /// One projection check-and-refill at a time in this process.
     projection_guard: tokio::sync::Mutex<()>,
 }
@@ -100,6 +102,7 @@ impl Indexer {
             pool,
             projection_id: tokio::sync::OnceCell::new(),
             design_applied: AtomicBool::new(false),
+            indexing_on: AtomicBool::new(false),
             projection_guard: tokio::sync::Mutex::new(()),
         })
     }
@@ -295,6 +298,25 @@ impl Indexer {
         if applied_now {
             apply_design(&self.cluster, self.settings.replicas).await?;
             self.design_applied.store(true, Ordering::Release);
+        }
+        if !self.indexing_on.load(Ordering::Acquire) {
+            // Writers queue documents only while indexing is on. If it was off, nothing written meanwhile
+            // was queued: everything within retention is queued now, whatever the cluster holds.
+            let mut client = self.pool.get().await?;
+            let noticed_at = SystemTime::now();
+            if auscult_store::enable_indexing(&**client).await? {
+                let queued = refill_outbox(
+                    &mut client,
+                    &self.settings.retention.refill_windows(),
+                    noticed_at,
+                )
+                .await?;
+                info!(
+                    queued = queued.unwrap_or(0),
+                    "indexing switched on: everything within retention is queued"
+                );
+            }
+            self.indexing_on.store(true, Ordering::Release);
         }
         let projection_id = self
             .projection_id

@@ -21,6 +21,84 @@ async fn populated() -> Fixture {
 }
 
 #[tokio::test]
+async fn switching_indexing_on_queues_what_was_stored_while_it_was_off() {
+    let mut fixture = Fixture::start().await;
+    // A plant that ran without Elasticsearch: nothing queued while it stored.
+    let dropped = auscult_store::disable_indexing(&mut fixture.client)
+        .await
+        .expect("off");
+    assert_eq!(dropped, 0);
+    fixture.store_frames(&["mic-a", "7"], 12).await;
+    fixture.score_all(&["mic-a"]).await;
+    assert_eq!(fixture.count("SELECT count(*) FROM search_outbox").await, 0);
+    // (Every alias needs a document for the counts below; this one queues itself, as written here.)
+    fixture.health_event("7", "silent").await;
+
+    // A listener with Elasticsearch arrives: indexing goes on and everything within retention follows.
+    let indexer = fixture.indexer();
+    fixture.drain(&indexer).await;
+    let source = fixture.source_counts().await;
+    assert_eq!(
+        fixture.indexed_counts(&fixture.cluster()).await,
+        Some(source)
+    );
+    assert!(
+        auscult_store::indexing_enabled(&fixture.client)
+            .await
+            .expect("flag")
+    );
+}
+
+/// The one alert document the cluster holds.
+async fn alert_document(cluster: &auscult_search::Cluster) -> serde_json::Value {
+    cluster.refresh("auscult-alerts").await.expect("refresh");
+    let answer = cluster
+        .search("auscult-alerts", &json!({"size": 2}))
+        .await
+        .expect("search");
+    let hits = answer["hits"]["hits"].as_array().expect("hits");
+    assert_eq!(hits.len(), 1, "{answer}");
+    hits[0]["_source"].clone()
+}
+
+#[tokio::test]
+async fn a_firing_alerts_document_follows_it_while_it_fires() {
+    let mut fixture = Fixture::start().await;
+    let indexer = fixture.indexer();
+    let cluster = fixture.cluster();
+    fixture.store_frames(&["mic-a"], 6).await;
+    fixture.score_all(&["mic-a"]).await;
+    fixture.drain(&indexer).await;
+    let first = alert_document(&cluster).await;
+    assert_eq!(first["state"], "firing");
+
+    // Still anomalous: the same alert fires on, with a later last frame and more anomalous windows.
+    fixture.store_frames(&["mic-a"], 6).await;
+    fixture.score_all(&["mic-a"]).await;
+    fixture.drain(&indexer).await;
+    let row = fixture
+        .client
+        .query_one(
+            "SELECT last_frame_id, anomalous_windows, state FROM alerts",
+            &[],
+        )
+        .await
+        .expect("alert");
+    let (last_frame, windows, state): (i64, i32, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(state, "firing");
+    let later = alert_document(&cluster).await;
+    assert!(
+        later["last_frame_id"].as_i64() > first["last_frame_id"].as_i64(),
+        "the document moved on: {first} → {later}"
+    );
+    assert_eq!(later["last_frame_id"].as_i64(), Some(last_frame));
+    assert_eq!(
+        later["anomalous_windows"].as_i64(),
+        Some(i64::from(windows))
+    );
+}
+
+#[tokio::test]
 async fn everything_stored_is_indexed_once_and_resends_change_nothing() {
     let fixture = populated().await;
     let indexer = fixture.indexer();

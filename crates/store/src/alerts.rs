@@ -127,6 +127,7 @@ pub(crate) async fn judge_alerts(
                             RETURNING id
                         ), outbox AS (
                             INSERT INTO search_outbox (kind, ref_id) SELECT 'alert', id FROM opened
+                            WHERE (SELECT indexing FROM search_projection)
                         ), deliveries AS (
                             INSERT INTO alert_deliveries (alert_id, event, webhook)
                             SELECT id, 'fired', unnest($12::text[]) FROM opened
@@ -159,10 +160,12 @@ pub(crate) async fn judge_alerts(
             Some(id) if anomalous <= rule.clear_at => {
                 tx.execute(
                     "WITH resolved AS (
-                        UPDATE alerts SET state = 'resolved', resolved_at = clock_timestamp(), last_frame_id = $2
+                        UPDATE alerts SET state = 'resolved', resolved_at = clock_timestamp(), last_frame_id = $2,
+                                          revision = revision + 1
                         WHERE id = $1 RETURNING id
                     ), outbox AS (
                         INSERT INTO search_outbox (kind, ref_id) SELECT 'alert', id FROM resolved
+                        WHERE (SELECT indexing FROM search_projection)
                     )
                     INSERT INTO alert_deliveries (alert_id, event, webhook)
                     SELECT id, 'resolved', unnest($3::text[]) FROM resolved",
@@ -179,11 +182,22 @@ pub(crate) async fn judge_alerts(
             }
             // Still firing: the same episode, no new announcement.
             Some(id) => {
+                // Its search document follows (one queued row per alert is enough: the document is read
+                // as the alert stands when it is sent).
                 tx.execute(
-                    "UPDATE alerts SET last_frame_id = greatest(last_frame_id, $2),
-                            anomalous_windows = greatest(anomalous_windows, $3),
-                            peak_score = greatest(peak_score, $4)
-                     WHERE id = $1",
+                    "WITH changed AS (
+                        UPDATE alerts SET last_frame_id = greatest(last_frame_id, $2),
+                               anomalous_windows = greatest(anomalous_windows, $3),
+                               peak_score = greatest(peak_score, $4),
+                               revision = revision + 1
+                        WHERE id = $1
+                          AND (last_frame_id < $2 OR anomalous_windows < $3 OR peak_score < $4)
+                        RETURNING id
+                    )
+                    INSERT INTO search_outbox (kind, ref_id) SELECT 'alert', id FROM changed
+                    WHERE (SELECT indexing FROM search_projection)
+                      AND NOT EXISTS (SELECT 1 FROM search_outbox
+                                      WHERE kind = 'alert' AND ref_id = $1 AND claim IS NULL)",
                     &[&id, &newest_frame, &(anomalous as i32), &score],
                 )
                 .await?;

@@ -120,7 +120,8 @@ async fn store_by_copy(
         copy_frames(&tx, "frames", &new, Some(&ids), received_at).await?;
         tx.execute(
             "WITH jobs AS (INSERT INTO analysis_jobs (frame_id) SELECT unnest($1::int8[]))
-             INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', unnest($1::int8[])",
+             INSERT INTO search_outbox (kind, ref_id)
+             SELECT 'frame', id FROM unnest($1::int8[]) AS id WHERE (SELECT indexing FROM search_projection)",
             &[&ids],
         )
         .await?;
@@ -282,6 +283,7 @@ async fn insert_unique(
                 INSERT INTO analysis_jobs (frame_id) SELECT id FROM inserted
             ), outbox AS (
                 INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', id FROM inserted
+                WHERE (SELECT indexing FROM search_projection)
             )
             SELECT device_id, sensor_id, stream_epoch, seq FROM inserted",
             &[

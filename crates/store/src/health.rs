@@ -156,6 +156,7 @@ pub async fn watch_sensors(
                 RETURNING id, device_id, sensor_id, kind, detail
             ), outbox AS (
                 INSERT INTO search_outbox (kind, ref_id) SELECT 'health', id FROM events
+                WHERE (SELECT indexing FROM search_projection)
             )
             SELECT device_id, sensor_id, kind, detail FROM events ORDER BY id",
             &[

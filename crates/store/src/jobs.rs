@@ -1,10 +1,15 @@
 //! The analysis work queue: claiming jobs under a lease, keeping the lease alive, and settling failed
 //! attempts. Completing a job is in [`crate::results`], because it happens with the verdict's write.
 //!
-//! A job is `queued` until a listener claims it; claiming makes it `running` under the listener's
-//! lease and counts the attempt in the same committed statement, so a listener that dies mid-work has
-//! still used the attempt. A lease that expires returns the job to whoever claims next; a job that has
-//! used all its attempts goes to `dead` with its last error.
+//! A job is `queued` until a listener claims it; claiming makes it `running` under the claim's lease and
+//! counts the attempt in the same committed statement, so a listener that dies mid-work has still used the
+//! attempt. A lease that expires returns the job to whoever claims next; a job that has used all its
+//! attempts goes to `dead` with its last error.
+//!
+//! Every claim has its own lease holder, the listener's name and a random token (`listener-a#9f…`): only
+//! that claim renews, completes or fails its jobs. Fencing by the listener's name alone would let a
+//! listener restarted under the same name (a StatefulSet pod, a fixed `instance`) settle jobs its
+//! predecessor held and someone else has claimed since.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +40,9 @@ pub struct ClaimedJob {
 /// lease was held (the listener holding them vanished each time).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Claim {
+    /// The lease holder of these jobs: pass it to [`extend_leases`], [`fail_jobs`] and
+    /// [`crate::complete_jobs`].
+    pub lease: String,
     pub jobs: Vec<ClaimedJob>,
     pub dead: u64,
 }
@@ -61,9 +69,10 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// Claims up to `limit` jobs for `owner` with a lease of `lease`: queued jobs past their backoff and
-/// running jobs whose lease expired, oldest first, skipping rows other listeners hold. Jobs whose
-/// attempts are used up go to `dead` instead. The claim is committed when this returns.
+/// Claims up to `limit` jobs for listener `owner` with a lease of `lease`: queued jobs past their backoff
+/// and running jobs whose lease expired, oldest first, skipping rows other listeners hold. Jobs whose
+/// attempts are used up go to `dead` instead. The claim is committed when this returns; its
+/// [`Claim::lease`] settles the jobs.
 #[instrument(skip(client))]
 pub async fn claim_jobs(
     client: &mut tokio_postgres::Client,
@@ -72,6 +81,7 @@ pub async fn claim_jobs(
     lease: Duration,
     max_attempts: i32,
 ) -> Result<Claim, StoreError> {
+    let holder = format!("{owner}#{:016x}", rand::random::<u64>());
     let tx = client.transaction().await?;
     let rows = tx
         .query(
@@ -95,7 +105,7 @@ pub async fn claim_jobs(
             FROM picked
             WHERE j.frame_id = picked.frame_id
             RETURNING j.frame_id, j.state, j.attempts, j.enqueued_at",
-            &[&owner, &limit, &millis(lease), &max_attempts],
+            &[&holder, &limit, &millis(lease), &max_attempts],
         )
         .await?;
     let mut claimed: Vec<(i64, i32, SystemTime)> = Vec::with_capacity(rows.len());
@@ -142,13 +152,17 @@ pub async fn claim_jobs(
     jobs.sort_by_key(|j| j.frame_id);
     crate::health::record_activity(&tx, &jobs).await?;
     tx.commit().await?;
-    Ok(Claim { jobs, dead })
+    Ok(Claim {
+        lease: holder,
+        jobs,
+        dead,
+    })
 }
 
-/// Extends the lease of jobs `owner` still holds; returns how many it still holds.
+/// Extends the lease of jobs the claim `lease` (its [`Claim::lease`]) still holds; returns how many.
 pub async fn extend_leases(
     client: &impl GenericClient,
-    owner: &str,
+    lease_holder: &str,
     frame_ids: &[i64],
     lease: Duration,
 ) -> Result<u64, StoreError> {
@@ -156,7 +170,7 @@ pub async fn extend_leases(
         .execute(
             "UPDATE analysis_jobs SET lease_expires_at = now() + make_interval(secs => $3::float8 / 1000.0)
              WHERE frame_id = ANY($2) AND state = 'running' AND lease_owner = $1",
-            &[&owner, &frame_ids, &millis(lease)],
+            &[&lease_holder, &frame_ids, &millis(lease)],
         )
         .await?)
 }
@@ -170,12 +184,12 @@ pub struct FailedAttempt {
     pub permanent: bool,
 }
 
-/// Settles failed attempts of jobs `owner` holds: back to the queue after a backoff that doubles
-/// with each attempt (from `backoff`, at most a minute), or `dead` when permanent or out of attempts.
-/// Returns the number of jobs that went dead.
+/// Settles failed attempts of jobs the claim `lease_holder` holds: back to the queue after a backoff that
+/// doubles with each attempt (from `backoff`, at most a minute), or `dead` when permanent or out of
+/// attempts. Returns the number of jobs that went dead.
 pub async fn fail_jobs(
     client: &impl GenericClient,
-    owner: &str,
+    lease_holder: &str,
     failures: &[FailedAttempt],
     max_attempts: i32,
     backoff: Duration,
@@ -199,7 +213,7 @@ pub async fn fail_jobs(
              WHERE j.frame_id = f.frame_id AND j.state = 'running' AND j.lease_owner = $1
              RETURNING j.state",
             &[
-                &owner,
+                &lease_holder,
                 &ids,
                 &errors,
                 &permanent,

@@ -53,8 +53,9 @@ pub use results::{
 };
 pub use search::{
     DeadLetter, OutboxClaim, OutboxDepth, OutboxEntry, RefillWindow, Refusal, SearchKind,
-    Settlement, SourceDocument, claim_outbox, list_dead_letters, load_documents, outbox_depth,
-    projection_id, refill_outbox, release_outbox, replay_dead_letters, settle_outbox,
+    Settlement, SourceDocument, claim_outbox, disable_indexing, enable_indexing, indexing_enabled,
+    list_dead_letters, load_documents, outbox_depth, projection_id, refill_outbox, release_outbox,
+    replay_dead_letters, settle_outbox,
 };
 
 /// Re-exported so that callers name one `Client` type without depending on the pool crate themselves.

@@ -31,8 +31,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (
         6,
-        "outbox claims",
-        include_str!("../migrations/0006_outbox_claims.sql"),
+        "outbox claims and the choice to index",
+        include_str!("../migrations/0006_outbox_claims_and_indexing.sql"),
     ),
 ];
 

@@ -116,13 +116,14 @@ pub async fn stream_history(
     Ok(history)
 }
 
-/// In one transaction: completes the jobs `owner` still holds among `results`, stores their verdicts
-/// (once per frame and model version, with a search-outbox row each), and judges the alerts of the
-/// sensors they belong to. A job whose lease was lost to another listener is left to that listener.
+/// In one transaction: completes the jobs the claim `lease_holder` (its [`crate::Claim::lease`]) still
+/// holds among `results`, stores their verdicts (once per frame and model version, with a search-outbox
+/// row each while indexing is on), and judges the alerts of the sensors they belong to. A job whose lease
+/// was lost to another claim is left to that claim.
 #[instrument(skip_all, fields(results = results.len()))]
 pub async fn complete_jobs(
     client: &mut tokio_postgres::Client,
-    owner: &str,
+    lease_holder: &str,
     results: &[NewResult],
     rule: &AlertRule,
     webhooks: &[String],
@@ -164,11 +165,12 @@ pub async fn complete_jobs(
                           latency_from_capture_ms, latency_from_storage_ms
             ), outbox AS (
                 INSERT INTO search_outbox (kind, ref_id) SELECT 'result', id FROM inserted
+                WHERE (SELECT indexing FROM search_projection)
             )
             SELECT d.frame_id, i.device_id, i.sensor_id, i.anomalous,
                    i.latency_from_capture_ms, i.latency_from_storage_ms
             FROM done d LEFT JOIN inserted i USING (frame_id)",
-            &[&owner, &ids, &input],
+            &[&lease_holder, &ids, &input],
         )
         .await?;
     let mut completion = Completion::default();

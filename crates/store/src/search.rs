@@ -305,11 +305,12 @@ fn document_query(kind: SearchKind) -> &'static str {
              FROM unnest($1::int8[], $2::int8[]) AS o(outbox_id, ref_id)
              JOIN analysis_results r ON r.id = o.ref_id"
         }
-        // Alerts change (firing, then resolved): the document is rewritten with a version that only
-        // grows, so a late resend of the firing state cannot overwrite the resolution.
+        // Alerts change while they fire and when they resolve: the document is rewritten with the alert's
+        // revision as its version, which only grows, so a late resend of an older state cannot overwrite
+        // a newer one.
         SearchKind::Alert => {
             "SELECT o.outbox_id, a.id::text, to_char(a.opened_at AT TIME ZONE 'UTC', 'YYYY.MM'),
-                    CASE a.state WHEN 'firing' THEN 1 ELSE 2 END::int8,
+                    a.revision,
                     jsonb_build_object(
                         'alert_id', a.id,
                         'device_id', a.device_id,
@@ -445,6 +446,39 @@ pub async fn outbox_depth(client: &impl GenericClient) -> Result<OutboxDepth, St
         lag: Duration::from_secs_f64(lag_s.max(0.0)),
         dead_letters: row.try_get(3)?,
     })
+}
+
+/// Switches indexing on: from now on every writer queues its documents in the outbox. Returns whether it
+/// was off (then nothing written meanwhile was queued, and the caller refills).
+pub async fn enable_indexing(client: &impl GenericClient) -> Result<bool, StoreError> {
+    Ok(client
+        .execute(
+            "UPDATE search_projection SET indexing = true WHERE NOT indexing",
+            &[],
+        )
+        .await?
+        == 1)
+}
+
+/// Switches indexing off and empties the outbox, in one transaction; returns the rows dropped. For a plant
+/// that stops using Elasticsearch: without an indexer, the outbox would only grow.
+pub async fn disable_indexing(client: &mut tokio_postgres::Client) -> Result<u64, StoreError> {
+    let tx = client.transaction().await?;
+    // A writer whose statement read the flag before this commits may still queue its rows after the
+    // delete: a handful, which the next `disable` (or an indexer, once switched on again) takes away.
+    tx.execute("UPDATE search_projection SET indexing = false", &[])
+        .await?;
+    let dropped = tx.execute("DELETE FROM search_outbox", &[]).await?;
+    tx.commit().await?;
+    Ok(dropped)
+}
+
+/// Whether writers queue documents for Elasticsearch.
+pub async fn indexing_enabled(client: &impl GenericClient) -> Result<bool, StoreError> {
+    Ok(client
+        .query_one("SELECT indexing FROM search_projection", &[])
+        .await?
+        .try_get(0)?)
 }
 
 /// The identity this database writes into the cluster as its marker.

@@ -304,6 +304,10 @@ async fn verdict(client: &tokio_postgres::Client, frame_id: i64, anomalous: bool
 #[tokio::test]
 async fn a_pass_keeps_the_audio_around_anomalies_and_alerts_and_drops_expired_partitions_whole() {
     let (_pg, mut client) = migrated_with_devices().await;
+    // Documents are queued for Elasticsearch, so the pass has queued documents of dropped frames to prune.
+    auscult_store::enable_indexing(&client)
+        .await
+        .expect("indexing on");
     let start = SystemTime::now();
     let at = |s: u64| start + Duration::from_secs(s);
     let mic1: Vec<Frame> = (0..30)

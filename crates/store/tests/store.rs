@@ -4,7 +4,7 @@ mod common;
 
 use common::{connect, migrated};
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use auscult_frame::{Frame, Limits, RawFrame, SampleEncoding, encode_pcm_s16le};
 use auscult_store::{InsertOutcome, StoreError};
@@ -153,6 +153,9 @@ async fn a_batch_stores_new_frames_once_with_their_work_and_one_notify() {
     auscult_store::add_device(&mut client, "gw-1", "")
         .await
         .expect("add");
+    auscult_store::enable_indexing(&client)
+        .await
+        .expect("indexing on");
 
     // A second connection listens, driving its connection itself so notifications are delivered.
     let (listener, mut connection) = tokio_postgres::connect(&pg.url(), NoTls)
@@ -239,7 +242,8 @@ async fn a_batch_stores_new_frames_once_with_their_work_and_one_notify() {
     // One notification per transaction that stored something, carrying the number of new frames.
     let mut payloads = Vec::new();
     while payloads.len() < 2 {
-        match notes.recv().await {
+        let next = tokio::time::timeout(Duration::from_secs(30), notes.recv()).await;
+        match next.expect("a notification within 30 s") {
             Some(AsyncMessage::Notification(n)) => payloads.push(n.payload().to_owned()),
             Some(_) => {}
             None => panic!("listener connection closed"),
@@ -350,7 +354,11 @@ async fn the_registry_keeps_one_file_per_version_and_one_active_model() {
         Err(StoreError::UnknownModel(v)) if v == "v9"
     ));
     for expected in ["v1", "v2", "v1"] {
-        let (channel, payload) = notifications.recv().await.expect("notification");
+        let (channel, payload) =
+            tokio::time::timeout(Duration::from_secs(30), notifications.recv())
+                .await
+                .expect("a notification within 30 s")
+                .expect("notification");
         assert_eq!(
             (channel.as_str(), payload.as_str()),
             ("auscult_models", expected)
@@ -476,4 +484,60 @@ async fn frames_stored_compressed_read_back_exactly_as_received() {
         auscult_store::frame_audio(&client, &ids[..1]).await,
         Err(StoreError::StoredAudio(_))
     ));
+}
+
+#[tokio::test]
+async fn documents_are_queued_for_elasticsearch_only_while_indexing_is_on() {
+    let (_pg, mut client) = migrated().await;
+    auscult_store::add_device(&mut client, "gw-1", "")
+        .await
+        .expect("add");
+    let outbox = async |client: &tokio_postgres::Client| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM search_outbox", &[])
+            .await
+            .expect("count")
+            .get(0)
+    };
+    let store = async |client: &mut tokio_postgres::Client, seq: u64| {
+        let f = frame("gw-1", "mic-0", seq, 0.1);
+        auscult_store::insert_frames(client, &[&f], SystemTime::now())
+            .await
+            .expect("insert");
+    };
+
+    // A new installation does not index: frames are stored, nothing is queued for nobody.
+    assert!(
+        !auscult_store::indexing_enabled(&client)
+            .await
+            .expect("flag")
+    );
+    store(&mut client, 1).await;
+    assert_eq!(outbox(&client).await, 0);
+
+    // A listener with Elasticsearch switches indexing on (once); from then on every frame is queued.
+    assert!(auscult_store::enable_indexing(&client).await.expect("on"));
+    assert!(
+        !auscult_store::enable_indexing(&client)
+            .await
+            .expect("already on")
+    );
+    store(&mut client, 2).await;
+    store(&mut client, 3).await;
+    assert_eq!(outbox(&client).await, 2);
+
+    // Switched off: the queue is emptied and stays empty.
+    assert_eq!(
+        auscult_store::disable_indexing(&mut client)
+            .await
+            .expect("off"),
+        2
+    );
+    store(&mut client, 4).await;
+    assert_eq!(outbox(&client).await, 0);
+    assert!(
+        !auscult_store::indexing_enabled(&client)
+            .await
+            .expect("flag")
+    );
 }

@@ -111,8 +111,8 @@ async fn claims_skip_each_other_and_expired_leases_return_to_the_queue() {
 
     // b's lease lapses (b died): its jobs go to whoever claims next, with the attempt counted.
     b.execute(
-        "UPDATE analysis_jobs SET lease_expires_at = now() - interval '1 s' WHERE lease_owner = 'b'",
-        &[],
+        "UPDATE analysis_jobs SET lease_expires_at = now() - interval '1 s' WHERE lease_owner = $1",
+        &[&second.lease],
     )
     .await
     .expect("expire");
@@ -125,7 +125,7 @@ async fn claims_skip_each_other_and_expired_leases_return_to_the_queue() {
     // b comes back and tries to complete what it no longer holds: nothing is written for it.
     let stale = auscult_store::complete_jobs(
         &mut b,
-        "b",
+        &second.lease,
         &[verdict(second.jobs[0].frame_id, false)],
         &AlertRule::default(),
         &[],
@@ -137,17 +137,110 @@ async fn claims_skip_each_other_and_expired_leases_return_to_the_queue() {
     // Heartbeats keep only one's own leases.
     let ids: Vec<i64> = retaken.jobs.iter().map(|j| j.frame_id).collect();
     assert_eq!(
-        auscult_store::extend_leases(&a, "a", &ids, lease)
+        auscult_store::extend_leases(&a, &retaken.lease, &ids, lease)
             .await
             .expect("extend"),
         4
     );
     assert_eq!(
-        auscult_store::extend_leases(&a, "b", &ids, lease)
+        auscult_store::extend_leases(&a, &second.lease, &ids, lease)
             .await
             .expect("extend"),
         0
     );
+}
+
+#[tokio::test]
+async fn claims_made_at_the_same_moment_never_hold_a_job_twice() {
+    let (pg, _client) = with_frames(12).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(&pg).await);
+    }
+    let lease = Duration::from_secs(30);
+    let claims = futures_util::future::join_all(clients.iter_mut().enumerate().map(
+        |(i, client)| async move {
+            auscult_store::claim_jobs(client, &format!("listener-{i}"), 5, lease, 3)
+                .await
+                .expect("claim")
+        },
+    ))
+    .await;
+    let mut held: Vec<i64> = claims
+        .iter()
+        .flat_map(|c| c.jobs.iter().map(|j| j.frame_id))
+        .collect();
+    assert!(claims.iter().all(|c| c.jobs.len() <= 5));
+    held.sort_unstable();
+    let claimed = held.len();
+    held.dedup();
+    assert_eq!(held.len(), claimed, "a job was claimed twice: {claims:?}");
+    assert_eq!(claimed, 12, "every job was claimed by one of them");
+}
+
+#[tokio::test]
+async fn a_listener_restarted_under_the_same_name_cannot_settle_its_predecessors_jobs() {
+    let (_pg, mut client) = with_frames(2).await;
+    let lease = Duration::from_secs(30);
+    let before = auscult_store::claim_jobs(&mut client, "listener-0", 2, lease, 3)
+        .await
+        .expect("claim");
+    // The listener dies; its leases lapse; its successor, under the same name, claims the jobs.
+    client
+        .execute(
+            "UPDATE analysis_jobs SET lease_expires_at = now() - interval '1 s'",
+            &[],
+        )
+        .await
+        .expect("expire");
+    let after = auscult_store::claim_jobs(&mut client, "listener-0", 2, lease, 3)
+        .await
+        .expect("reclaim");
+    assert_eq!(after.jobs.len(), 2);
+    assert_ne!(before.lease, after.lease, "every claim has its own lease");
+    assert!(after.lease.starts_with("listener-0#"));
+
+    // A late settlement of the first claim (a batch still in flight when the process froze) does nothing…
+    let ids: Vec<i64> = before.jobs.iter().map(|j| j.frame_id).collect();
+    let stale = auscult_store::complete_jobs(
+        &mut client,
+        &before.lease,
+        &[verdict(ids[0], false)],
+        &AlertRule::default(),
+        &[],
+    )
+    .await
+    .expect("stale completion");
+    assert!(stale.completed.is_empty());
+    let failure = FailedAttempt {
+        frame_id: ids[1],
+        error: "late".into(),
+        permanent: true,
+    };
+    assert_eq!(
+        auscult_store::fail_jobs(&client, &before.lease, &[failure], 3, Duration::ZERO)
+            .await
+            .expect("stale failure"),
+        0
+    );
+    assert_eq!(
+        auscult_store::extend_leases(&client, &before.lease, &ids, lease)
+            .await
+            .expect("stale heartbeat"),
+        0
+    );
+    assert_eq!(job_states(&client).await, vec![("running".into(), 2)]);
+    // …and the current claim settles them.
+    let done = auscult_store::complete_jobs(
+        &mut client,
+        &after.lease,
+        &[verdict(ids[0], false), verdict(ids[1], false)],
+        &AlertRule::default(),
+        &[],
+    )
+    .await
+    .expect("completion");
+    assert_eq!(done.completed.len(), 2);
 }
 
 #[tokio::test]
@@ -164,13 +257,19 @@ async fn failed_attempts_back_off_and_die_after_max_attempts() {
         error: "analysis failed".into(),
         permanent,
     };
-    let dead = auscult_store::fail_jobs(&client, "l", &[failure(false)], max, Duration::ZERO)
-        .await
-        .expect("fail");
+    let dead = auscult_store::fail_jobs(
+        &client,
+        &claim.lease,
+        &[failure(false)],
+        max,
+        Duration::ZERO,
+    )
+    .await
+    .expect("fail");
     assert_eq!(dead, 0, "one attempt of two used");
     let done = auscult_store::complete_jobs(
         &mut client,
-        "l",
+        &claim.lease,
         &[verdict(fine, false)],
         &AlertRule::default(),
         &[],
@@ -186,9 +285,15 @@ async fn failed_attempts_back_off_and_die_after_max_attempts() {
         .expect("claim again");
     assert_eq!(again.jobs.len(), 1);
     assert_eq!(again.jobs[0].attempts, 2);
-    let dead = auscult_store::fail_jobs(&client, "l", &[failure(false)], max, Duration::ZERO)
-        .await
-        .expect("fail again");
+    let dead = auscult_store::fail_jobs(
+        &client,
+        &again.lease,
+        &[failure(false)],
+        max,
+        Duration::ZERO,
+    )
+    .await
+    .expect("fail again");
     assert_eq!(dead, 1);
     let error: String = client
         .query_one(
@@ -219,9 +324,15 @@ async fn verdicts_are_stored_once_per_model_version_and_feed_the_next_frames_his
         .iter()
         .map(|j| verdict(j.frame_id, false))
         .collect();
-    let done = auscult_store::complete_jobs(&mut client, "l", &results, &AlertRule::default(), &[])
-        .await
-        .expect("complete");
+    let done = auscult_store::complete_jobs(
+        &mut client,
+        &claim.lease,
+        &results,
+        &AlertRule::default(),
+        &[],
+    )
+    .await
+    .expect("complete");
     assert_eq!(done.stored.len(), 3);
     let last = auscult_store::claim_jobs(&mut client, "l", 3, lease, 3)
         .await
@@ -238,15 +349,20 @@ async fn verdicts_are_stored_once_per_model_version_and_feed_the_next_frames_his
     // The same verdict again (a retry after a lost commit acknowledgement) stores nothing new.
     client
         .execute(
-            "UPDATE analysis_jobs SET state = 'running', lease_owner = 'l' WHERE frame_id = $1",
-            &[&results[0].frame_id],
+            "UPDATE analysis_jobs SET state = 'running', lease_owner = $2 WHERE frame_id = $1",
+            &[&results[0].frame_id, &claim.lease],
         )
         .await
         .expect("reopen");
-    let again =
-        auscult_store::complete_jobs(&mut client, "l", &results[..1], &AlertRule::default(), &[])
-            .await
-            .expect("complete again");
+    let again = auscult_store::complete_jobs(
+        &mut client,
+        &claim.lease,
+        &results[..1],
+        &AlertRule::default(),
+        &[],
+    )
+    .await
+    .expect("complete again");
     assert_eq!(again.completed.len(), 1);
     assert!(again.stored.is_empty());
     let count: i64 = client
@@ -276,7 +392,7 @@ async fn an_alert_fires_at_k_of_m_once_and_resolves_when_the_verdicts_clear() {
             .expect("claim");
         let done = auscult_store::complete_jobs(
             &mut client,
-            "l",
+            &claim.lease,
             &[verdict(claim.jobs[0].frame_id, anomalous)],
             &rule,
             &webhooks,

@@ -91,6 +91,13 @@ pub enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Stop queueing documents for Elasticsearch and empty the queue, for a plant that no longer indexes
+    /// (without an indexer the queue only grows). A listener started with `elastic.urls` switches indexing
+    /// on again and queues everything within retention.
+    Disable {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
@@ -158,12 +165,21 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             println!("queued {moved} dead letters again");
             Ok(())
         }
+        Command::Disable { database } => {
+            let mut client = database::connect(&database.url).await?;
+            let dropped = auscult_store::disable_indexing(&mut client).await?;
+            println!(
+                "indexing is off: writers queue nothing for Elasticsearch; {dropped} queued documents dropped"
+            );
+            Ok(())
+        }
     }
 }
 
 async fn status(database: &DatabaseArgs, cluster: &ClusterArgs, json: bool) -> anyhow::Result<()> {
     let client = database::connect(&database.url).await?;
     let depth = auscult_store::outbox_depth(&client).await?;
+    let indexing = auscult_store::indexing_enabled(&client).await?;
     let search = cluster.connect()?;
     let mut kinds = Vec::new();
     for kind in SearchKind::ALL {
@@ -179,6 +195,7 @@ async fn status(database: &DatabaseArgs, cluster: &ClusterArgs, json: bool) -> a
         kinds.push(json!({"alias": kind.alias(), "rows": rows, "documents": documents}));
     }
     let summary = json!({
+        "indexing": indexing,
         "backlog": depth.pending,
         "waiting_for_retry": depth.delayed,
         "lag_s": (depth.lag.as_secs_f64() * 1000.0).round() / 1000.0,
@@ -188,6 +205,11 @@ async fn status(database: &DatabaseArgs, cluster: &ClusterArgs, json: bool) -> a
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
+    }
+    if !indexing {
+        println!(
+            "indexing is off: nothing is queued (a listener with elastic.urls switches it on)"
+        );
     }
     println!(
         "outbox: {} documents waiting ({} for a retry), oldest {:.1} s; {} dead letters",

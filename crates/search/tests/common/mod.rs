@@ -33,6 +33,10 @@ impl Fixture {
         let pg = PostgresServer::start().expect("postgres");
         let mut client = connect(&pg.url()).await;
         auscult_store::migrate(&mut client).await.expect("migrate");
+        // As with a listener indexing from the start: every document is queued as it is written.
+        auscult_store::enable_indexing(&client)
+            .await
+            .expect("indexing on");
         auscult_store::add_device(&mut client, "gw-1", "")
             .await
             .expect("device");
@@ -130,7 +134,7 @@ impl Fixture {
                 .collect();
             auscult_store::complete_jobs(
                 &mut self.client,
-                "test",
+                &claim.lease,
                 &results,
                 &AlertRule::default(),
                 &[],
