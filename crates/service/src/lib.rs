@@ -1,7 +1,8 @@
 //! How every auscult service binary starts, in one place: the arguments (`--config`, `--check-config`), the
 //! settings (defaults, then the TOML file, then `AUSCULT__…` variables, validated with the offending key
 //! named), logging, the two sockets (gRPC and admin), and shutdown on SIGTERM or SIGINT. A service says
-//! what differs by implementing [`Service`]; its `main` is one call to [`main`].
+//! what differs by implementing [`Service`] — which [`service_main!`] does for a service library that
+//! follows the common shape — and its `main` is one call to [`main`].
 
 use std::{
     future::Future,
@@ -10,10 +11,64 @@ use std::{
 };
 
 use anyhow::Context;
-use auscult_settings::{ConfigError, InvalidSetting};
+use auscult_settings::InvalidSetting;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+// What `service_main!` expands to needs, named through this crate.
+#[doc(hidden)]
+pub use anyhow;
+pub use auscult_settings::{ConfigError, InvalidSetting as SettingError};
+#[doc(hidden)]
+pub use tokio_util::sync::CancellationToken as Shutdown;
+
+/// The whole `main.rs` of a service binary whose library crate `$service` exports `Settings` (with
+/// `load`, `validate`, `listen_addr` and `admin_addr`), `Listeners` (this crate's) and
+/// `run(settings, listeners, shutdown)`:
+/// `auscult_service::service_main!(auscult_ingest, "auscult-ingest", "Receives …");`
+#[macro_export]
+macro_rules! service_main {
+    ($service:ident, $name:literal, $about:literal) => {
+        /// The binary, as the shared start-up path sees it.
+        struct Binary;
+
+        impl $crate::Service for Binary {
+            const NAME: &'static str = $name;
+            const ABOUT: &'static str = $about;
+            type Settings = $service::Settings;
+
+            fn load(
+                file: Option<&::std::path::Path>,
+            ) -> Result<$service::Settings, $crate::ConfigError> {
+                $service::Settings::load(file)
+            }
+
+            fn validate(settings: &$service::Settings) -> Result<(), $crate::SettingError> {
+                settings.validate()
+            }
+
+            fn addresses(
+                settings: &$service::Settings,
+            ) -> (::std::net::SocketAddr, ::std::net::SocketAddr) {
+                (settings.listen_addr, settings.admin_addr)
+            }
+
+            async fn run(
+                settings: $service::Settings,
+                listeners: $crate::Listeners,
+                shutdown: $crate::Shutdown,
+            ) -> $crate::anyhow::Result<()> {
+                Ok($service::run(settings, listeners, shutdown).await?)
+            }
+        }
+
+        #[tokio::main]
+        async fn main() -> $crate::anyhow::Result<()> {
+            $crate::main::<Binary>().await
+        }
+    };
+}
 
 /// The sockets a service serves on, bound by the caller (port 0 in tests).
 #[derive(Debug)]
