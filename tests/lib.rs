@@ -423,3 +423,35 @@ pub async fn scoring_progress(client: &tokio_postgres::Client) -> (i64, i64, i64
         .expect("progress");
     (row.get(0), row.get(1), row.get(2), row.get(3))
 }
+
+/// One second of 16 kHz 16-bit audio (32 KB): a quiet sawtooth, the same every time.
+pub fn one_second_pcm16() -> bytes::Bytes {
+    let samples: Vec<u8> = (0..16_000i32)
+        .flat_map(|i| ((i % 200 - 100) as i16 * 50).to_le_bytes())
+        .collect();
+    bytes::Bytes::from(samples)
+}
+
+/// A valid gateway frame: `samples` (16 kHz 16-bit mono) of `device`/`sensor`, number `seq` of epoch 1,
+/// captured now.
+pub fn pcm16_frame(
+    device: &str,
+    sensor: &str,
+    seq: u64,
+    samples: &bytes::Bytes,
+) -> auscult_proto::ingest::v1::Frame {
+    use auscult_proto::ingest::v1 as pb;
+    pb::Frame {
+        device_id: device.into(),
+        sensor_id: sensor.into(),
+        stream_epoch: 1,
+        seq,
+        captured_at: Some(auscult_proto::system_time_to_timestamp(
+            std::time::SystemTime::now(),
+        )),
+        sample_rate_hz: 16_000,
+        channels: 1,
+        encoding: pb::SampleEncoding::PcmS16le.into(),
+        samples: samples.clone(),
+    }
+}

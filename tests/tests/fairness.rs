@@ -8,12 +8,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use auscult_e2e::{Stack, metric};
+use auscult_e2e::{Stack, metric, one_second_pcm16 as samples, pcm16_frame as frame};
 use auscult_proto::ingest::v1::{self as pb, ingest_client::IngestClient};
-use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::sync::CancellationToken;
@@ -26,28 +25,6 @@ const LATENCY_FACTOR: f64 = 3.0;
 /// The flooding device's caps in these tests.
 const FLOOD_STREAMS: u32 = 4;
 const FLOOD_FRAMES_PER_SECOND: u32 = 100;
-
-/// One second of 16 kHz 16-bit audio (32 KB), shared by every frame.
-fn samples() -> Bytes {
-    let samples: Vec<u8> = (0..16_000i32)
-        .flat_map(|i| ((i % 200 - 100) as i16 * 50).to_le_bytes())
-        .collect();
-    Bytes::from(samples)
-}
-
-fn frame(device: &str, sensor: &str, seq: u64, samples: &Bytes) -> pb::Frame {
-    pb::Frame {
-        device_id: device.into(),
-        sensor_id: sensor.into(),
-        stream_epoch: 1,
-        seq,
-        captured_at: Some(auscult_proto::system_time_to_timestamp(SystemTime::now())),
-        sample_rate_hz: 16_000,
-        channels: 1,
-        encoding: pb::SampleEncoding::PcmS16le.into(),
-        samples: samples.clone(),
-    }
-}
 
 /// Opens a stream fed from the returned sender.
 async fn open(

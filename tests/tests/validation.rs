@@ -14,20 +14,7 @@ use tonic::{Code, Request, metadata::MetadataValue};
 type Spoiler = Box<dyn Fn(&mut pb::Frame)>;
 
 fn good(device: &str, seq: u64) -> pb::Frame {
-    let samples: Vec<u8> = (0..16_000i32)
-        .flat_map(|i| ((i % 200 - 100) as i16 * 50).to_le_bytes())
-        .collect();
-    pb::Frame {
-        device_id: device.into(),
-        sensor_id: "mic-0".into(),
-        stream_epoch: 1,
-        seq,
-        captured_at: Some(auscult_proto::system_time_to_timestamp(SystemTime::now())),
-        sample_rate_hz: 16_000,
-        channels: 1,
-        encoding: pb::SampleEncoding::PcmS16le.into(),
-        samples: Bytes::from(samples),
-    }
+    auscult_e2e::pcm16_frame(device, "mic-0", seq, &auscult_e2e::one_second_pcm16())
 }
 
 /// Makes `frame` 1,000 f32le samples of 0.1, sample `index` set to `value`.
