@@ -81,8 +81,11 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
         listener_a.log()
     );
     // Listener a is frozen first, so that the jobs it holds when it dies are known: once none of its
-    // statements is still running in PostgreSQL (a COMMIT sent just before the freeze), what it holds no
-    // longer changes. If it holds nothing at that instant (between batches), it runs on a moment.
+    // statements is still at work in PostgreSQL (a COMMIT sent just before the freeze), what it holds no
+    // longer changes. A statement waiting for the frozen listener to read its results, or for a lock
+    // (perhaps held by its own frozen transaction), cannot commit anything but a failed attempt, which
+    // returns the job to the queue for another listener. If it holds nothing at that instant (between
+    // batches), it runs on a moment.
     let held = {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -91,7 +94,8 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
                 let active: i64 = db
                     .query_one(
                         "SELECT count(*) FROM pg_stat_activity
-                         WHERE application_name = 'auscult-listener listener-a' AND state = 'active'",
+                         WHERE application_name = 'auscult-listener listener-a' AND state = 'active'
+                           AND coalesce(wait_event_type, '') NOT IN ('Client', 'Lock')",
                         &[],
                     )
                     .await
@@ -120,7 +124,24 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
                 listener_a.log()
             );
             signal(listener_a.pid(), "CONT");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Run until it holds jobs again, then freeze it and look once more.
+            let holding = wait_for(Duration::from_secs(30), || async {
+                let n: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM analysis_jobs WHERE state = 'running' AND lease_owner LIKE 'listener-a#%'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                (n > 0).then_some(())
+            })
+            .await;
+            assert!(
+                holding.is_some(),
+                "listener a claims no more jobs:\n{}",
+                listener_a.log()
+            );
         }
     };
     listener_a.kill().expect("kill listener a");
