@@ -38,6 +38,18 @@ async fn settled(
     Some(scoring_progress(client).await)
 }
 
+/// The jobs the listener named `instance` holds now (any of its claims), or `None` if the query failed.
+async fn jobs_held_by(db: &tokio_postgres::Client, instance: &str) -> Option<Vec<i64>> {
+    let rows = db
+        .query(
+            "SELECT frame_id FROM analysis_jobs WHERE state = 'running' AND lease_owner LIKE $1 || '#%'",
+            &[&instance],
+        )
+        .await
+        .ok()?;
+    Some(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Sends a signal (`STOP`, `CONT`) to a process.
 fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
@@ -85,7 +97,7 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
     // longer changes. A statement waiting for the frozen listener to read its results, or for a lock
     // (perhaps held by its own frozen transaction), cannot commit anything but a failed attempt, which
     // returns the job to the queue for another listener. If it holds nothing at that instant (between
-    // batches), it runs on a moment.
+    // batches), it runs until it holds jobs again.
     let held = {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -105,16 +117,7 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
             })
             .await;
             assert!(quiet.is_some(), "listener a's statements never finished");
-            let held: Vec<i64> = db
-                .query(
-                    "SELECT frame_id FROM analysis_jobs WHERE state = 'running' AND lease_owner LIKE 'listener-a#%'",
-                    &[],
-                )
-                .await
-                .expect("held jobs")
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let held = jobs_held_by(&db, "listener-a").await.expect("held jobs");
             if !held.is_empty() {
                 break held;
             }
@@ -126,15 +129,7 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
             signal(listener_a.pid(), "CONT");
             // Run until it holds jobs again, then freeze it and look once more.
             let holding = wait_for(Duration::from_secs(30), || async {
-                let n: i64 = db
-                    .query_one(
-                        "SELECT count(*) FROM analysis_jobs WHERE state = 'running' AND lease_owner LIKE 'listener-a#%'",
-                        &[],
-                    )
-                    .await
-                    .ok()?
-                    .get(0);
-                (n > 0).then_some(())
+                (!jobs_held_by(&db, "listener-a").await?.is_empty()).then_some(())
             })
             .await;
             assert!(
