@@ -453,5 +453,6 @@ pub fn pcm16_frame(
         channels: 1,
         encoding: pb::SampleEncoding::PcmS16le.into(),
         samples: samples.clone(),
+        traceparent: String::new(),
     }
 }

@@ -64,6 +64,7 @@ async fn score(endpoint: &str, tls: &ClientTlsConfig, credential: Option<&str>) 
             machine_type: "valve".into(),
             machine_id: "section_00".into(),
             history: Vec::new(),
+            traceparent: String::new(),
         }],
     });
     if let Some(secret) = credential {

@@ -44,6 +44,7 @@ async fn score(endpoint: &str) -> Option<pb::Verdict> {
         machine_type: "valve".into(),
         machine_id: "section_00".into(),
         history: Vec::new(),
+        traceparent: String::new(),
     };
     let response = client
         .score(pb::ScoreRequest { items: vec![item] })

@@ -6,10 +6,34 @@ use std::sync::{Arc, OnceLock};
 use auscult_model::MachineKey;
 use auscult_proto::analysis::v1 as pb;
 use auscult_proto::ingest::v1::SampleEncoding as ProtoEncoding;
+use auscult_telemetry::TraceParent;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{info_span, instrument};
 
 use crate::{FrameAudio, ScoreError, ScoreInput, Scored, ScoringPool, mono_16k};
+
+/// A span for scoring one item, from its arrival to its verdict, when the item carries the `traceparent`
+/// of a trace being exported: the last hop of a frame's trace.
+fn item_span(item: &pb::ScoreItem) -> Option<tracing::Span> {
+    if item.traceparent.is_empty() || !auscult_telemetry::trace::exporting() {
+        return None;
+    }
+    let parent = TraceParent::parse(&item.traceparent)?;
+    let frame_id = match &item.source {
+        Some(pb::score_item::Source::FrameId(id)) => Some(*id),
+        _ => None,
+    };
+    let span = info_span!(
+        parent: None,
+        "score",
+        frame_id,
+        outcome = tracing::field::Empty,
+        anomalous = tracing::field::Empty,
+        anomaly_score = tracing::field::Empty,
+    );
+    parent.adopt(&span);
+    Some(span)
+}
 
 /// The most items one request may carry.
 pub const MAX_ITEMS: usize = 256;
@@ -69,6 +93,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
         let stored = self.stored_audio(&items).await?;
         let rate = pool.model().info.spectrogram.sample_rate;
         let mut pending = Vec::with_capacity(items.len());
+        let spans: Vec<Option<tracing::Span>> = items.iter().map(item_span).collect();
         for item in &items {
             let machine = machine(item);
             let audio = match &item.source {
@@ -111,7 +136,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
             });
         }
         let mut results = Vec::with_capacity(pending.len());
-        for entry in pending {
+        for (entry, span) in pending.into_iter().zip(spans) {
             let outcome: Outcome = match entry {
                 Ok(answer) => match answer.await {
                     Ok(Ok(scored)) => Ok(scored),
@@ -130,6 +155,17 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 Err(_) => "unscorable",
             };
             metrics::counter!("auscult_analysis_items_total", "outcome" => label).increment(1);
+            if let Some(span) = span {
+                span.record("outcome", label);
+                if let Ok(scored) = &outcome {
+                    let assessment = &scored.assessment;
+                    span.record(
+                        "anomalous",
+                        assessment.verdict == auscult_model::Verdict::Anomalous,
+                    );
+                    span.record("anomaly_score", assessment.anomaly_score);
+                }
+            }
             results.push(result(pool, outcome));
         }
         metrics::histogram!("auscult_analysis_request_seconds")

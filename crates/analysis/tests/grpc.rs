@@ -65,6 +65,7 @@ fn inline(pcm: &[u8], channels: u32) -> pb::ScoreItem {
         machine_type: "valve".into(),
         machine_id: "section_00".into(),
         history: Vec::new(),
+        traceparent: String::new(),
     }
 }
 
@@ -74,6 +75,7 @@ fn by_id(id: i64) -> pb::ScoreItem {
         machine_type: "valve".into(),
         machine_id: "section_00".into(),
         history: Vec::new(),
+        traceparent: String::new(),
     }
 }
 

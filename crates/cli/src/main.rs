@@ -68,7 +68,12 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "warn");
+    // Held to the end of `main`: dropping it sends the last spans of a traced `auscult gateway`.
+    let _tracing = auscult_telemetry::init_tracing(
+        auscult_telemetry::LogFormat::from_env(),
+        "warn",
+        "auscult",
+    )?;
     match cli.command {
         Command::Migrate(args) => commands::migrate::run(args).await,
         Command::Setup(args) => commands::setup::run(args),

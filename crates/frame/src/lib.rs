@@ -84,6 +84,9 @@ pub struct Frame {
     /// The samples compressed for storage, when ingest compresses them ([`Frame::compress_for_storage`]):
     /// stored instead of `samples`, which stay exactly what was received.
     pub flac: Option<Bytes>,
+    /// W3C `traceparent` of the span that received the frame, when its trace is exported: stored with the
+    /// frame's analysis job so that scoring joins the trace. Set by the receiver, never by validation.
+    pub trace_parent: Option<String>,
 }
 
 impl Frame {

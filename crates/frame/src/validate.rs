@@ -191,6 +191,7 @@ impl RawFrame {
             level,
             samples_sha256,
             flac: None,
+            trace_parent: None,
         })
     }
 }

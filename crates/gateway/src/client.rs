@@ -12,6 +12,7 @@ use std::{
 };
 
 use auscult_proto::ingest::v1::{self as pb, ingest_client::IngestClient};
+use auscult_telemetry::TraceParent;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +21,7 @@ use tonic::{
     metadata::MetadataValue,
     transport::{ClientTlsConfig, Endpoint},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn};
 
 use crate::source::{FrameSource, SourceError};
 
@@ -165,6 +166,9 @@ type Key = (String, u64, u64);
 struct Unacked {
     frame: pb::Frame,
     sent_at: Instant,
+    /// The frame's span while traces are exported: from its first send to its answer, the root of the
+    /// frame's trace through ingest, the listener and analysis.
+    span: Option<tracing::Span>,
 }
 
 /// A gateway streaming one source to ingest.
@@ -389,7 +393,8 @@ impl Gateway {
                         run.summary.sent += 1;
                         self.progress.sent.fetch_add(1, Ordering::Relaxed);
                         new_on_this_stream += 1;
-                        run.unacked.insert(key_of(&frame), Unacked { frame: frame.clone(), sent_at: Instant::now() });
+                        let (frame, span) = traced(frame);
+                        run.unacked.insert(key_of(&frame), Unacked { frame: frame.clone(), sent_at: Instant::now(), span });
                         frame
                     };
                     let Some(sender) = &tx else { continue };
@@ -444,6 +449,9 @@ impl Gateway {
                     let micros = u64::try_from(now.duration_since(entry.sent_at).as_micros())
                         .unwrap_or(u64::MAX);
                     let _ = run.summary.ack_latency_us.record(micros.max(1));
+                    if let Some(span) = entry.span {
+                        span.record("outcome", "durable");
+                    }
                     acked += 1;
                 }
             }
@@ -457,7 +465,10 @@ impl Gateway {
                 rejection.stream_epoch,
                 rejection.seq,
             );
-            if run.unacked.remove(&key).is_some() {
+            if let Some(entry) = run.unacked.remove(&key) {
+                if let Some(span) = entry.span {
+                    span.record("outcome", "rejected");
+                }
                 run.summary.rejected += 1;
                 self.progress.rejected.fetch_add(1, Ordering::Relaxed);
             }
@@ -521,6 +532,26 @@ fn classify(status: tonic::Status) -> StreamEnd {
         }),
         _ => StreamEnd::Broken(format!("{:?}: {}", status.code(), status.message())),
     }
+}
+
+/// `frame` with a span of its own and that span's `traceparent`, while traces are exported.
+fn traced(mut frame: pb::Frame) -> (pb::Frame, Option<tracing::Span>) {
+    if !auscult_telemetry::trace::exporting() {
+        return (frame, None);
+    }
+    let span = info_span!(
+        parent: None,
+        "frame",
+        device = %frame.device_id,
+        sensor = %frame.sensor_id,
+        epoch = frame.stream_epoch,
+        seq = frame.seq,
+        outcome = tracing::field::Empty,
+    );
+    if let Some(parent) = TraceParent::of(&span) {
+        frame.traceparent = parent.to_string();
+    }
+    (frame, Some(span))
 }
 
 fn key_of(frame: &pb::Frame) -> Key {

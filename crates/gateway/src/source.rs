@@ -72,6 +72,7 @@ impl Identity {
             channels: u32::from(channels),
             encoding: auscult_proto::encoding_to_proto(encoding).into(),
             samples,
+            traceparent: String::new(),
         }
     }
 }

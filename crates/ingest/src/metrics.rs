@@ -14,6 +14,7 @@ pub const STREAMS_ENDED_TOTAL: &str = "auscult_ingest_streams_ended_total";
 pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
 pub const STREAMS_REFUSED_TOTAL: &str = "auscult_ingest_streams_refused_total";
 pub const STREAMS_REVOKED_TOTAL: &str = "auscult_ingest_streams_revoked_total";
+pub const TRACE_CONTEXTS_IGNORED_TOTAL: &str = "auscult_ingest_trace_contexts_ignored_total";
 pub const DEVICE_PACE_WAIT_SECONDS: &str = "auscult_ingest_device_pace_wait_seconds";
 pub const CONNECTIONS_OPEN: &str = "auscult_ingest_connections_open";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "auscult_ingest_connections_refused_total";
@@ -66,6 +67,10 @@ pub fn describe() {
         STREAMS_REFUSED_TOTAL,
         "New streams refused for fairness, by reason (device_streams: the device holds as many as it \
          may; auth_busy: no authentication connection came free in time)."
+    );
+    describe_counter!(
+        TRACE_CONTEXTS_IGNORED_TOTAL,
+        "Frames whose traceparent was malformed and ignored (counted only while traces are exported)."
     );
     describe_counter!(
         STREAMS_REVOKED_TOTAL,

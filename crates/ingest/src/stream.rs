@@ -10,13 +10,15 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use auscult_frame::FrameKey;
 use auscult_frame::Limits;
 use auscult_proto::ingest::v1 as pb;
+use auscult_telemetry::TraceParent;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tracing::{debug, warn};
+use tracing::{debug, info_span, warn};
 
 use crate::{
     ack,
@@ -133,10 +135,11 @@ impl State<'_> {
     async fn accept(
         &mut self,
         ctx: &StreamContext,
-        frame: pb::Frame,
+        mut frame: pb::Frame,
         reply: &mpsc::UnboundedSender<BatchReply>,
     ) -> Result<(), End> {
         metrics::counter!(m::FRAMES_RECEIVED_TOTAL).increment(1);
+        let traceparent = std::mem::take(&mut frame.traceparent);
         if frame.device_id != ctx.device_id {
             metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => "wrong_device").increment(1);
             warn!(device = %ctx.device_id, claimed = %frame.device_id, "frame of another device refused");
@@ -173,6 +176,10 @@ impl State<'_> {
             metrics::counter!(m::COMPRESSION_FAILURES_TOTAL).increment(1);
             warn!(sensor = %sensor_id, seq, "storing the frame uncompressed: {e}");
         }
+        let span = frame_span(&ctx.device_id, &frame.key, &traceparent);
+        if let Some(span) = &span {
+            frame.trace_parent = TraceParent::of(span).map(|parent| parent.to_string());
+        }
         let bytes = frame.samples.len();
         let permits = self.reserve(ctx, bytes).await?;
         #[allow(clippy::cast_precision_loss)]
@@ -183,6 +190,7 @@ impl State<'_> {
                 stream: ctx.stream_id,
                 reply: reply.clone(),
                 permits,
+                span,
             })
             .map_err(|_| {
                 End::Status(Status::unavailable(
@@ -272,6 +280,34 @@ impl State<'_> {
     async fn send(&self, ack: pb::Ack) -> Result<(), End> {
         self.out.send(Ok(ack)).await.map_err(|_| End::Gone)
     }
+}
+
+/// A span for one frame, from its arrival to its commit, while traces are exported: the child of the
+/// gateway's span when the frame carries its `traceparent`, otherwise the root of a trace of its own (which
+/// the sampler may drop).
+fn frame_span(device: &str, key: &FrameKey, traceparent: &str) -> Option<tracing::Span> {
+    if !auscult_telemetry::trace::exporting() {
+        return None;
+    }
+    let span = info_span!(
+        parent: None,
+        "frame",
+        device,
+        sensor = %key.sensor_id,
+        epoch = key.stream_epoch,
+        seq = key.seq,
+        outcome = tracing::field::Empty,
+        batch_frames = tracing::field::Empty,
+        commit_ms = tracing::field::Empty,
+    );
+    if !traceparent.is_empty() {
+        match TraceParent::parse(traceparent) {
+            Some(parent) => parent.adopt(&span),
+            // The specification says to ignore it; the count shows a gateway that sends garbage.
+            None => metrics::counter!(m::TRACE_CONTEXTS_IGNORED_TOTAL).increment(1),
+        }
+    }
+    Some(span)
 }
 
 fn revoked() -> End {

@@ -32,6 +32,8 @@ pub struct PendingFrame {
     /// Memory budget held until the frame is committed (or its batch failed).
     #[expect(dead_code, reason = "held only so that dropping it returns the budget")]
     pub permits: Vec<OwnedSemaphorePermit>,
+    /// The frame's span while traces are exported, from its arrival to its commit.
+    pub span: Option<tracing::Span>,
 }
 
 /// What a stream learns about its frames in one batch.
@@ -203,11 +205,17 @@ async fn commit_batch(
         HashMap::new();
     match result {
         Ok(outcomes) => {
+            let frames_in_batch = batch.len();
             metrics::histogram!(m::BATCH_COMMIT_SECONDS).record(elapsed.as_secs_f64());
             #[allow(clippy::cast_precision_loss)]
             metrics::histogram!(m::BATCH_SIZE_FRAMES).record(batch.len() as f64);
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
                 record_outcome(&pending.frame, outcome);
+                if let Some(span) = &pending.span {
+                    span.record("outcome", outcome_label(outcome));
+                    span.record("batch_frames", frames_in_batch);
+                    span.record("commit_ms", elapsed.as_secs_f64() * 1000.0);
+                }
                 by_stream
                     .entry(pending.stream)
                     .or_insert_with(|| (pending.reply.clone(), Vec::new()))
@@ -227,6 +235,9 @@ async fn commit_batch(
             let error = Arc::new(error);
             for pending in batch {
                 warn!(key = ?pending.frame.key, "the database refused a frame: {error}");
+                if let Some(span) = &pending.span {
+                    span.record("outcome", "storage_refused");
+                }
                 metrics::counter!(m::FRAMES_REJECTED_TOTAL, "reason" => "storage_refused")
                     .increment(1);
                 let _ = pending.reply.send(BatchReply::Refused {
@@ -245,6 +256,9 @@ async fn commit_batch(
             let error = Arc::new(error);
             let mut counts: HashMap<StreamId, (ReplyTo, usize)> = HashMap::new();
             for pending in batch {
+                if let Some(span) = &pending.span {
+                    span.record("outcome", "failed");
+                }
                 counts
                     .entry(pending.stream)
                     .or_insert_with(|| (pending.reply.clone(), 0))
@@ -258,6 +272,14 @@ async fn commit_batch(
             }
             false
         }
+    }
+}
+
+fn outcome_label(outcome: InsertOutcome) -> &'static str {
+    match outcome {
+        InsertOutcome::Stored => "stored",
+        InsertOutcome::Duplicate => "duplicate",
+        InsertOutcome::Conflict => "conflicting_duplicate",
     }
 }
 

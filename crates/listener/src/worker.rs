@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use auscult_proto::analysis::v1 as pb;
 use auscult_store::{ClaimedJob, FailedAttempt, NewResult, StreamSummary};
+use auscult_telemetry::TraceParent;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -118,10 +119,17 @@ async fn work_batch(context: &WorkerContext, lease: Arc<str>, jobs: Vec<ClaimedJ
             );
         }
     }
+    let mut traced = job_spans(&jobs, &lease);
     for round in rounds(&jobs) {
         let items: Vec<pb::ScoreItem> = round
             .iter()
-            .map(|job| score_item(job, &remembered, context.settings.jobs.history_frames))
+            .map(|job| {
+                let mut item = score_item(job, &remembered, context.settings.jobs.history_frames);
+                if let Some(parent) = traced.get(&job.frame_id).and_then(TraceParent::of) {
+                    item.traceparent = parent.to_string();
+                }
+                item
+            })
             .collect();
         let (results, failures) = score_round(context, &round, items).await;
         for result in &results {
@@ -145,8 +153,50 @@ async fn work_batch(context: &WorkerContext, lease: Arc<str>, jobs: Vec<ClaimedJ
             }
         }
         settle(context, &lease, &results, &failures).await;
+        for result in &results {
+            if let Some(span) = traced.remove(&result.frame_id) {
+                span.record(
+                    "outcome",
+                    if result.anomalous {
+                        "anomalous"
+                    } else {
+                        "normal"
+                    },
+                );
+            }
+        }
+        for failure in &failures {
+            if let Some(span) = traced.remove(&failure.frame_id) {
+                span.record("outcome", "failed");
+                span.record("error", failure.error.as_str());
+            }
+        }
     }
     heartbeat.abort();
+}
+
+/// One span per job whose frame is traced, continuing the frame's trace from ingest, while traces are
+/// exported. Each attempt at a job is a span of its own in the same trace, so retries show.
+fn job_spans(jobs: &[ClaimedJob], lease: &str) -> HashMap<i64, tracing::Span> {
+    if !auscult_telemetry::trace::exporting() {
+        return HashMap::new();
+    }
+    jobs.iter()
+        .filter_map(|job| {
+            let parent = TraceParent::parse(job.trace_parent.as_deref()?)?;
+            let span = info_span!(
+                parent: None,
+                "job",
+                frame_id = job.frame_id,
+                attempt = job.attempts,
+                lease,
+                outcome = tracing::field::Empty,
+                error = tracing::field::Empty,
+            );
+            parent.adopt(&span);
+            Some((job.frame_id, span))
+        })
+        .collect()
 }
 
 /// Renews the batch's leases at a third of their length until aborted.
@@ -225,6 +275,7 @@ fn score_item(
         machine_type,
         machine_id,
         history,
+        traceparent: String::new(),
     }
 }
 

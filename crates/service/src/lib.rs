@@ -121,7 +121,9 @@ struct Args {
 pub async fn main<S: Service>() -> anyhow::Result<()> {
     let matches = Args::command().name(S::NAME).about(S::ABOUT).get_matches();
     let args = Args::from_arg_matches(&matches)?;
-    auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info");
+    // Held to the end of `main`: dropping it sends the last spans.
+    let _tracing =
+        auscult_telemetry::init_tracing(auscult_telemetry::LogFormat::from_env(), "info", S::NAME)?;
     let settings = S::load(args.config.as_deref()).context("loading settings")?;
     S::validate(&settings)?;
     if args.check_config {

@@ -118,11 +118,13 @@ async fn store_by_copy(
             .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()?;
         copy_frames(&tx, "frames", &new, Some(&ids), received_at).await?;
+        let traces: Vec<Option<&str>> = new.iter().map(|f| f.trace_parent.as_deref()).collect();
         tx.execute(
-            "WITH jobs AS (INSERT INTO analysis_jobs (frame_id) SELECT unnest($1::int8[]))
+            "WITH jobs AS (INSERT INTO analysis_jobs (frame_id, trace_parent)
+                           SELECT * FROM unnest($1::int8[], $2::text[]))
              INSERT INTO search_outbox (kind, ref_id)
              SELECT 'frame', id FROM unnest($1::int8[]) AS id WHERE (SELECT indexing FROM search_projection)",
-            &[&ids],
+            &[&ids, &traces],
         )
         .await?;
         notify(&tx, new.len()).await?;
@@ -262,14 +264,15 @@ async fn insert_unique(
     let rms: Vec<f32> = frames.iter().map(|f| f.level.rms_dbfs).collect();
     let peak: Vec<f32> = frames.iter().map(|f| f.level.peak_dbfs).collect();
     let crest: Vec<f32> = frames.iter().map(|f| f.level.crest_factor).collect();
+    let traces: Vec<Option<&str>> = frames.iter().map(|f| f.trace_parent.as_deref()).collect();
     let rows = tx
         .query(
             "WITH input AS (
                 SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::timestamptz[],
                                      $6::int4[], $7::int2[], $8::text[], $9::bytea[], $10::bytea[],
-                                     $11::float4[], $12::float4[], $13::float4[])
+                                     $11::float4[], $12::float4[], $13::float4[], $15::text[])
                     AS t(device_id, sensor_id, stream_epoch, seq, captured_at, sample_rate_hz, channels,
-                         encoding, samples, samples_sha256, rms_dbfs, peak_dbfs, crest_factor)
+                         encoding, samples, samples_sha256, rms_dbfs, peak_dbfs, crest_factor, trace_parent)
             ), inserted AS (
                 INSERT INTO frames (device_id, sensor_id, stream_epoch, seq, captured_at, received_at,
                                     sample_rate_hz, channels, encoding, samples, samples_sha256,
@@ -280,7 +283,9 @@ async fn insert_unique(
                 ON CONFLICT ON CONSTRAINT frames_key DO NOTHING
                 RETURNING id, device_id, sensor_id, stream_epoch, seq
             ), jobs AS (
-                INSERT INTO analysis_jobs (frame_id) SELECT id FROM inserted
+                INSERT INTO analysis_jobs (frame_id, trace_parent)
+                SELECT i.id, t.trace_parent FROM inserted i
+                JOIN input t USING (device_id, sensor_id, stream_epoch, seq)
             ), outbox AS (
                 INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', id FROM inserted
                 WHERE (SELECT indexing FROM search_projection)
@@ -301,6 +306,7 @@ async fn insert_unique(
                 &peak,
                 &crest,
                 &received_at,
+                &traces,
             ],
         )
         .await?;

@@ -34,6 +34,8 @@ pub struct ClaimedJob {
     pub stored_at: SystemTime,
     /// The machine the sensor records (`sensor_machines`), if registered.
     pub machine: Option<(String, String)>,
+    /// W3C `traceparent` of the span that stored the frame, when its trace is exported.
+    pub trace_parent: Option<String>,
 }
 
 /// What claiming found: jobs to work on, and jobs given up because their attempts ran out while a
@@ -104,18 +106,23 @@ pub async fn claim_jobs(
                 updated_at = now()
             FROM picked
             WHERE j.frame_id = picked.frame_id
-            RETURNING j.frame_id, j.state, j.attempts, j.enqueued_at",
+            RETURNING j.frame_id, j.state, j.attempts, j.enqueued_at, j.trace_parent",
             &[&holder, &limit, &millis(lease), &max_attempts],
         )
         .await?;
-    let mut claimed: Vec<(i64, i32, SystemTime)> = Vec::with_capacity(rows.len());
+    let mut claimed: Vec<(i64, i32, SystemTime, Option<String>)> = Vec::with_capacity(rows.len());
     let mut dead = 0;
     for row in &rows {
         let state: &str = row.try_get(1)?;
         if state == "dead" {
             dead += 1;
         } else {
-            claimed.push((row.try_get(0)?, row.try_get(2)?, row.try_get(3)?));
+            claimed.push((
+                row.try_get(0)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            ));
         }
     }
     let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
@@ -131,22 +138,24 @@ pub async fn claim_jobs(
     let mut jobs = Vec::with_capacity(frames.len());
     for row in &frames {
         let frame_id: i64 = row.try_get(0)?;
-        let Some(&(_, attempts, stored_at)) = claimed.iter().find(|c| c.0 == frame_id) else {
+        let Some((_, attempts, stored_at, trace_parent)) = claimed.iter().find(|c| c.0 == frame_id)
+        else {
             continue;
         };
         let machine_type: Option<String> = row.try_get(7)?;
         let machine_id: Option<String> = row.try_get(8)?;
         jobs.push(ClaimedJob {
             frame_id,
-            attempts,
+            attempts: *attempts,
             device_id: row.try_get(1)?,
             sensor_id: row.try_get(2)?,
             stream_epoch: row.try_get(3)?,
             seq: row.try_get(4)?,
             captured_at: row.try_get(5)?,
             received_at: row.try_get(6)?,
-            stored_at,
+            stored_at: *stored_at,
             machine: machine_type.zip(machine_id),
+            trace_parent: trace_parent.clone(),
         });
     }
     jobs.sort_by_key(|j| j.frame_id);

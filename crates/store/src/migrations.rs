@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outbox claims and the choice to index",
         include_str!("../migrations/0006_outbox_claims_and_indexing.sql"),
     ),
+    (
+        7,
+        "a frame's trace context on its job",
+        include_str!("../migrations/0007_job_trace_context.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

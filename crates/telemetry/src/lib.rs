@@ -1,6 +1,8 @@
 //! Telemetry shared by every auscult binary: one tracing setup (human-readable on a terminal, JSON lines in
-//! containers), one Prometheus recorder, and the admin HTTP endpoint that serves `/metrics`, `/livez` and
-//! `/readyz`.
+//! containers, and OTLP trace export when a collector is configured), one Prometheus recorder, and the admin
+//! HTTP endpoint that serves `/metrics`, `/livez` and `/readyz`.
+
+pub mod trace;
 
 use std::sync::{
     Arc, OnceLock,
@@ -11,7 +13,9 @@ use axum::{Router, extract::State, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
+
+pub use trace::{TraceParent, TracingGuard};
 
 /// What can fail setting telemetry up.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +24,8 @@ pub enum TelemetryError {
     Recorder(String),
     #[error("admin endpoint failed: {0}")]
     Admin(#[from] std::io::Error),
+    #[error("trace export: {0}")]
+    Tracing(String),
 }
 
 /// Log output format.
@@ -41,25 +47,56 @@ impl LogFormat {
     }
 }
 
-/// Installs the global tracing subscriber. Filtering follows `RUST_LOG` (default `info`, or
-/// `default_filter`). Safe to call more than once: later calls do nothing.
-pub fn init_tracing(format: LogFormat, default_filter: &str) {
+/// Installs the global tracing subscriber. Log filtering follows `RUST_LOG` (default `default_filter`).
+/// When the OpenTelemetry variables name a collector (see [`trace`]), auscult's spans are also exported to
+/// it as `service_name` (unless `OTEL_SERVICE_NAME` says otherwise), whatever the log filter. Keep the
+/// returned guard until the end of `main`: dropping it sends the spans still queued. Safe to call more
+/// than once: later calls install nothing.
+pub fn init_tracing(
+    format: LogFormat,
+    default_filter: &str,
+    service_name: &str,
+) -> Result<TracingGuard, TelemetryError> {
+    let target = trace::ExportTarget::from_vars(|name| std::env::var(name).ok())?;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+    let log = match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
+    let (export, guard) = match &target {
+        Some(target) => {
+            let (tracer, guard) = trace::start_export(target, service_name)?;
+            // Only auscult's own spans: those of the libraries below it (HTTP/2 frames, connection
+            // pools) would drown a frame's trace.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(Targets::new().with_target("auscult", tracing::Level::INFO));
+            (Some(layer), guard)
+        }
+        None => (None, TracingGuard::off()),
+    };
+    if tracing_subscriber::registry()
+        .with(log)
+        .with(export)
+        .try_init()
+        .is_ok()
+        && let Some(target) = &target
+    {
+        tracing::info!(
+            endpoint = %trace::without_credentials(&target.endpoint),
+            "exporting traces over OTLP/gRPC"
+        );
+    }
+    Ok(guard)
 }
 
 /// Seconds buckets for latency histograms: 0.5 ms to 10 s.

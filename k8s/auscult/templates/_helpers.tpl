@@ -324,6 +324,14 @@ seccompProfile:
   value: {{ .Values.log.filter | quote }}
 - name: AUSCULT_LOG_FORMAT
   value: {{ .Values.log.format | quote }}
+{{- if .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.otlpEndpoint | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .Values.tracing.sampleRatio | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Scheduling of a service's pods. Call with (dict "root" $ "component" "ingest" "values" .Values.ingest).
