@@ -14,8 +14,9 @@ async fn the_demo_scores_every_frame_and_alerts_on_the_faulty_valves() {
                 "demo",
                 "--seconds",
                 "12",
+                // As fast as ingest takes them: the backlog is judged as live streams are.
                 "--rate",
-                "5",
+                "0",
                 "--max-recordings",
                 "4",
                 "--json",
@@ -77,8 +78,9 @@ async fn the_demo_with_elastic_indexes_everything_it_stores() {
                 "demo",
                 "--seconds",
                 "12",
+                // As fast as ingest takes them: the backlog is judged as live streams are.
                 "--rate",
-                "5",
+                "0",
                 "--max-recordings",
                 "2",
                 "--elastic",

@@ -334,17 +334,12 @@ async fn an_alert_fires_for_a_faulty_valve_and_not_for_a_normal_one() {
     let url = stack.postgres.url();
     let analysis = AnalysisProcess::start(&url).await;
     let (hook_url, mut hook_bodies) = webhook_receiver().await;
-    // The listener starts first, so the frames are scored as they arrive, one stream at a time.
+    // The listener starts first, so the frames are scored as they arrive.
     let listener = start_listener(
         &url,
         "listener",
         &[analysis.endpoint()],
-        // One batch at a time: each frame then finds every earlier frame's verdict stored (with
-        // concurrent batches, a frame may be judged before its predecessor, with less history).
-        &[
-            ("AUSCULT__ALERTS__WEBHOOKS", hook_url.as_str()),
-            ("AUSCULT__JOBS__CONCURRENCY", "1"),
-        ],
+        &[("AUSCULT__ALERTS__WEBHOOKS", hook_url.as_str())],
     );
     stream_recording(
         &stack,

@@ -1,10 +1,12 @@
-//! The batch writer: frames from every stream meet in one queue and are committed in batches, one transaction
-//! each, by a few writer tasks. Batching across streams is what makes durability affordable: the cost of a
-//! commit (an fsync) is shared by every frame in it.
+//! The batch writer: frames from every stream are committed in batches, one transaction each, by a few
+//! writer tasks. Batching across streams is what makes durability affordable: the cost of a commit (an
+//! fsync) is shared by every frame in it, and with several writers the disk always has a commit in flight.
 //!
-//! Writers share the queue's receiver: one writer gathers the next batch while the others wait for their
-//! commits, so the disk always has a commit in flight. A frame's memory budget (its permits) is released only
-//! after its batch is committed and its outcome sent back to its stream.
+//! Each sensor stream's frames always go to the same writer, which commits its batches one after the
+//! other: a stream's frames become visible in the order they arrived. Listeners rely on that — a frame is
+//! judged with the verdicts of the frames before it, and a later frame committed before an earlier one
+//! would be claimed and judged without it. A frame's memory budget (its permits) is released only after its
+//! batch is committed and its outcome sent back to its stream.
 
 use std::{
     collections::HashMap,
@@ -14,7 +16,7 @@ use std::{
 
 use auscult_frame::{Frame, FrameKey};
 use auscult_store::{InsertOutcome, Pool, StoreError};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -56,46 +58,68 @@ pub enum BatchReply {
 /// Where a stream receives its batch replies.
 pub type ReplyTo = mpsc::UnboundedSender<BatchReply>;
 
-/// Where streams submit frames.
-pub type Submitter = mpsc::UnboundedSender<PendingFrame>;
+/// Where streams submit frames: each sensor stream to its own writer's queue.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    queues: Arc<[mpsc::UnboundedSender<PendingFrame>]>,
+}
 
-/// Starts `settings.writers` writer tasks on `pool`; they run until the submitter is dropped and the queue is
-/// empty (so shutdown commits everything already submitted), or until `abort` is cancelled.
+impl Submitter {
+    /// Queues `pending` for the writer of its stream; fails once the writers are gone (shutdown).
+    pub fn send(
+        &self,
+        pending: PendingFrame,
+    ) -> Result<(), mpsc::error::SendError<PendingFrame>> {
+        let writer = writer_of(&pending.frame.key, self.queues.len());
+        self.queues[writer].send(pending)
+    }
+}
+
+/// The writer that commits the frames of `key`'s sensor stream: the same one for every frame of it.
+fn writer_of(key: &FrameKey, writers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same stream maps to the same writer for the life of the process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    (&key.device_id, &key.sensor_id, key.stream_epoch).hash(&mut hasher);
+    usize::try_from(hasher.finish() % writers.max(1) as u64).unwrap_or(0)
+}
+
+/// Starts `settings.writers` writer tasks on `pool`; they run until the submitter is dropped and their queues
+/// are empty (so shutdown commits everything already submitted), or until `abort` is cancelled.
 pub fn spawn_writers(
     settings: &BatchSettings,
     pool: Pool,
     tracker: &tokio_util::task::TaskTracker,
     abort: CancellationToken,
 ) -> Submitter {
-    let (submit, queue) = mpsc::unbounded_channel();
-    let queue = Arc::new(Mutex::new(queue));
+    let mut queues = Vec::with_capacity(settings.writers);
     for writer in 0..settings.writers {
-        let queue = Arc::clone(&queue);
+        let (submit, mut queue) = mpsc::unbounded_channel();
+        queues.push(submit);
         let pool = pool.clone();
         let settings = settings.clone();
         let abort = abort.clone();
         tracker.spawn(async move {
             tokio::select! {
-                () = write_batches(writer, &settings, &pool, &queue) => {}
+                () = write_batches(writer, &settings, &pool, &mut queue) => {}
                 () = abort.cancelled() => warn!(writer, "writer aborted with frames possibly uncommitted"),
             }
         });
     }
-    submit
+    Submitter {
+        queues: queues.into(),
+    }
 }
 
 async fn write_batches(
     writer: usize,
     settings: &BatchSettings,
     pool: &Pool,
-    queue: &Mutex<mpsc::UnboundedReceiver<PendingFrame>>,
+    queue: &mut mpsc::UnboundedReceiver<PendingFrame>,
 ) {
     let mut failures = 0u32;
     loop {
-        let batch = {
-            let mut queue = queue.lock().await;
-            gather(&mut queue, settings).await
-        };
+        let batch = gather(queue, settings).await;
         let Some(batch) = batch else { return };
         let frames = batch.len();
         let bytes = sample_bytes(&batch);

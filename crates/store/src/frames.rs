@@ -119,12 +119,19 @@ async fn store_by_copy(
             .collect::<Result<_, _>>()?;
         copy_frames(&tx, "frames", &new, Some(&ids), received_at).await?;
         let traces: Vec<Option<&str>> = new.iter().map(|f| f.trace_parent.as_deref()).collect();
+        let KeyColumns {
+            device_ids,
+            sensor_ids,
+            epochs,
+            seqs,
+        } = KeyColumns::of(&new);
         tx.execute(
-            "WITH jobs AS (INSERT INTO analysis_jobs (frame_id, trace_parent)
-                           SELECT * FROM unnest($1::int8[], $2::text[]))
+            "WITH jobs AS (
+                INSERT INTO analysis_jobs (frame_id, trace_parent, device_id, sensor_id, stream_epoch, seq)
+                SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[]))
              INSERT INTO search_outbox (kind, ref_id)
              SELECT 'frame', id FROM unnest($1::int8[]) AS id WHERE (SELECT indexing FROM search_projection)",
-            &[&ids, &traces],
+            &[&ids, &traces, &device_ids, &sensor_ids, &epochs, &seqs],
         )
         .await?;
         notify(&tx, new.len()).await?;
@@ -283,8 +290,8 @@ async fn insert_unique(
                 ON CONFLICT ON CONSTRAINT frames_key DO NOTHING
                 RETURNING id, device_id, sensor_id, stream_epoch, seq
             ), jobs AS (
-                INSERT INTO analysis_jobs (frame_id, trace_parent)
-                SELECT i.id, t.trace_parent FROM inserted i
+                INSERT INTO analysis_jobs (frame_id, trace_parent, device_id, sensor_id, stream_epoch, seq)
+                SELECT i.id, t.trace_parent, i.device_id, i.sensor_id, i.stream_epoch, i.seq FROM inserted i
                 JOIN input t USING (device_id, sensor_id, stream_epoch, seq)
             ), outbox AS (
                 INSERT INTO search_outbox (kind, ref_id) SELECT 'frame', id FROM inserted

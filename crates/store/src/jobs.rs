@@ -71,10 +71,20 @@ fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+/// Arbitrary constant that identifies auscult's claim lock among advisory locks.
+const CLAIM_LOCK_KEY: i64 = 0x0061_7573_636c_6169;
+
 /// Claims up to `limit` jobs for listener `owner` with a lease of `lease`: queued jobs past their backoff
-/// and running jobs whose lease expired, oldest first, skipping rows other listeners hold. Jobs whose
-/// attempts are used up go to `dead` instead. The claim is committed when this returns; its
-/// [`Claim::lease`] settles the jobs.
+/// and running jobs whose lease expired, skipping rows other listeners hold. Jobs whose attempts are used
+/// up go to `dead` instead. The claim is committed when this returns; its [`Claim::lease`] settles the
+/// jobs.
+///
+/// A claim takes whole streams: no job of a sensor stream another claim is working (a job `running`
+/// under a live lease), and of the streams it takes, their due jobs in sequence order, oldest stream
+/// first. A frame is judged with the verdicts of the frames before it, so a frame must never be scored
+/// while another claim still holds its predecessors: with this rule a backlog worked by many claims at
+/// once is judged exactly as live streams are. Claims are serialised (a transaction-scoped advisory
+/// lock, held for milliseconds) so that each sees the streams the one before it took.
 #[instrument(skip(client))]
 pub async fn claim_jobs(
     client: &mut tokio_postgres::Client,
@@ -85,15 +95,34 @@ pub async fn claim_jobs(
 ) -> Result<Claim, StoreError> {
     let holder = format!("{owner}#{:016x}", rand::random::<u64>());
     let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK_KEY])
+        .await?;
     let rows = tx
         .query(
-            "WITH picked AS (
-                SELECT frame_id FROM analysis_jobs
-                WHERE (state = 'queued' AND not_before <= now())
-                   OR (state = 'running' AND lease_expires_at < now())
-                ORDER BY frame_id
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
+            "WITH held AS (
+                SELECT DISTINCT device_id, sensor_id, stream_epoch FROM analysis_jobs
+                WHERE state = 'running' AND lease_expires_at >= now()
+            ), due AS (
+                SELECT j.frame_id, j.device_id, j.sensor_id, j.stream_epoch, j.seq
+                FROM analysis_jobs j
+                WHERE ((j.state = 'queued' AND j.not_before <= now())
+                       OR (j.state = 'running' AND j.lease_expires_at < now()))
+                  AND NOT EXISTS (
+                      SELECT 1 FROM held h
+                      WHERE h.device_id = j.device_id AND h.sensor_id = j.sensor_id
+                        AND h.stream_epoch = j.stream_epoch)
+                ORDER BY j.frame_id
+                LIMIT $2::int8 * 8
+            ), chosen AS (
+                -- Whole streams, oldest first: several claims then work different streams at once.
+                SELECT frame_id FROM due
+                ORDER BY min(frame_id) OVER (PARTITION BY device_id, sensor_id, stream_epoch), seq, frame_id
+                LIMIT $2::int8
+            ), picked AS (
+                SELECT j.frame_id FROM analysis_jobs j JOIN chosen USING (frame_id)
+                WHERE (j.state = 'queued' AND j.not_before <= now())
+                   OR (j.state = 'running' AND j.lease_expires_at < now())
+                FOR UPDATE OF j SKIP LOCKED
             )
             UPDATE analysis_jobs j SET
                 state = CASE WHEN j.attempts >= $4 THEN 'dead' ELSE 'running' END,

@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "a frame's trace context on its job",
         include_str!("../migrations/0007_job_trace_context.sql"),
     ),
+    (
+        8,
+        "claims by stream",
+        include_str!("../migrations/0008_claims_by_stream.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

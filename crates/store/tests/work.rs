@@ -13,16 +13,23 @@ use bytes::Bytes;
 
 /// A migrated database holding `count` frames of one sensor, one second apart in capture time.
 async fn with_frames(count: u64) -> (PostgresServer, tokio_postgres::Client) {
+    with_streams(1, count).await
+}
+
+/// A migrated database holding `count` frames of each of `sensors` sensors of one device, one second apart
+/// in capture time, sensor by sensor (`mic-0`'s frames first).
+async fn with_streams(sensors: u32, count: u64) -> (PostgresServer, tokio_postgres::Client) {
     let (pg, mut client) = migrated().await;
     auscult_store::add_device(&mut client, "gw-1", "")
         .await
         .expect("device");
     let now = SystemTime::now();
-    let frames: Vec<Frame> = (0..count)
-        .map(|seq| {
+    let frames: Vec<Frame> = (0..sensors)
+        .flat_map(|sensor| (0..count).map(move |seq| (sensor, seq)))
+        .map(|(sensor, seq)| {
             RawFrame {
                 device_id: "gw-1".into(),
-                sensor_id: "mic-0".into(),
+                sensor_id: format!("mic-{sensor}"),
                 stream_epoch: 1,
                 seq,
                 captured_at: Some(now - Duration::from_secs(count - seq)),
@@ -35,11 +42,29 @@ async fn with_frames(count: u64) -> (PostgresServer, tokio_postgres::Client) {
             .expect("valid frame")
         })
         .collect();
-    let refs: Vec<&Frame> = frames.iter().collect();
-    auscult_store::insert_frames(&mut client, &refs, now)
-        .await
-        .expect("insert");
+    for stream in frames.chunks(usize::try_from(count.max(1)).expect("count")) {
+        let refs: Vec<&Frame> = stream.iter().collect();
+        auscult_store::insert_frames(&mut client, &refs, now)
+            .await
+            .expect("insert");
+    }
     (pg, client)
+}
+
+/// Claims the next job as listener `l` and completes it, as a listener working one frame at a time does.
+async fn work_one(client: &mut tokio_postgres::Client) -> usize {
+    let claim = auscult_store::claim_jobs(client, "l", 1, Duration::from_secs(30), 3)
+        .await
+        .expect("claim");
+    let verdicts: Vec<NewResult> = claim
+        .jobs
+        .iter()
+        .map(|j| verdict(j.frame_id, false))
+        .collect();
+    auscult_store::complete_jobs(client, &claim.lease, &verdicts, &AlertRule::default(), &[])
+        .await
+        .expect("complete");
+    claim.jobs.len()
 }
 
 fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
@@ -83,16 +108,27 @@ async fn job_states(client: &tokio_postgres::Client) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn claims_skip_each_other_and_expired_leases_return_to_the_queue() {
-    let (pg, mut a) = with_frames(10).await;
+    let (pg, mut a) = with_streams(2, 4).await;
     let mut b = connect(&pg).await;
     let lease = Duration::from_secs(30);
-    let first = auscult_store::claim_jobs(&mut a, "a", 6, lease, 3)
+    let first = auscult_store::claim_jobs(&mut a, "a", 4, lease, 3)
         .await
         .expect("claim a");
-    let second = auscult_store::claim_jobs(&mut b, "b", 6, lease, 3)
+    let second = auscult_store::claim_jobs(&mut b, "b", 4, lease, 3)
         .await
         .expect("claim b");
-    assert_eq!((first.jobs.len(), second.jobs.len()), (6, 4));
+    assert_eq!((first.jobs.len(), second.jobs.len()), (4, 4));
+    // Each claim holds one whole stream, in sequence order, the oldest stream first.
+    assert!(
+        first.jobs.iter().all(|j| j.sensor_id == "mic-0"),
+        "{first:?}"
+    );
+    assert!(
+        second.jobs.iter().all(|j| j.sensor_id == "mic-1"),
+        "{second:?}"
+    );
+    let seqs: Vec<i64> = first.jobs.iter().map(|j| j.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
     assert!(
         first
             .jobs
@@ -151,8 +187,59 @@ async fn claims_skip_each_other_and_expired_leases_return_to_the_queue() {
 }
 
 #[tokio::test]
+async fn a_stream_another_claim_holds_is_left_to_it() {
+    let (pg, mut a) = with_frames(7).await;
+    let mut b = connect(&pg).await;
+    let lease = Duration::from_secs(30);
+    let seqs = |claim: &auscult_store::Claim| claim.jobs.iter().map(|j| j.seq).collect::<Vec<_>>();
+    let first = auscult_store::claim_jobs(&mut a, "a", 3, lease, 3)
+        .await
+        .expect("claim a");
+    assert_eq!(seqs(&first), [0, 1, 2]);
+    // The rest of the stream waits: scored now, its frames would miss their predecessors' verdicts.
+    let second = auscult_store::claim_jobs(&mut b, "b", 3, lease, 3)
+        .await
+        .expect("claim b");
+    assert!(second.jobs.is_empty(), "{second:?}");
+    // Once a's verdicts are stored, the stream is free again and its next frames find them.
+    let verdicts: Vec<NewResult> = first
+        .jobs
+        .iter()
+        .map(|j| verdict(j.frame_id, false))
+        .collect();
+    auscult_store::complete_jobs(&mut a, &first.lease, &verdicts, &AlertRule::default(), &[])
+        .await
+        .expect("complete");
+    let third = auscult_store::claim_jobs(&mut b, "b", 3, lease, 3)
+        .await
+        .expect("claim b again");
+    assert_eq!(seqs(&third), [3, 4, 5]);
+    // A frame waiting out a retry's backoff does not hold its stream: the frames after it go on, as
+    // they would have live.
+    let failed = FailedAttempt {
+        frame_id: third.jobs[0].frame_id,
+        error: "UNSCORABLE: test".into(),
+        permanent: false,
+    };
+    auscult_store::fail_jobs(&b, &third.lease, &[failed], 3, Duration::from_secs(60))
+        .await
+        .expect("fail");
+    let verdicts: Vec<NewResult> = third.jobs[1..]
+        .iter()
+        .map(|j| verdict(j.frame_id, false))
+        .collect();
+    auscult_store::complete_jobs(&mut b, &third.lease, &verdicts, &AlertRule::default(), &[])
+        .await
+        .expect("complete");
+    let fourth = auscult_store::claim_jobs(&mut a, "a", 3, lease, 3)
+        .await
+        .expect("claim a again");
+    assert_eq!(seqs(&fourth), [6]);
+}
+
+#[tokio::test]
 async fn claims_made_at_the_same_moment_never_hold_a_job_twice() {
-    let (pg, _client) = with_frames(12).await;
+    let (pg, _client) = with_streams(4, 3).await;
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(connect(&pg).await);
@@ -160,7 +247,7 @@ async fn claims_made_at_the_same_moment_never_hold_a_job_twice() {
     let lease = Duration::from_secs(30);
     let claims = futures_util::future::join_all(clients.iter_mut().enumerate().map(
         |(i, client)| async move {
-            auscult_store::claim_jobs(client, &format!("listener-{i}"), 5, lease, 3)
+            auscult_store::claim_jobs(client, &format!("listener-{i}"), 3, lease, 3)
                 .await
                 .expect("claim")
         },
@@ -170,7 +257,21 @@ async fn claims_made_at_the_same_moment_never_hold_a_job_twice() {
         .iter()
         .flat_map(|c| c.jobs.iter().map(|j| j.frame_id))
         .collect();
-    assert!(claims.iter().all(|c| c.jobs.len() <= 5));
+    assert!(claims.iter().all(|c| c.jobs.len() <= 3));
+    // No stream is split between claims.
+    for claim in &claims {
+        for job in &claim.jobs {
+            let others = claims
+                .iter()
+                .filter(|c| c.lease != claim.lease)
+                .flat_map(|c| &c.jobs);
+            assert!(
+                others.into_iter().all(|o| o.sensor_id != job.sensor_id),
+                "stream {} split between claims: {claims:?}",
+                job.sensor_id
+            );
+        }
+    }
     held.sort_unstable();
     let claimed = held.len();
     held.dedup();
@@ -439,14 +540,8 @@ async fn an_alert_fires_at_k_of_m_once_and_resolves_when_the_verdicts_clear() {
 async fn a_sensor_that_stops_sending_goes_silent_once_and_recovers() {
     let (_pg, mut client) = with_frames(5).await;
     // The frames were captured a second apart; claiming them teaches the sensor's usual interval.
-    let claim = auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
-        .await
-        .expect("claim");
-    assert_eq!(claim.jobs.len(), 1);
-    for _ in 0..4 {
-        auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
-            .await
-            .expect("claim");
+    for _ in 0..5 {
+        assert_eq!(work_one(&mut client).await, 1);
     }
     let usual: f64 = client
         .query_one("SELECT usual_interval_s FROM sensor_health", &[])
@@ -506,9 +601,7 @@ async fn a_sensor_that_stops_sending_goes_silent_once_and_recovers() {
 async fn a_sensor_sending_at_twice_its_usual_rate_is_reported_once() {
     let (_pg, mut client) = with_frames(40).await;
     for _ in 0..40 {
-        auscult_store::claim_jobs(&mut client, "l", 1, Duration::from_secs(30), 3)
-            .await
-            .expect("claim");
+        assert_eq!(work_one(&mut client).await, 1);
     }
     let rule = HealthRule {
         min_frames: 30,
