@@ -66,10 +66,7 @@ pub struct Submitter {
 
 impl Submitter {
     /// Queues `pending` for the writer of its stream; fails once the writers are gone (shutdown).
-    pub fn send(
-        &self,
-        pending: PendingFrame,
-    ) -> Result<(), mpsc::error::SendError<PendingFrame>> {
+    pub fn send(&self, pending: PendingFrame) -> Result<(), mpsc::error::SendError<PendingFrame>> {
         let writer = writer_of(&pending.frame.key, self.queues.len());
         self.queues[writer].send(pending)
     }
