@@ -66,11 +66,15 @@ pub struct Submitter {
 
 impl Submitter {
     /// Queues `pending` for the writer of its stream; fails once the writers are gone (shutdown).
-    pub fn send(&self, pending: PendingFrame) -> Result<(), mpsc::error::SendError<PendingFrame>> {
+    pub fn send(&self, pending: PendingFrame) -> Result<(), WritersGone> {
         let writer = writer_of(&pending.frame.key, self.queues.len());
-        self.queues[writer].send(pending)
+        self.queues[writer].send(pending).map_err(|_| WritersGone)
     }
 }
+
+/// The writers have stopped (the service is shutting down): the frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WritersGone;
 
 /// The writer that commits the frames of `key`'s sensor stream: the same one for every frame of it.
 fn writer_of(key: &FrameKey, writers: usize) -> usize {
