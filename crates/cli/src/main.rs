@@ -57,6 +57,11 @@ enum Command {
     /// Data lifecycle: size per kind and partition, what leaves next and when; a pass on demand.
     #[command(subcommand)]
     Retention(commands::retention::Command),
+    /// A three-node cluster on this machine (network namespaces, Patroni, every service on every node).
+    #[command(subcommand)]
+    Cluster(commands::cluster::Command),
+    /// Break that cluster under load and check that nothing acknowledged was lost or stored twice.
+    Chaos(commands::chaos::Args),
     /// Audio clips: the sound around an alert, as a WAV file.
     #[command(subcommand)]
     Clip(commands::clip::Command),
@@ -89,6 +94,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Elastic(command) => commands::elastic::run(command).await,
         Command::Kibana(command) => commands::kibana::run(command).await,
         Command::Retention(command) => commands::retention::run(command).await,
+        Command::Cluster(command) => commands::cluster::run(command).await,
+        Command::Chaos(args) => commands::chaos::run(args).await,
         Command::Clip(command) => commands::clip::run(command).await,
         Command::Bench(command) => commands::bench::run(command).await,
     }

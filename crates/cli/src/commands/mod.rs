@@ -1,7 +1,9 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod chaos;
 pub mod clip;
+pub mod cluster;
 pub mod demo;
 pub mod device;
 pub mod elastic;

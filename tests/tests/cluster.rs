@@ -1,0 +1,123 @@
+//! The three-node cluster and its fault suite, as an operator runs them: `auscult cluster up` (network
+//! namespaces, etcd, Patroni with synchronous replication, every service on every node), `auscult chaos
+//! --scenario … --json` while gateways stream, and `auscult cluster down`. Needs root, `etcd` and `patroni`
+//! (`.ci/run` installs them).
+
+use std::{path::Path, process::Command};
+
+use auscult_testkit::workspace_binary;
+
+/// Takes the cluster down (and its data away) however the test ends.
+struct ClusterGuard<'a> {
+    dir: &'a Path,
+}
+
+impl Drop for ClusterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(binary) = workspace_binary("auscult") {
+            let _ = Command::new(binary)
+                .args(["cluster", "down", "--remove-data", "--dir"])
+                .arg(self.dir)
+                .output();
+        }
+    }
+}
+
+fn auscult(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(workspace_binary("auscult").expect("auscult binary"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run auscult")
+}
+
+#[tokio::test]
+async fn the_primary_and_a_whole_node_die_under_load_and_nothing_acknowledged_is_lost() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    // PostgreSQL runs as the postgres user, which must reach its data directory inside.
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let dir = scratch.path().join("cluster");
+    let dir_for_up = dir.clone();
+    let _guard = ClusterGuard { dir: &dir };
+    let up = tokio::task::spawn_blocking(move || auscult(&["cluster", "up"], &dir_for_up))
+        .await
+        .expect("join");
+    assert!(
+        up.status.success(),
+        "cluster up failed: {}{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let status = auscult(&["cluster", "status", "--json"], &dir);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let nodes = status["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for node in nodes {
+        for part in [
+            "etcd", "patroni", "postgres", "ingest", "listener", "analysis",
+        ] {
+            assert_eq!(node[part], true, "{part} runs on every node: {status}");
+        }
+    }
+    let roles: Vec<&str> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["role"].as_str())
+        .collect();
+    assert!(roles.contains(&"leader"), "{status}");
+    assert!(
+        roles.contains(&"sync_standby"),
+        "replication is synchronous: {status}"
+    );
+
+    let dir_for_chaos = dir.clone();
+    let chaos = tokio::task::spawn_blocking(move || {
+        auscult(
+            &[
+                "chaos",
+                "--scenario",
+                "primary-kill",
+                "--scenario",
+                "node-kill",
+                "--json",
+            ],
+            &dir_for_chaos,
+        )
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&chaos.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&chaos.stdout)
+        .unwrap_or_else(|e| panic!("chaos JSON ({e}): {stderr}"));
+    let scenarios = report["scenarios"].as_array().expect("scenarios");
+    assert_eq!(scenarios.len(), 2, "{report}");
+    for scenario in scenarios {
+        let name = &scenario["name"];
+        assert_eq!(scenario["lost_acked"], 0, "{name}: {scenario}\n{stderr}");
+        assert_eq!(scenario["duplicates_stored"], 0, "{name}: {scenario}");
+        assert_eq!(scenario["duplicate_results"], 0, "{name}: {scenario}");
+        assert_eq!(scenario["dead_lettered"], 0, "{name}: {scenario}");
+        assert_eq!(
+            scenario["acked"], scenario["generated"],
+            "{name}: every frame acknowledged in the end: {scenario}"
+        );
+        assert_eq!(
+            scenario["persisted"], scenario["scored"],
+            "{name}: every stored frame scored: {scenario}"
+        );
+        let recovery = scenario["recovery_s"].as_f64().expect("recovery measured");
+        assert!(
+            recovery > 0.0 && recovery < 60.0,
+            "{name}: acknowledgements flowed again after {recovery} s"
+        );
+        println!("{scenario}");
+    }
+    assert!(chaos.status.success(), "{stderr}");
+}
