@@ -338,7 +338,10 @@ impl Cluster {
     /// configuration): off, a COMMIT no longer waits for a standby, and a failover may lose what the
     /// promoted standby had not received.
     pub async fn set_synchronous(&self, synchronous: bool) -> Result<(), ClusterError> {
-        let body = serde_json::json!({ "synchronous_mode": synchronous });
+        let body = serde_json::json!({
+            "synchronous_mode": synchronous,
+            "synchronous_mode_strict": synchronous,
+        });
         for node in &self.nodes {
             let Ok(response) = self
                 .http
@@ -680,20 +683,26 @@ fn which(tool: &str) -> Result<String, ClusterError> {
         .ok_or_else(|| {
             ClusterError::Missing(
                 tool.into(),
-                "install it (Debian: apt install etcd-server patroni)".into(),
+                "install it (see the README: etcd-server, and Patroni in /opt/auscult-patroni)"
+                    .into(),
             )
         })
 }
 
-/// Patroni runs as the postgres user, so it must be an installation that user can read: the system's
-/// (a copy under root's home, as pip in a pyenv puts it, is not).
+/// Patroni runs as the postgres user, so it must be an installation that user can read (a copy under root's
+/// home, as pip in a pyenv puts it, is not): `AUSCULT_PATRONI`, else the virtual environment `.ci/run` and
+/// the README make (`/opt/auscult-patroni`), else the system's. Patroni 4.0.6 or later: earlier releases
+/// can take a stale etcd member's view for the truth after a partition heals, and promote the wrong node.
 fn patroni_program() -> Result<String, ClusterError> {
-    let system = Path::new("/usr/bin/patroni");
-    if system.is_file() {
-        Ok(system.display().to_string())
-    } else {
-        which("patroni")
+    if let Some(program) = std::env::var_os("AUSCULT_PATRONI") {
+        return Ok(PathBuf::from(program).display().to_string());
     }
+    ["/opt/auscult-patroni/bin/patroni", "/usr/bin/patroni"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .map_or_else(|| which("patroni"), Ok)
 }
 
 fn postgres_bin_dir() -> Result<PathBuf, ClusterError> {

@@ -5,6 +5,10 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use serde::Deserialize;
 
+/// With `synchronous_mode_strict`, a COMMIT is never acknowledged on the primary alone: when no standby can
+/// confirm it, writes wait (the non-strict mode would switch to asynchronous replication, and a later
+/// failover would discard what only the old primary had).
+///
 /// Patroni's loop: a leader whose key is not renewed for `TTL_S` loses it, and a synchronous standby is
 /// promoted within about that time (`loop_wait + 2 × retry_timeout ≤ ttl`, as Patroni requires).
 const TTL_S: u32 = 10;
@@ -43,6 +47,7 @@ bootstrap:
     retry_timeout: {RETRY_TIMEOUT_S}
     maximum_lag_on_failover: 1048576
     synchronous_mode: {synchronous}
+    synchronous_mode_strict: {synchronous}
     postgresql:
       use_pg_rewind: true
       use_slots: true
