@@ -33,7 +33,7 @@ fn auscult(args: &[&str], dir: &Path) -> std::process::Output {
 }
 
 #[tokio::test]
-async fn the_primary_and_a_whole_node_die_under_load_and_nothing_acknowledged_is_lost() {
+async fn the_primary_dies_a_node_dies_a_node_is_cut_off_and_nothing_acknowledged_is_lost() {
     let scratch = tempfile::tempdir().expect("tempdir");
     // PostgreSQL runs as the postgres user, which must reach its data directory inside.
     std::fs::set_permissions(
@@ -86,6 +86,8 @@ async fn the_primary_and_a_whole_node_die_under_load_and_nothing_acknowledged_is
                 "primary-kill",
                 "--scenario",
                 "node-kill",
+                "--scenario",
+                "node-partition",
                 "--json",
             ],
             &dir_for_chaos,
@@ -97,7 +99,7 @@ async fn the_primary_and_a_whole_node_die_under_load_and_nothing_acknowledged_is
     let report: serde_json::Value = serde_json::from_slice(&chaos.stdout)
         .unwrap_or_else(|e| panic!("chaos JSON ({e}): {stderr}"));
     let scenarios = report["scenarios"].as_array().expect("scenarios");
-    assert_eq!(scenarios.len(), 2, "{report}");
+    assert_eq!(scenarios.len(), 3, "{report}");
     for scenario in scenarios {
         let name = &scenario["name"];
         assert_eq!(scenario["lost_acked"], 0, "{name}: {scenario}\n{stderr}");
