@@ -216,7 +216,21 @@ impl Cluster {
         for node in &self.nodes {
             self.start_patroni(node, &pg_bin)?;
         }
-        let members = self.wait_replicated(Duration::from_secs(120)).await?;
+        let members = match self.wait_replicated(Duration::from_secs(120)).await {
+            Ok(members) => members,
+            Err(ClusterError::NotReady {
+                what,
+                waited,
+                detail,
+            }) => {
+                return Err(ClusterError::NotReady {
+                    what,
+                    waited,
+                    detail: format!("{detail}\n{}", self.log_tails("patroni", 12)),
+                });
+            }
+            Err(other) => return Err(other),
+        };
         say(&format!(
             "PostgreSQL under Patroni: {}",
             describe_members(&members)
@@ -316,6 +330,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILLs `node`'s replica of one service (`auscult-ingest`, `auscult-listener`, `auscult-analysis`).
+    pub fn kill_service(&self, node: &Node, binary: &str) -> Result<(), ClusterError> {
+        // The kernel keeps 15 bytes of a program's name.
+        let comm: String = binary.chars().take(15).collect();
+        let pids: Vec<u32> = processes_in(&node.namespace)?
+            .iter()
+            .filter(|p| p.comm == comm)
+            .map(|p| p.pid)
+            .collect();
+        if pids.is_empty() {
+            return Err(ClusterError::Command(format!(
+                "{binary} is not running on {}",
+                node.name
+            )));
+        }
+        procs::signal_all(&pids, Signal::SIGKILL);
+        Ok(())
+    }
+
     /// Starts what is not running on `node`: etcd, Patroni (its PostgreSQL rejoins as a standby) and the
     /// services.
     pub fn restart_node(&self, node: &Node) -> Result<(), ClusterError> {
@@ -403,6 +436,21 @@ impl Cluster {
                 describe_members(&last)
             },
         })
+    }
+
+    /// The last `lines` lines of each node's `what` log, for an error that must say why.
+    pub fn log_tails(&self, what: &str, lines: usize) -> String {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let path = node.log(what);
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- {}:\n{}", path.display(), tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn start_etcd(&self, node: &Node, new_cluster: bool) -> Result<(), ClusterError> {

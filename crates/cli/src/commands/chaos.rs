@@ -37,6 +37,22 @@ const SCENARIOS: &[(&str, &str)] = &[
         "node-partition",
         "the primary's node cut off the network for 15 s, then reconnected",
     ),
+    (
+        "ingest-kill",
+        "the ingest replica on the primary's node SIGKILLed (inside open batches), restarted 15 s later",
+    ),
+    (
+        "listener-kill",
+        "the listener on the primary's node SIGKILLed while it holds jobs, restarted 15 s later",
+    ),
+    (
+        "analysis-kill",
+        "the analysis replica on the primary's node SIGKILLed mid-job, restarted 15 s later",
+    ),
+    (
+        "gateway-cuts",
+        "every gateway connection cut after each 25 frames, for the whole run",
+    ),
 ];
 
 #[derive(Debug, clap::Args)]
@@ -177,6 +193,9 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
     config.rate = Some(args.rate * f64::from(args.sensors));
     config.progress_timeout = Duration::from_secs(5);
     config.give_up_after = Duration::from_secs(180);
+    if name == "gateway-cuts" {
+        config.cut_every = Some(25);
+    }
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let gateway = Gateway::new(config).with_events(events_tx);
     let progress = gateway.progress();
@@ -228,11 +247,17 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
         "primary-kill" | "primary-kill-async" => cluster.kill_database(&node)?,
         "node-kill" => cluster.kill_node(&node)?,
         "node-partition" => cluster.connect(&node, false)?,
+        "ingest-kill" => cluster.kill_service(&node, "auscult-ingest")?,
+        "listener-kill" => cluster.kill_service(&node, "auscult-listener")?,
+        "analysis-kill" => cluster.kill_service(&node, "auscult-analysis")?,
+        // The cuts run all along; nothing more to break.
+        "gateway-cuts" => {}
         other => bail!("unknown scenario {other}"),
     }
     tokio::time::sleep(Duration::from_secs(args.fault_seconds)).await;
     match name {
         "node-partition" => cluster.connect(&node, true)?,
+        "gateway-cuts" => {}
         _ => cluster.restart_node(&node)?,
     }
     eprintln!("{name}: {} back", node.name);
