@@ -11,9 +11,10 @@ use serde::Deserialize;
 ///
 /// Patroni's loop: a leader whose key is not renewed for `TTL_S` loses it, and a synchronous standby is
 /// promoted within about that time (`loop_wait + 2 × retry_timeout ≤ ttl`, as Patroni requires).
-const TTL_S: u32 = 10;
+/// Patroni 4 raises a TTL below 20 s to 20 s.
+const TTL_S: u32 = 20;
 const LOOP_WAIT_S: u32 = 1;
-const RETRY_TIMEOUT_S: u32 = 4;
+const RETRY_TIMEOUT_S: u32 = 5;
 
 /// The YAML configuration of member `name` (at `ip`) of a cluster whose members are `members`.
 pub(crate) fn config(

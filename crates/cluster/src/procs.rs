@@ -56,6 +56,9 @@ pub(crate) fn spawn_in(
         .arg(program)
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        // The caller's directory may be closed to the postgres user (a private temporary checkout);
+        // PostgreSQL cannot start from a directory it cannot enter.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(output)
         .stderr(errors)

@@ -31,23 +31,23 @@ const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "node-kill",
-        "every process on the primary's node SIGKILLed (etcd, Patroni, PostgreSQL, the three services), restarted 15 s later",
+        "every process on the primary's node SIGKILLed (etcd, Patroni, PostgreSQL, the three services), restarted 30 s later",
     ),
     (
         "node-partition",
-        "the primary's node cut off the network for 15 s, then reconnected",
+        "the primary's node cut off the network for 30 s, then reconnected",
     ),
     (
         "ingest-kill",
-        "the ingest replica on the primary's node SIGKILLed (inside open batches), restarted 15 s later",
+        "the ingest replica on the primary's node SIGKILLed (inside open batches), restarted 30 s later",
     ),
     (
         "listener-kill",
-        "the listener on the primary's node SIGKILLed while it holds jobs, restarted 15 s later",
+        "the listener on the primary's node SIGKILLed while it holds jobs, restarted 30 s later",
     ),
     (
         "analysis-kill",
-        "the analysis replica on the primary's node SIGKILLed mid-job, restarted 15 s later",
+        "the analysis replica on the primary's node SIGKILLed mid-job, restarted 30 s later",
     ),
     (
         "gateway-cuts",
@@ -72,10 +72,11 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0)]
     rate: f64,
     /// Seconds of load in each scenario; the fault comes after a third of it.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     seconds: u64,
-    /// Seconds the fault lasts before the node is restarted or reconnected.
-    #[arg(long, default_value_t = 15)]
+    /// Seconds the fault lasts before the node is restarted or reconnected: longer than Patroni's
+    /// 20 s leader TTL, so that a dead primary is replaced rather than restarted.
+    #[arg(long, default_value_t = 30)]
     fault_seconds: u64,
 }
 
@@ -260,7 +261,14 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
         "gateway-cuts" => {}
         _ => cluster.restart_node(&node)?,
     }
-    eprintln!("{name}: {} back", node.name);
+    eprintln!(
+        "{name}: {} back; the primary is {}",
+        node.name,
+        cluster
+            .primary()
+            .await
+            .map_or("unknown".to_owned(), |i| cluster.nodes[i].name.clone())
+    );
 
     let summary = load
         .await
