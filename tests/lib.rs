@@ -74,6 +74,35 @@ impl Stack {
     /// Runs `auscult simulate --endpoint <this ingest> --device DEVICE --json ARGS…` as the gateway with
     /// `token`, asserts it succeeded and returns its JSON summary.
     pub async fn simulate(&self, device: &str, token: &str, args: &[&str]) -> serde_json::Value {
+        self.simulate_with_env(device, token, args, &[]).await
+    }
+
+    /// Registers `device` and streams `sensors` × `frames` synthetic one-second frames (epoch 1) through
+    /// ingest as fast as it takes them.
+    pub async fn simulate_synthetic(&self, device: &str, sensors: u32, frames: u32) {
+        let token = self.add_device(device).await;
+        let (sensors, frames) = (sensors.to_string(), frames.to_string());
+        let args = [
+            "--sensors",
+            &sensors,
+            "--frames",
+            &frames,
+            "--rate",
+            "0",
+            "--epoch",
+            "1",
+        ];
+        self.simulate(device, &token, &args).await;
+    }
+
+    /// [`Stack::simulate`] with `env` added to the gateway's environment.
+    pub async fn simulate_with_env(
+        &self,
+        device: &str,
+        token: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> serde_json::Value {
         let mut command = vec![
             "simulate".to_owned(),
             "--endpoint".into(),
@@ -85,10 +114,15 @@ impl Stack {
         command.extend(args.iter().map(|s| (*s).to_owned()));
         let binary = auscult_testkit::workspace_binary("auscult").expect("auscult binary");
         let token = token.to_owned();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let output = tokio::task::spawn_blocking(move || {
             std::process::Command::new(binary)
                 .args(command)
                 .env("AUSCULT_TOKEN", token)
+                .envs(env)
                 .output()
         })
         .await

@@ -20,23 +20,8 @@ async fn a_backlog_worked_by_two_listeners_is_judged_as_if_live() {
     let url = stack.postgres.url();
 
     // The backlog: every frame stored before any listener runs.
-    let token = stack.add_device("gw-backlog").await;
-    let (sensors, frames) = (SENSORS.to_string(), FRAMES_PER_SENSOR.to_string());
     stack
-        .simulate(
-            "gw-backlog",
-            &token,
-            &[
-                "--sensors",
-                &sensors,
-                "--frames",
-                &frames,
-                "--rate",
-                "0",
-                "--epoch",
-                "1",
-            ],
-        )
+        .simulate_synthetic("gw-backlog", SENSORS, FRAMES_PER_SENSOR)
         .await;
     let total = i64::from(SENSORS * FRAMES_PER_SENSOR);
     let queued: i64 = db

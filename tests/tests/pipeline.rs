@@ -8,23 +8,6 @@ use auscult_e2e::{
 };
 use auscult_testkit::wait_for;
 
-/// Streams `sensors` × `frames` synthetic one-second frames through ingest as fast as it takes them.
-async fn simulate(stack: &Stack, device: &str, sensors: u32, frames: u32) {
-    let token = stack.add_device(device).await;
-    let (sensors, frames) = (sensors.to_string(), frames.to_string());
-    let args = [
-        "--sensors",
-        &sensors,
-        "--frames",
-        &frames,
-        "--rate",
-        "0",
-        "--epoch",
-        "1",
-    ];
-    stack.simulate(device, &token, &args).await;
-}
-
 /// Waits until every job is settled (done or dead); returns the progress.
 async fn settled(
     client: &tokio_postgres::Client,
@@ -80,7 +63,7 @@ async fn every_frame_is_scored_once_though_a_listener_and_an_analysis_replica_di
     let mut listener_a = start_listener(&url, "listener-a", &endpoints, &FAST_RECOVERY);
     let _listener_b = start_listener(&url, "listener-b", &endpoints, &FAST_RECOVERY);
 
-    simulate(&stack, "gw-1", 20, 60).await;
+    stack.simulate_synthetic("gw-1", 20, 60).await;
 
     // Mid-run: one listener and one analysis replica die without warning.
     let started = wait_for(Duration::from_secs(60), || async {
@@ -236,7 +219,7 @@ async fn terminated_listener_connections_lose_no_job() {
             cuts
         })
     };
-    simulate(&stack, "gw-1", 5, 40).await;
+    stack.simulate_synthetic("gw-1", 5, 40).await;
     let cuts = terminator.await.expect("terminator");
     assert!(cuts >= 6, "connections were cut ({cuts})");
 
@@ -270,7 +253,7 @@ async fn a_frame_analysis_always_fails_on_goes_dead_and_the_rest_flows() {
         "0",
     ];
     stack.simulate("gw-short", &token, &args).await;
-    simulate(&stack, "gw-1", 3, 10).await;
+    stack.simulate_synthetic("gw-1", 3, 10).await;
     let listener = start_listener(
         &url,
         "listener",

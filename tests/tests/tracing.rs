@@ -165,16 +165,11 @@ async fn a_frame_is_followed_from_the_gateway_to_its_verdict_in_one_trace() {
 
     let device = "gw-traced";
     let token = stack.add_device(device).await;
-    let binary = auscult_testkit::workspace_binary("auscult").expect("auscult binary");
-    let gateway_endpoint = stack.endpoint();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary)
-            .args([
-                "simulate",
-                "--endpoint",
-                &gateway_endpoint,
-                "--device",
-                device,
+    stack
+        .simulate_with_env(
+            device,
+            &token,
+            &[
                 "--sensors",
                 "1",
                 "--frames",
@@ -183,20 +178,10 @@ async fn a_frame_is_followed_from_the_gateway_to_its_verdict_in_one_trace() {
                 "0",
                 "--epoch",
                 "1",
-                "--json",
-            ])
-            .env("AUSCULT_TOKEN", token)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run simulate");
-    assert!(
-        output.status.success(),
-        "simulate failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+            ],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        )
+        .await;
 
     let traces = wait_for(Duration::from_secs(90), || async {
         let traces = frame_traces(&collector.spans());

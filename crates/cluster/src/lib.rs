@@ -754,26 +754,10 @@ fn patroni_program() -> Result<String, ClusterError> {
 }
 
 fn postgres_bin_dir() -> Result<PathBuf, ClusterError> {
-    let root = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(root)
-        .map_err(|_| {
-            ClusterError::Missing(
-                "PostgreSQL".into(),
-                "install the server (apt install postgresql)".into(),
-            )
-        })?
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("postgres").exists().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+    auscult_testkit::postgres_bin_dir().map_err(|e| {
         ClusterError::Missing(
             "PostgreSQL".into(),
-            "install the server (apt install postgresql)".into(),
+            format!("{e}: install the server (apt install postgresql)"),
         )
     })
 }

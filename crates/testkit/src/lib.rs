@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::{future::Future, net::TcpListener, time::Duration};
 
-pub use postgres::PostgresServer;
+pub use postgres::{PostgresServer, find_bin_dir as postgres_bin_dir};
 pub use process::{ServiceProcess, workspace_binary};
 pub use search::SearchServer;
 

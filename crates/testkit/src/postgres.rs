@@ -241,7 +241,7 @@ fn pg_ctl_start(
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` with `initdb`, or `$AUSCULT_PG_BIN`.
-fn find_bin_dir() -> Result<PathBuf, TestkitError> {
+pub fn find_bin_dir() -> Result<PathBuf, TestkitError> {
     if let Some(dir) = std::env::var_os("AUSCULT_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
