@@ -51,19 +51,24 @@ async fn with_streams(sensors: u32, count: u64) -> (PostgresServer, tokio_postgr
     (pg, client)
 }
 
+/// Completes `jobs` under the claim `lease`, each judged normal, as a listener does once it scored them.
+async fn complete_as_normal(
+    client: &mut tokio_postgres::Client,
+    lease: &str,
+    jobs: &[auscult_store::ClaimedJob],
+) -> auscult_store::Completion {
+    let verdicts: Vec<NewResult> = jobs.iter().map(|j| verdict(j.frame_id, false)).collect();
+    auscult_store::complete_jobs(client, lease, &verdicts, &AlertRule::default(), &[])
+        .await
+        .expect("complete")
+}
+
 /// Claims the next job as listener `l` and completes it, as a listener working one frame at a time does.
 async fn work_one(client: &mut tokio_postgres::Client) -> usize {
     let claim = auscult_store::claim_jobs(client, "l", 1, Duration::from_secs(30), 3)
         .await
         .expect("claim");
-    let verdicts: Vec<NewResult> = claim
-        .jobs
-        .iter()
-        .map(|j| verdict(j.frame_id, false))
-        .collect();
-    auscult_store::complete_jobs(client, &claim.lease, &verdicts, &AlertRule::default(), &[])
-        .await
-        .expect("complete");
+    complete_as_normal(client, &claim.lease, &claim.jobs).await;
     claim.jobs.len()
 }
 
@@ -202,14 +207,7 @@ async fn a_stream_another_claim_holds_is_left_to_it() {
         .expect("claim b");
     assert!(second.jobs.is_empty(), "{second:?}");
     // Once a's verdicts are stored, the stream is free again and its next frames find them.
-    let verdicts: Vec<NewResult> = first
-        .jobs
-        .iter()
-        .map(|j| verdict(j.frame_id, false))
-        .collect();
-    auscult_store::complete_jobs(&mut a, &first.lease, &verdicts, &AlertRule::default(), &[])
-        .await
-        .expect("complete");
+    complete_as_normal(&mut a, &first.lease, &first.jobs).await;
     let third = auscult_store::claim_jobs(&mut b, "b", 3, lease, 3)
         .await
         .expect("claim b again");
@@ -224,13 +222,7 @@ async fn a_stream_another_claim_holds_is_left_to_it() {
     auscult_store::fail_jobs(&b, &third.lease, &[failed], 3, Duration::from_secs(60))
         .await
         .expect("fail");
-    let verdicts: Vec<NewResult> = third.jobs[1..]
-        .iter()
-        .map(|j| verdict(j.frame_id, false))
-        .collect();
-    auscult_store::complete_jobs(&mut b, &third.lease, &verdicts, &AlertRule::default(), &[])
-        .await
-        .expect("complete");
+    complete_as_normal(&mut b, &third.lease, &third.jobs[1..]).await;
     let fourth = auscult_store::claim_jobs(&mut a, "a", 3, lease, 3)
         .await
         .expect("claim a again");
