@@ -345,7 +345,18 @@ impl AnalysisProcess {
         env: &[(&str, &str)],
         client_tls: Option<ClientTlsConfig>,
     ) -> Self {
-        let (grpc_port, admin_port) = (free_port().expect("port"), free_port().expect("port"));
+        Self::start_on(database_url, free_port().expect("port"), env, client_tls).await
+    }
+
+    /// Like [`AnalysisProcess::start_with`], serving gRPC on `grpc_port` (where a listener already
+    /// looks for it).
+    pub async fn start_on(
+        database_url: &str,
+        grpc_port: u16,
+        env: &[(&str, &str)],
+        client_tls: Option<ClientTlsConfig>,
+    ) -> Self {
+        let admin_port = free_port().expect("port");
         let mut vars: Vec<(String, String)> = vec![
             ("AUSCULT__DATABASE__URL".into(), database_url.to_owned()),
             (
@@ -488,5 +499,6 @@ pub fn pcm16_frame(
         encoding: pb::SampleEncoding::PcmS16le.into(),
         samples: samples.clone(),
         traceparent: String::new(),
+        sent_at: None,
     }
 }

@@ -1,7 +1,7 @@
 //! The three-node cluster and its fault suite, as an operator runs them: `auscult cluster up` (network
-//! namespaces, etcd, Patroni with synchronous replication, every service on every node), `auscult chaos
-//! --scenario … --json` while gateways stream, and `auscult cluster down`. Needs root, `etcd` and `patroni`
-//! (`.ci/run` installs them).
+//! namespaces, etcd, Patroni with synchronous replication, every service on every node, the search server
+//! and the fault proxy), `auscult chaos --scenario … --json` while gateways stream, and `auscult cluster
+//! down`. Needs root, `etcd`, `patroni`, `osmem-server` and `faketime` (`.ci/run` installs them).
 
 use std::{path::Path, process::Command};
 
@@ -88,6 +88,14 @@ async fn the_primary_dies_a_node_dies_a_node_is_cut_off_and_nothing_acknowledged
                 "node-kill",
                 "--scenario",
                 "node-partition",
+                "--scenario",
+                "search-down",
+                "--scenario",
+                "link-blackhole",
+                "--scenario",
+                "clock-skew",
+                "--scenario",
+                "poison-frames",
                 "--json",
             ],
             &dir_for_chaos,
@@ -99,26 +107,50 @@ async fn the_primary_dies_a_node_dies_a_node_is_cut_off_and_nothing_acknowledged
     let report: serde_json::Value = serde_json::from_slice(&chaos.stdout)
         .unwrap_or_else(|e| panic!("chaos JSON ({e}): {stderr}"));
     let scenarios = report["scenarios"].as_array().expect("scenarios");
-    assert_eq!(scenarios.len(), 3, "{report}");
+    assert_eq!(scenarios.len(), 7, "{report}");
     for scenario in scenarios {
         let name = &scenario["name"];
-        assert_eq!(scenario["lost_acked"], 0, "{name}: {scenario}\n{stderr}");
-        assert_eq!(scenario["duplicates_stored"], 0, "{name}: {scenario}");
-        assert_eq!(scenario["duplicate_results"], 0, "{name}: {scenario}");
-        assert_eq!(scenario["dead_lettered"], 0, "{name}: {scenario}");
+        let figure = |key: &str| {
+            scenario[key]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{name}: {key} is a number: {scenario}"))
+        };
+        assert_eq!(figure("lost_acked"), 0, "{name}: {scenario}\n{stderr}");
+        assert_eq!(figure("duplicates_stored"), 0, "{name}: {scenario}");
+        assert_eq!(figure("duplicate_results"), 0, "{name}: {scenario}");
         assert_eq!(
-            scenario["acked"], scenario["generated"],
-            "{name}: every frame acknowledged in the end: {scenario}"
+            figure("indexed"),
+            figure("persisted"),
+            "{name}: Elasticsearch holds every stored frame: {scenario}"
         );
-        assert_eq!(
-            scenario["persisted"], scenario["scored"],
-            "{name}: every stored frame scored: {scenario}"
-        );
+        if name == "poison-frames" {
+            // The invalid hostile frames were refused, the one-sample ones dead at once, the rest scored.
+            assert!(figure("acked") < figure("generated"), "{name}: {scenario}");
+            assert!(figure("dead_lettered") > 0, "{name}: {scenario}");
+            assert_eq!(
+                figure("scored") + figure("dead_lettered"),
+                figure("persisted"),
+                "{name}: {scenario}"
+            );
+        } else {
+            assert_eq!(figure("dead_lettered"), 0, "{name}: {scenario}");
+            assert_eq!(
+                figure("acked"),
+                figure("generated"),
+                "{name}: every frame acknowledged in the end: {scenario}"
+            );
+            assert_eq!(
+                figure("scored"),
+                figure("persisted"),
+                "{name}: every stored frame scored: {scenario}"
+            );
+        }
         let recovery = scenario["recovery_s"].as_f64().expect("recovery measured");
         assert!(
             recovery > 0.0 && recovery < 60.0,
             "{name}: acknowledgements flowed again after {recovery} s"
         );
+        assert_eq!(scenario["passed"], true, "{name}: {scenario}\n{stderr}");
         println!("{scenario}");
     }
     assert!(chaos.status.success(), "{stderr}");

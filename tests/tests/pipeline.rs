@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use auscult_e2e::{
     AnalysisProcess, Stack, activate_shipped_model, scoring_progress, start_listener,
 };
-use auscult_testkit::wait_for;
+use auscult_testkit::{free_port, wait_for};
 
 /// Waits until every job is settled (done or dead); returns the progress.
 async fn settled(
@@ -276,8 +276,65 @@ async fn a_frame_analysis_always_fails_on_goes_dead_and_the_rest_flows() {
         .await
         .expect("the short frame's job is dead");
     let (attempts, error): (i32, String) = (dead.get(0), dead.get(1));
-    assert_eq!(attempts, 3, "dead after max_attempts");
-    assert!(error.contains("UNSCORABLE"), "last error kept: {error}");
+    // No model will ever judge it: dead on its first attempt, not after max_attempts (3).
+    assert_eq!(attempts, 1, "dead at once");
+    assert!(error.contains("TOO_SHORT"), "reason kept: {error}");
+}
+
+#[tokio::test]
+async fn an_analysis_outage_uses_up_no_attempt() {
+    let stack = Stack::start(&[]).await;
+    let mut db = stack.db().await;
+    activate_shipped_model(&mut db).await;
+    let url = stack.postgres.url();
+    stack.simulate_synthetic("gw-1", 2, 5).await;
+    // Nothing listens where analysis should be: every round fails, and no replica answers its health
+    // check. One attempt allowed — without the outage rule every job would be dead after the first round.
+    let port = free_port().expect("port");
+    let listener = start_listener(
+        &url,
+        "listener",
+        &[format!("http://127.0.0.1:{port}")],
+        &[
+            ("AUSCULT__JOBS__MAX_ATTEMPTS", "1"),
+            ("AUSCULT__JOBS__RETRY_BACKOFF", "50ms"),
+            ("AUSCULT__ANALYSIS__RETRIES", "0"),
+        ],
+    );
+    let outages = wait_for(Duration::from_secs(60), || async {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE outage_retries >= 2), count(*) FILTER (WHERE state = 'dead')
+                 FROM analysis_jobs",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (retried, dead): (i64, i64) = (row.get(0), row.get(1));
+        assert_eq!(dead, 0, "a job died of the outage:\n{}", listener.log());
+        (retried == 10).then_some(())
+    })
+    .await;
+    assert!(
+        outages.is_some(),
+        "the jobs were not retried through the outage:\n{}",
+        listener.log()
+    );
+
+    // Analysis comes up where the listener looks for it: everything is scored, on its one attempt.
+    let _analysis = AnalysisProcess::start_on(&url, port, &[], None).await;
+    let (done, jobs, results, _) = settled(&db, Duration::from_secs(120))
+        .await
+        .expect("every job settles");
+    assert_eq!((done, jobs, results), (10, 10, 10), "{}", listener.log());
+    let attempts: Vec<i32> = db
+        .query("SELECT attempts FROM analysis_jobs", &[])
+        .await
+        .expect("jobs")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
 }
 
 /// One sensor streaming a recording, registered as the machine it records.

@@ -73,7 +73,13 @@ async fn a_frame_that_fails_whole_calls_fails_alone() {
         .get(0);
 
     let port = free_port().expect("port");
+    // A replica that is up (its health check says so) and fails calls: the frame's fault, not an outage.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::analysis_server::AnalysisServer<PoisonedAnalysis>>()
+        .await;
     let server = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(pb::analysis_server::AnalysisServer::new(PoisonedAnalysis {
             poison,
             model_version: version,

@@ -143,6 +143,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
                     Ok(Err(ScoreError::Unscorable(why))) => {
                         Err((pb::FailureReason::Unscorable, why))
                     }
+                    Ok(Err(ScoreError::TooShort(why))) => Err((pb::FailureReason::TooShort, why)),
                     Ok(Err(e)) => return Err(Status::unavailable(e.to_string())),
                     Err(_) => return Err(Status::unavailable("the scoring pool stopped")),
                 },
@@ -152,6 +153,7 @@ impl pb::analysis_server::Analysis for AnalysisService {
                 Ok(_) => "verdict",
                 Err((pb::FailureReason::NotFound, _)) => "not_found",
                 Err((pb::FailureReason::InvalidAudio, _)) => "invalid_audio",
+                Err((pb::FailureReason::TooShort, _)) => "too_short",
                 Err(_) => "unscorable",
             };
             metrics::counter!("auscult_analysis_items_total", "outcome" => label).increment(1);

@@ -15,9 +15,12 @@ pub enum ScoreError {
     /// The queue is full: the caller should back off and retry (gRPC RESOURCE_EXHAUSTED).
     #[error("the scoring queue is full ({0} jobs waiting)")]
     Busy(usize),
-    /// The audio cannot be judged (too short, no profile for the machine…).
+    /// The audio cannot be judged (no profile for the machine, scoring failed…).
     #[error("{0}")]
     Unscorable(String),
+    /// The audio is shorter than one window: no model will judge it, retrying cannot help.
+    #[error("{0}")]
+    TooShort(String),
     /// The pool is shutting down.
     #[error("the scoring pool has stopped")]
     Stopped,
@@ -250,7 +253,10 @@ pub fn score(detector: &Detector, input: &ScoreInput) -> Result<Scored, ScoreErr
     let inference = detector.infer(&windows);
     let assessment = detector
         .assess_in_stream(&inference, input.machine.as_ref(), &input.history)
-        .map_err(|e| ScoreError::Unscorable(e.to_string()))?;
+        .map_err(|e| match e {
+            auscult_model::ModelError::NoWindows => ScoreError::TooShort(e.to_string()),
+            other => ScoreError::Unscorable(other.to_string()),
+        })?;
     let classes = detector.info.network.classes.max(1);
     let mut probabilities = vec![0.0_f32; classes];
     for row in inference.probabilities.chunks_exact(classes) {

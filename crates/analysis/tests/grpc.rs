@@ -144,7 +144,7 @@ async fn stored_and_inline_frames_get_verdicts_and_bad_items_get_reasons() {
     assert_eq!(failure(3), pb::FailureReason::InvalidAudio, "half a sample");
     assert_eq!(
         failure(4),
-        pb::FailureReason::Unscorable,
+        pb::FailureReason::TooShort,
         "shorter than one window"
     );
 

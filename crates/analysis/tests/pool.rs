@@ -59,7 +59,7 @@ async fn frames_and_clips_are_judged_by_the_current_model() {
     assert_eq!(scored.assessment.verdict, Verdict::Anomalous);
 
     let short = pool.score(ScoreInput::new(vec![0.0; 8_000], valve())).await;
-    assert!(matches!(short, Err(ScoreError::Unscorable(_))), "{short:?}");
+    assert!(matches!(short, Err(ScoreError::TooShort(_))), "{short:?}");
 
     // A swapped model serves the next job.
     let mut renamed = shipped();

@@ -7,9 +7,15 @@
 //! faults a plant's cluster meets are methods here: a node killed (every process of its namespace, SIGKILL)
 //! and restarted, its database killed, its network cut off and healed.
 //!
+//! A fourth namespace, `links`, holds what is not a node: the Elasticsearch-API server the listeners index
+//! into (`osmem-server`) and the fault proxy ([`links`]) that the links between the parts run through —
+//! listeners to each analysis replica, listeners to the search server and, for the gateways that want it,
+//! gateways to each ingest replica — so a link can be slowed, stalled or reset on its own.
+//!
 //! Needs root (namespaces, the bridge), the PostgreSQL server binaries, `etcd` and `patroni` (Debian:
 //! `apt install postgresql etcd-server patroni`), and the service binaries beside the running one.
 
+pub mod links;
 mod net;
 mod patroni;
 mod procs;
@@ -20,9 +26,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+pub use links::{Faults, LinkFault};
+pub use nix::sys::signal::Signal;
 pub use patroni::Member;
 pub use procs::{NodeProcess, processes_in};
 
@@ -54,6 +61,13 @@ pub const LISTENER_PORT: u16 = 50053;
 pub const INGEST_ADMIN_PORT: u16 = 9464;
 pub const ANALYSIS_ADMIN_PORT: u16 = 9465;
 pub const LISTENER_ADMIN_PORT: u16 = 9466;
+/// On the links namespace: the search server's own port, and the proxied one the listeners use.
+pub const SEARCH_SERVER_PORT: u16 = 9201;
+pub const SEARCH_PORT: u16 = 9200;
+/// On the links namespace: node i's ingest is proxied on `INGEST_LINK_PORT + i`, its analysis on
+/// `ANALYSIS_LINK_PORT + i`.
+pub const INGEST_LINK_PORT: u16 = 51050;
+pub const ANALYSIS_LINK_PORT: u16 = 52050;
 
 /// How the cluster is laid out; saved in its directory so that later commands find it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,6 +129,8 @@ impl Node {
 pub struct Cluster {
     pub plan: ClusterPlan,
     pub nodes: Vec<Node>,
+    /// The namespace of the search server and the fault proxy.
+    pub links: Node,
     bridge: String,
     http: reqwest::Client,
 }
@@ -140,8 +156,16 @@ impl Cluster {
                 }
             })
             .collect();
+        let links = Node {
+            name: "links".into(),
+            namespace: "auscult-links".into(),
+            veth: "auscult-links".into(),
+            ip: Ipv4Addr::new(a, b, c, 20),
+            dir: plan.dir.join("links"),
+        };
         Self {
             nodes,
+            links,
             bridge: "auscult0".into(),
             http: reqwest::Client::new(),
             plan,
@@ -179,6 +203,141 @@ impl Cluster {
         self.nodes.iter().map(Node::ingest_endpoint).collect()
     }
 
+    /// The ingest replicas as reached through the `ingest` links, whose faults the suite controls.
+    pub fn ingest_link_endpoints(&self) -> Vec<String> {
+        (1..=NODES)
+            .map(|i| {
+                format!(
+                    "http://{}:{}",
+                    self.links.ip,
+                    link_port(INGEST_LINK_PORT, i)
+                )
+            })
+            .collect()
+    }
+
+    /// The Elasticsearch-API server, as the listeners reach it (through the `search` link).
+    pub fn search_url(&self) -> String {
+        format!("http://{}:{SEARCH_PORT}", self.links.ip)
+    }
+
+    /// Every proxied link: the listeners' routes to analysis and search, the gateways' to ingest.
+    pub fn link_table(&self) -> Vec<links::Link> {
+        let at = |ip: Ipv4Addr, port: u16| std::net::SocketAddr::from((ip, port));
+        let mut table = vec![links::Link {
+            group: "search".into(),
+            listen: at(self.links.ip, SEARCH_PORT),
+            upstream: at(self.links.ip, SEARCH_SERVER_PORT),
+            http: true,
+        }];
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (group, base, port) in [
+                ("ingest", INGEST_LINK_PORT, INGEST_PORT),
+                ("analysis", ANALYSIS_LINK_PORT, ANALYSIS_PORT),
+            ] {
+                table.push(links::Link {
+                    group: group.into(),
+                    listen: at(self.links.ip, link_port(base, i + 1)),
+                    upstream: at(node.ip, port),
+                    http: false,
+                });
+            }
+        }
+        table
+    }
+
+    /// The file the fault proxy rereads.
+    pub fn faults_file(&self) -> PathBuf {
+        self.plan.dir.join("faults.json")
+    }
+
+    /// Puts `fault` on every link of `group` (`ingest`, `analysis`, `search`); `LinkFault::Pass` lifts it.
+    pub fn set_link_fault(&self, group: &str, fault: LinkFault) -> Result<(), ClusterError> {
+        let path = self.faults_file();
+        let mut faults = links::read_faults(&path)?;
+        faults.insert(group.to_owned(), fault);
+        links::write_faults(&path, &faults)
+    }
+
+    /// Runs the fault proxy for this cluster's links, until killed (`auscult cluster links`).
+    pub async fn run_links(&self) -> Result<(), ClusterError> {
+        links::run(self.link_table(), self.faults_file()).await
+    }
+
+    /// SIGKILLs the search server: everything it held is gone (it keeps its data in memory).
+    pub fn kill_search(&self) -> Result<(), ClusterError> {
+        let pids: Vec<u32> = processes_in(&self.links.namespace)?
+            .iter()
+            .filter(|p| p.comm.starts_with("osmem"))
+            .map(|p| p.pid)
+            .collect();
+        procs::signal_all(&pids, Signal::SIGKILL);
+        Ok(())
+    }
+
+    /// Starts the search server and the fault proxy where they are not running, and waits until the
+    /// search server answers through its link.
+    pub async fn start_links(&self) -> Result<(), ClusterError> {
+        let processes = processes_in(&self.links.namespace)?;
+        if !processes.iter().any(|p| p.comm.starts_with("osmem")) {
+            let server = auscult_testkit::search::osmem_binary()
+                .map_err(|e| ClusterError::Missing("osmem-server".into(), e.to_string()))?;
+            procs::spawn_in(
+                &self.links.namespace,
+                None,
+                &server,
+                &[
+                    "-addr".into(),
+                    format!("{}:{SEARCH_SERVER_PORT}", self.links.ip),
+                    "-no-stdin-watch".into(),
+                ],
+                &[],
+                &self.links.log("search"),
+            )?;
+        }
+        if !processes
+            .iter()
+            .any(|p| p.cmdline.contains("cluster links"))
+        {
+            let auscult = auscult_testkit::workspace_binary("auscult")
+                .map_err(|e| ClusterError::Missing("auscult".into(), e.to_string()))?;
+            procs::spawn_in(
+                &self.links.namespace,
+                None,
+                &auscult,
+                &[
+                    "cluster".into(),
+                    "links".into(),
+                    "--dir".into(),
+                    self.plan.dir.display().to_string(),
+                ],
+                &[],
+                &self.links.log("links"),
+            )?;
+        }
+        let timeout = Duration::from_secs(30);
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(response) = self
+                .http
+                .get(self.search_url())
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(ClusterError::NotReady {
+            what: "the search server behind its link".into(),
+            waited: timeout,
+            detail: self.log_tail_of(&self.links, "search", 8)
+                + &self.log_tail_of(&self.links, "links", 8),
+        })
+    }
+
     /// Builds the network, starts etcd and Patroni on every node, waits for a primary with its standbys,
     /// prepares the database (migrated, the shipped model active) and starts the services.
     pub async fn up(&self, say: impl Fn(&str)) -> Result<(), ClusterError> {
@@ -206,7 +365,14 @@ impl Cluster {
             )?;
             prepare_node_dir(node)?;
         }
-        say("network: bridge auscult0 and namespaces auscult-n1..n3");
+        net::create_node(
+            &self.bridge,
+            &self.links.namespace,
+            &self.links.veth,
+            &format!("{}/24", self.links.ip),
+        )?;
+        prepare_node_dir(&self.links)?;
+        say("network: bridge auscult0 and namespaces auscult-n1..n3, auscult-links");
 
         for node in &self.nodes {
             self.start_etcd(node, true)?;
@@ -237,6 +403,8 @@ impl Cluster {
         ));
         self.prepare_database().await?;
         say("database auscult migrated, the shipped model active");
+        self.start_links().await?;
+        say("search server and fault proxy on auscult-links");
         for node in &self.nodes {
             self.start_services(node)?;
         }
@@ -247,7 +415,7 @@ impl Cluster {
 
     /// Stops everything and removes the network; the directory stays unless `remove_data`.
     pub fn down(&self, remove_data: bool) -> Result<(), ClusterError> {
-        for node in &self.nodes {
+        for node in self.nodes.iter().chain([&self.links]) {
             if net::namespace_exists(&node.namespace) {
                 self.kill_node(node)?;
             }
@@ -255,6 +423,7 @@ impl Cluster {
         let pairs: Vec<(String, String)> = self
             .nodes
             .iter()
+            .chain([&self.links])
             .map(|n| (n.namespace.clone(), n.veth.clone()))
             .collect();
         net::remove(&self.bridge, &pairs);
@@ -287,9 +456,17 @@ impl Cluster {
                 analysis: running("auscult-analys"),
             });
         }
+        let links = if net::namespace_exists(&self.links.namespace) {
+            processes_in(&self.links.namespace).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Status {
             nodes,
             members: self.members().await,
+            search: links.iter().any(|p| p.comm.starts_with("osmem")),
+            links: links.iter().any(|p| p.cmdline.contains("cluster links")),
+            faults: links::read_faults(&self.faults_file()).unwrap_or_default(),
         }
     }
 
@@ -332,6 +509,16 @@ impl Cluster {
 
     /// SIGKILLs `node`'s replica of one service (`auscult-ingest`, `auscult-listener`, `auscult-analysis`).
     pub fn kill_service(&self, node: &Node, binary: &str) -> Result<(), ClusterError> {
+        self.signal_service(node, binary, Signal::SIGKILL)
+    }
+
+    /// Sends `signal` to `node`'s replica of one service: SIGTERM asks it to drain and stop.
+    pub fn signal_service(
+        &self,
+        node: &Node,
+        binary: &str,
+        signal: Signal,
+    ) -> Result<(), ClusterError> {
         // The kernel keeps 15 bytes of a program's name.
         let comm: String = binary.chars().take(15).collect();
         let pids: Vec<u32> = processes_in(&node.namespace)?
@@ -345,7 +532,7 @@ impl Cluster {
                 node.name
             )));
         }
-        procs::signal_all(&pids, Signal::SIGKILL);
+        procs::signal_all(&pids, signal);
         Ok(())
     }
 
@@ -442,15 +629,16 @@ impl Cluster {
     pub fn log_tails(&self, what: &str, lines: usize) -> String {
         self.nodes
             .iter()
-            .map(|node| {
-                let path = node.log(what);
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- {}:\n{}", path.display(), tail.join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+            .map(|node| self.log_tail_of(node, what, lines))
+            .collect()
+    }
+
+    fn log_tail_of(&self, node: &Node, what: &str, lines: usize) -> String {
+        let path = node.log(what);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("\n--- {}:\n{}", path.display(), tail.join("\n"))
     }
 
     fn start_etcd(&self, node: &Node, new_cluster: bool) -> Result<(), ClusterError> {
@@ -609,7 +797,16 @@ impl Cluster {
         node: &Node,
         running: &[NodeProcess],
     ) -> Result<(), ClusterError> {
-        let analysis: Vec<String> = self.nodes.iter().map(Node::analysis_endpoint).collect();
+        // Listeners reach analysis and search through their links, so that the suite can break those.
+        let analysis: Vec<String> = (1..=NODES)
+            .map(|i| {
+                format!(
+                    "http://{}:{}",
+                    self.links.ip,
+                    link_port(ANALYSIS_LINK_PORT, i)
+                )
+            })
+            .collect();
         let ip = node.ip;
         let base = |port: u16, admin: u16| {
             let mut env = vec![
@@ -635,6 +832,7 @@ impl Cluster {
             ("auscult-listener", "listener", {
                 let mut env = base(LISTENER_PORT, LISTENER_ADMIN_PORT);
                 env.push(("AUSCULT__ANALYSIS__ENDPOINTS".into(), analysis.join(",")));
+                env.push(("AUSCULT__ELASTIC__URLS".into(), self.search_url()));
                 env.push((
                     "AUSCULT__INSTANCE".into(),
                     format!("listener-{}", node.name),
@@ -683,6 +881,12 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     #[serde(serialize_with = "serialize_members")]
     pub members: Vec<Member>,
+    /// The Elasticsearch-API server runs.
+    pub search: bool,
+    /// The fault proxy runs.
+    pub links: bool,
+    /// The link faults in force.
+    pub faults: Faults,
 }
 
 fn serialize_members<S: serde::Serializer>(
@@ -711,6 +915,10 @@ pub struct NodeStatus {
     pub ingest: bool,
     pub listener: bool,
     pub analysis: bool,
+}
+
+fn link_port(base: u16, node: usize) -> u16 {
+    base + u16::try_from(node).unwrap_or(0)
 }
 
 /// `n1 leader running, n2 sync_standby streaming, …`.

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use auscult_proto::ingest::v1::{self as pb, ingest_client::IngestClient};
@@ -398,6 +398,8 @@ impl Gateway {
                         frame
                     };
                     let Some(sender) = &tx else { continue };
+                    let mut frame = frame;
+                    frame.sent_at = Some(auscult_proto::system_time_to_timestamp(SystemTime::now()));
                     // Ingest slows a gateway by not reading (flow control); one that never reads again
                     // is as stuck as one that never answers.
                     match tokio::time::timeout(self.config.progress_timeout, sender.send(frame)).await {

@@ -73,6 +73,7 @@ impl Identity {
             encoding: auscult_proto::encoding_to_proto(encoding).into(),
             samples,
             traceparent: String::new(),
+            sent_at: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! flow control; `writer` batches frames from all streams into transactions; `ack` builds acknowledgements.
 
 mod ack;
+mod clock;
 mod connections;
 mod devices;
 mod grpc;
@@ -129,6 +130,7 @@ pub async fn run(
         auth_wait: settings.auth.wait,
         devices,
         limits: settings.frame_limits(),
+        clock_offset_warning: settings.limits.clock_offset_warning,
         compress: settings.storage.audio == settings::AudioStorage::Flac,
         submit,
         service_budget: Arc::new(Semaphore::new(settings.flow.max_inflight_bytes)),

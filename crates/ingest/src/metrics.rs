@@ -15,6 +15,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "auscult_ingest_auth_failures_total";
 pub const STREAMS_REFUSED_TOTAL: &str = "auscult_ingest_streams_refused_total";
 pub const STREAMS_REVOKED_TOTAL: &str = "auscult_ingest_streams_revoked_total";
 pub const TRACE_CONTEXTS_IGNORED_TOTAL: &str = "auscult_ingest_trace_contexts_ignored_total";
+pub const CLOCK_OFFSET_SECONDS: &str = "auscult_ingest_clock_offset_seconds";
+pub const CLOCK_SKEWED_FRAMES_TOTAL: &str = "auscult_ingest_clock_skewed_frames_total";
 pub const DEVICE_PACE_WAIT_SECONDS: &str = "auscult_ingest_device_pace_wait_seconds";
 pub const CONNECTIONS_OPEN: &str = "auscult_ingest_connections_open";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "auscult_ingest_connections_refused_total";
@@ -40,6 +42,14 @@ pub fn describe() {
         "Frames received from gateways, valid or not."
     );
     describe_counter!(FRAMES_REJECTED_TOTAL, "Frames rejected, by reason.");
+    describe_histogram!(
+        CLOCK_OFFSET_SECONDS,
+        "How far gateways' clocks are from ingest's (absolute, from each frame's sent_at, network delay included)."
+    );
+    describe_counter!(
+        CLOCK_SKEWED_FRAMES_TOTAL,
+        "Frames from gateways whose clock is off by more than limits.clock_offset_warning (flagged, not rejected)."
+    );
     describe_counter!(FRAMES_STORED_TOTAL, "Frames newly stored (committed).");
     describe_counter!(
         FRAMES_DUPLICATE_TOTAL,

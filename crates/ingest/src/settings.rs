@@ -70,6 +70,9 @@ pub struct LimitSettings {
     /// How old a frame may be (gateways send late after outages).
     #[serde(with = "humantime_serde")]
     pub max_frame_age: Duration,
+    /// A gateway whose clock (each frame's `sent_at`) is further than this from ingest's is flagged.
+    #[serde(with = "humantime_serde")]
+    pub clock_offset_warning: Duration,
 }
 
 /// Bounds on memory held by frames that are received but not yet committed. When a bound is reached, ingest
@@ -217,6 +220,7 @@ impl Default for LimitSettings {
             max_message_bytes: 1 << 20,
             max_clock_skew: frame.max_clock_skew,
             max_frame_age: frame.max_frame_age,
+            clock_offset_warning: Duration::from_secs(5),
         }
     }
 }

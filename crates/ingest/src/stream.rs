@@ -7,7 +7,7 @@
 
 use std::{
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use auscult_frame::FrameKey;
@@ -22,6 +22,7 @@ use tracing::{debug, info_span, warn};
 
 use crate::{
     ack,
+    clock::ClockWatch,
     devices::StreamSlot,
     metrics as m,
     writer::{BatchReply, PendingFrame, StreamId, Submitter},
@@ -36,6 +37,8 @@ pub struct StreamContext {
     /// The stream's place among its device's: its pace, and the end of the stream if its token is revoked.
     pub slot: StreamSlot,
     pub limits: Limits,
+    /// Gateway clocks further off than this are flagged.
+    pub clock_offset_warning: Duration,
     /// Compress 16-bit PCM frames (FLAC) before they are stored.
     pub compress: bool,
     pub submit: Submitter,
@@ -67,6 +70,7 @@ pub async fn run_stream(
         replies,
         inflight: 0,
         out: &out,
+        clock: ClockWatch::new(ctx.clock_offset_warning),
     };
     let mut reading = true;
     let mut end = End::Finished;
@@ -128,6 +132,7 @@ struct State<'a> {
     /// Frames handed to the writer and not yet answered.
     inflight: usize,
     out: &'a Outbound,
+    clock: ClockWatch,
 }
 
 impl State<'_> {
@@ -140,6 +145,14 @@ impl State<'_> {
     ) -> Result<(), End> {
         metrics::counter!(m::FRAMES_RECEIVED_TOTAL).increment(1);
         let traceparent = std::mem::take(&mut frame.traceparent);
+        if let Some(sent_at) = frame
+            .sent_at
+            .take()
+            .and_then(auscult_proto::timestamp_to_system_time)
+        {
+            self.clock
+                .observe(&ctx.device_id, sent_at, SystemTime::now());
+        }
         if frame.device_id != ctx.device_id {
             metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => "wrong_device").increment(1);
             warn!(device = %ctx.device_id, claimed = %frame.device_id, "frame of another device refused");

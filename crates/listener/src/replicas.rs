@@ -15,6 +15,9 @@ use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use tracing::{debug, warn};
 
 use crate::settings::AnalysisSettings;
@@ -44,6 +47,7 @@ pub enum CallError {
 #[derive(Debug)]
 struct Replica {
     addr: SocketAddr,
+    channel: Channel,
     client: AnalysisClient<Channel>,
     ejected_until: Mutex<Option<Instant>>,
 }
@@ -189,7 +193,8 @@ impl AnalysisReplicas {
                 .connect_lazy();
             next.push(Arc::new(Replica {
                 addr,
-                client: AnalysisClient::new(channel).max_decoding_message_size(16 << 20),
+                client: AnalysisClient::new(channel.clone()).max_decoding_message_size(16 << 20),
+                channel,
                 ejected_until: Mutex::new(None),
             }));
         }
@@ -268,6 +273,29 @@ impl AnalysisReplicas {
             attempts: tries,
             status: last,
         })
+    }
+
+    /// Whether any replica answers its health check as serving, within a second. Tells an outage (none
+    /// does: a network fault, every replica down) from a call that failed because of what it carried.
+    pub async fn any_serving(&self) -> bool {
+        let replicas: Vec<Arc<Replica>> = self
+            .replicas
+            .read()
+            .map(|replicas| replicas.clone())
+            .unwrap_or_default();
+        for replica in replicas {
+            let mut health = HealthClient::new(replica.channel.clone());
+            let request = HealthCheckRequest {
+                service: "auscult.analysis.v1.Analysis".into(),
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(1), health.check(request)).await;
+            if let Ok(Ok(response)) = answer
+                && response.get_ref().status == ServingStatus::Serving as i32
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// `backoff · 2^attempt`, at most 5 s, with ±50 % jitter so that listeners do not retry in step.

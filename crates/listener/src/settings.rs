@@ -83,6 +83,10 @@ pub struct JobSettings {
     pub lease: Duration,
     /// Attempts before a job goes to `dead`.
     pub max_attempts: i32,
+    /// Rounds a job may fail while no analysis replica answers at all (an outage, not the frame's fault)
+    /// before such a round counts as an attempt: a frame that takes every replica down with it looks the
+    /// same, and must still end.
+    pub max_outage_retries: i32,
     /// Wait after a failed attempt, doubling per attempt, at most a minute.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
@@ -176,6 +180,7 @@ impl Default for JobSettings {
             concurrency: 2,
             lease: Duration::from_secs(30),
             max_attempts: 5,
+            max_outage_retries: 30,
             retry_backoff: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(5),
             history_frames: 9,
@@ -264,6 +269,9 @@ impl Settings {
         }
         if !(1..=100).contains(&self.jobs.max_attempts) {
             return fail("jobs.max_attempts", "must be between 1 and 100");
+        }
+        if !(0..=1000).contains(&self.jobs.max_outage_retries) {
+            return fail("jobs.max_outage_retries", "must be between 0 and 1000");
         }
         if self.jobs.sweep_interval < Duration::from_millis(50) {
             return fail("jobs.sweep_interval", "must be at least 50ms");

@@ -284,7 +284,8 @@ fn score_item(
 /// refused), so its items are split in halves, each half sent on its own, down to single items:
 /// the frame at fault fails alone, with the error it caused, and every other frame is scored.
 /// When no replica is reachable at all, splitting would only multiply failing calls: whatever is
-/// left of the round fails together and returns after its backoff.
+/// left of the round fails together, as an outage — not the frames' fault, so their attempts are given
+/// back (up to `jobs.max_outage_retries` times) — and returns after its backoff.
 async fn score_round(
     context: &WorkerContext,
     round: &[&ClaimedJob],
@@ -318,14 +319,29 @@ async fn score_round(
                 response.results.len(),
                 jobs.len()
             ),
-            Err(e @ CallError::NoReplica(_)) => {
-                failures.extend(fail_all(jobs, &e.to_string()));
-                for rest in pending.drain(..) {
-                    failures.extend(fail_all(&round[rest], &e.to_string()));
+            Err(e) => {
+                let error = e.to_string();
+                if matches!(e, CallError::NoReplica(_)) || !context.replicas.any_serving().await {
+                    metrics::counter!(OUTAGE_ROUNDS_TOTAL).increment(1);
+                    let items =
+                        jobs.len() + pending.iter().map(ExactSizeIterator::len).sum::<usize>();
+                    if outage_warning_due() {
+                        warn!(
+                            items,
+                            "no analysis replica answers ({error}); jobs return without using an attempt \
+                             (repeats are logged at debug level for a minute)"
+                        );
+                    } else {
+                        debug!(items, "no analysis replica answers ({error})");
+                    }
+                    failures.extend(fail_all(jobs, &error, true));
+                    for rest in pending.drain(..) {
+                        failures.extend(fail_all(&round[rest], &error, true));
+                    }
+                    break;
                 }
-                break;
+                error
             }
-            Err(e) => e.to_string(),
         };
         if jobs.len() > 1 {
             metrics::counter!(ROUND_SPLITS_TOTAL).increment(1);
@@ -337,7 +353,7 @@ async fn score_round(
             pending.push(middle..part.end);
             pending.push(part.start..middle);
         } else {
-            failures.extend(fail_all(jobs, &error));
+            failures.extend(fail_all(jobs, &error, false));
         }
     }
     (results, failures)
@@ -345,21 +361,39 @@ async fn score_round(
 
 /// Score calls that failed as a whole and were split to find the frame at fault.
 pub const ROUND_SPLITS_TOTAL: &str = "auscult_listener_round_splits_total";
+/// Rounds that failed while no analysis replica answered: their jobs returned without using an attempt.
+pub const OUTAGE_ROUNDS_TOTAL: &str = "auscult_listener_outage_rounds_total";
 
-fn fail_all(round: &[&ClaimedJob], error: &str) -> Vec<FailedAttempt> {
+/// Whether an outage is worth a warning: the first of each minute is, the rest of a long outage is noise.
+fn outage_warning_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNING_S: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING_S.load(Ordering::Relaxed);
+    now >= last + 60
+        && LAST_WARNING_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+fn fail_all(round: &[&ClaimedJob], error: &str, outage: bool) -> Vec<FailedAttempt> {
     round
         .iter()
         .map(|job| FailedAttempt {
             frame_id: job.frame_id,
             error: error.to_owned(),
             permanent: false,
+            outage,
         })
         .collect()
 }
 
-/// Verdicts to store and items that failed. An item failure is retried like any other: a frame
+/// Verdicts to store and items that failed. An item failure is retried like any other — a frame
 /// that cannot be judged today may be judged by the next model (a newly enrolled machine); the
-/// attempts and backoff bound what it costs.
+/// attempts and backoff bound what it costs — except a frame shorter than one window, which no model
+/// will ever judge: it goes dead at once, with its reason.
 fn split_outcomes(
     round: &[&ClaimedJob],
     outcomes: Vec<pb::ScoreResult>,
@@ -382,13 +416,15 @@ fn split_outcomes(
                 failures.push(FailedAttempt {
                     frame_id: job.frame_id,
                     error: format!("{reason}: {}", failure.detail),
-                    permanent: false,
+                    permanent: failure.reason() == pb::FailureReason::TooShort,
+                    outage: false,
                 });
             }
             None => failures.push(FailedAttempt {
                 frame_id: job.frame_id,
                 error: "analysis returned an empty result".into(),
                 permanent: false,
+                outage: false,
             }),
         }
     }
@@ -512,15 +548,12 @@ async fn settle(
         }
     }
     if !failures.is_empty() {
-        match auscult_store::fail_jobs(
-            &**client,
-            lease_holder,
-            failures,
-            settings.jobs.max_attempts,
-            settings.jobs.retry_backoff,
-        )
-        .await
-        {
+        let policy = auscult_store::RetryPolicy {
+            max_attempts: settings.jobs.max_attempts,
+            max_outage_retries: settings.jobs.max_outage_retries,
+            backoff: settings.jobs.retry_backoff,
+        };
+        match auscult_store::fail_jobs(&**client, lease_holder, failures, policy).await {
             Ok(dead) => {
                 metrics::counter!("auscult_listener_jobs_total", "outcome" => "retry")
                     .increment(failures.len() as u64 - dead);

@@ -56,7 +56,7 @@ pub fn reject_reason(error: &InvalidFrame) -> pb::RejectReason {
 }
 
 /// Converts a protobuf timestamp; `None` for values outside what `SystemTime` and the proto spec allow.
-fn timestamp_to_system_time(ts: prost_types::Timestamp) -> Option<SystemTime> {
+pub fn timestamp_to_system_time(ts: prost_types::Timestamp) -> Option<SystemTime> {
     let nanos = u32::try_from(ts.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)?;

@@ -22,4 +22,7 @@ pub mod analysis {
 /// Encoded `FileDescriptorSet` of every auscult proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("auscult_descriptor");
 
-pub use conversions::{encoding_to_proto, reject_reason, system_time_to_timestamp, to_raw_frame};
+pub use conversions::{
+    encoding_to_proto, reject_reason, system_time_to_timestamp, timestamp_to_system_time,
+    to_raw_frame,
+};

@@ -220,17 +220,30 @@ pub struct FailedAttempt {
     pub error: String,
     /// Retrying cannot help (the frame is malformed for analysis): dead at once.
     pub permanent: bool,
+    /// No analysis replica answered at all: not the frame's fault, so the attempt is given back (up to
+    /// `max_outage_retries` times; see [`fail_jobs`]).
+    pub outage: bool,
+}
+
+/// How failed attempts are settled.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: i32,
+    /// Failures during an analysis outage given back before they count as attempts.
+    pub max_outage_retries: i32,
+    /// The first retry's delay; it doubles with each attempt (or outage retry), to at most a minute.
+    pub backoff: Duration,
 }
 
 /// Settles failed attempts of jobs the claim `lease_holder` holds: back to the queue after a backoff that
 /// doubles with each attempt (from `backoff`, at most a minute), or `dead` when permanent or out of
-/// attempts. Returns the number of jobs that went dead.
+/// attempts. A failure during an analysis outage gives its attempt back, while the job has outage retries
+/// left. Returns the number of jobs that went dead.
 pub async fn fail_jobs(
     client: &impl GenericClient,
     lease_holder: &str,
     failures: &[FailedAttempt],
-    max_attempts: i32,
-    backoff: Duration,
+    policy: RetryPolicy,
 ) -> Result<u64, StoreError> {
     if failures.is_empty() {
         return Ok(0);
@@ -238,16 +251,26 @@ pub async fn fail_jobs(
     let ids: Vec<i64> = failures.iter().map(|f| f.frame_id).collect();
     let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
     let permanent: Vec<bool> = failures.iter().map(|f| f.permanent).collect();
+    let outage: Vec<bool> = failures.iter().map(|f| f.outage).collect();
+    // `forgiven`: an outage retry, the attempt given back. Its backoff doubles with the outage retries.
     let rows = client
         .query(
             "UPDATE analysis_jobs j SET
-                state = CASE WHEN f.permanent OR j.attempts >= $5 THEN 'dead' ELSE 'queued' END,
+                state = CASE WHEN f.permanent THEN 'dead'
+                             WHEN f.outage AND j.outage_retries < $7 THEN 'queued'
+                             WHEN j.attempts >= $6 THEN 'dead'
+                             ELSE 'queued' END,
+                attempts = CASE WHEN NOT f.permanent AND f.outage AND j.outage_retries < $7
+                                THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
+                outage_retries = j.outage_retries + CASE WHEN f.outage THEN 1 ELSE 0 END,
                 last_error = f.error,
-                not_before = now() + make_interval(secs => least(60.0, $6::float8 / 1000.0 * power(2, j.attempts - 1))),
+                not_before = now() + make_interval(secs => least(60.0, $8::float8 / 1000.0 * power(2,
+                    CASE WHEN f.outage AND j.outage_retries < $7 THEN least(j.outage_retries, 10)
+                         ELSE j.attempts - 1 END))),
                 lease_owner = NULL,
                 lease_expires_at = NULL,
                 updated_at = now()
-             FROM unnest($2::int8[], $3::text[], $4::bool[]) AS f(frame_id, error, permanent)
+             FROM unnest($2::int8[], $3::text[], $4::bool[], $5::bool[]) AS f(frame_id, error, permanent, outage)
              WHERE j.frame_id = f.frame_id AND j.state = 'running' AND j.lease_owner = $1
              RETURNING j.state",
             &[
@@ -255,8 +278,10 @@ pub async fn fail_jobs(
                 &ids,
                 &errors,
                 &permanent,
-                &max_attempts,
-                &millis(backoff),
+                &outage,
+                &policy.max_attempts,
+                &policy.max_outage_retries,
+                &millis(policy.backoff),
             ],
         )
         .await?;

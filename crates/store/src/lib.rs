@@ -31,7 +31,8 @@ pub use frames::{
 };
 pub use health::{HealthEvent, HealthRule, sensor_states, watch_sensors};
 pub use jobs::{
-    Claim, ClaimedJob, FailedAttempt, QueueDepth, claim_jobs, extend_leases, fail_jobs, queue_depth,
+    Claim, ClaimedJob, FailedAttempt, QueueDepth, RetryPolicy, claim_jobs, extend_leases,
+    fail_jobs, queue_depth,
 };
 pub use lifecycle::{
     AlertAudio, ClipFrame, DroppedPartition, InvalidPolicy, KeptAudio, LifecycleStatus,

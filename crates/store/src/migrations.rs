@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "claims by stream",
         include_str!("../migrations/0008_claims_by_stream.sql"),
     ),
+    (
+        9,
+        "outage retries apart from attempts",
+        include_str!("../migrations/0009_outage_retries.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

@@ -218,10 +218,16 @@ async fn a_stream_another_claim_holds_is_left_to_it() {
         frame_id: third.jobs[0].frame_id,
         error: "UNSCORABLE: test".into(),
         permanent: false,
+        outage: false,
     };
-    auscult_store::fail_jobs(&b, &third.lease, &[failed], 3, Duration::from_secs(60))
-        .await
-        .expect("fail");
+    auscult_store::fail_jobs(
+        &b,
+        &third.lease,
+        &[failed],
+        policy(3, Duration::from_secs(60)),
+    )
+    .await
+    .expect("fail");
     complete_as_normal(&mut b, &third.lease, &third.jobs[1..]).await;
     let fourth = auscult_store::claim_jobs(&mut a, "a", 3, lease, 3)
         .await
@@ -309,11 +315,17 @@ async fn a_listener_restarted_under_the_same_name_cannot_settle_its_predecessors
         frame_id: ids[1],
         error: "late".into(),
         permanent: true,
+        outage: false,
     };
     assert_eq!(
-        auscult_store::fail_jobs(&client, &before.lease, &[failure], 3, Duration::ZERO)
-            .await
-            .expect("stale failure"),
+        auscult_store::fail_jobs(
+            &client,
+            &before.lease,
+            &[failure],
+            policy(3, Duration::ZERO)
+        )
+        .await
+        .expect("stale failure"),
         0
     );
     assert_eq!(
@@ -349,13 +361,13 @@ async fn failed_attempts_back_off_and_die_after_max_attempts() {
         frame_id: poison,
         error: "analysis failed".into(),
         permanent,
+        outage: false,
     };
     let dead = auscult_store::fail_jobs(
         &client,
         &claim.lease,
         &[failure(false)],
-        max,
-        Duration::ZERO,
+        policy(max, Duration::ZERO),
     )
     .await
     .expect("fail");
@@ -382,8 +394,7 @@ async fn failed_attempts_back_off_and_die_after_max_attempts() {
         &client,
         &again.lease,
         &[failure(false)],
-        max,
-        Duration::ZERO,
+        policy(max, Duration::ZERO),
     )
     .await
     .expect("fail again");
@@ -403,6 +414,71 @@ async fn failed_attempts_back_off_and_die_after_max_attempts() {
     );
     let depth = auscult_store::queue_depth(&client).await.expect("depth");
     assert_eq!((depth.ready, depth.running, depth.dead), (0, 0, 1));
+}
+
+/// `max_attempts` attempts, two outage retries, `backoff`.
+fn policy(max_attempts: i32, backoff: Duration) -> auscult_store::RetryPolicy {
+    auscult_store::RetryPolicy {
+        max_attempts,
+        max_outage_retries: 2,
+        backoff,
+    }
+}
+
+#[tokio::test]
+async fn failures_during_an_analysis_outage_give_their_attempt_back_a_bounded_number_of_times() {
+    let (_pg, mut client) = with_frames(1).await;
+    let lease = Duration::from_secs(30);
+    let max = 1;
+    let outage = |frame_id| FailedAttempt {
+        frame_id,
+        error: "no analysis replica answers".into(),
+        permanent: false,
+        outage: true,
+    };
+    // One attempt allowed, yet two outages cost nothing: the job is claimed a third time.
+    for round in 1..=2 {
+        let claim = auscult_store::claim_jobs(&mut client, "l", 10, lease, max)
+            .await
+            .expect("claim");
+        assert_eq!(claim.jobs.len(), 1, "round {round}: the job is back");
+        assert_eq!(
+            claim.jobs[0].attempts, 1,
+            "round {round}: its attempt was given back"
+        );
+        let dead = auscult_store::fail_jobs(
+            &client,
+            &claim.lease,
+            &[outage(claim.jobs[0].frame_id)],
+            policy(max, Duration::ZERO),
+        )
+        .await
+        .expect("fail");
+        assert_eq!(dead, 0, "round {round}");
+    }
+    // The outage retries are used up: this outage counts as the attempt, the last one.
+    let claim = auscult_store::claim_jobs(&mut client, "l", 10, lease, max)
+        .await
+        .expect("claim");
+    assert_eq!(claim.jobs.len(), 1);
+    let dead = auscult_store::fail_jobs(
+        &client,
+        &claim.lease,
+        &[outage(claim.jobs[0].frame_id)],
+        policy(max, Duration::ZERO),
+    )
+    .await
+    .expect("fail");
+    assert_eq!(
+        dead, 1,
+        "a frame that looks like an outage every time still ends"
+    );
+    let retries: i32 = client
+        .query_one("SELECT outage_retries FROM analysis_jobs", &[])
+        .await
+        .expect("job")
+        .get(0);
+    assert_eq!(retries, 3);
 }
 
 #[tokio::test]

@@ -67,7 +67,9 @@ pub fn init_tracing(
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),
+        // Colours for a person at a terminal only: escape codes in a log file or a collector are noise.
         LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(filter)
             .boxed(),

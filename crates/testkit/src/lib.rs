@@ -4,7 +4,7 @@
 
 mod postgres;
 mod process;
-mod search;
+pub mod search;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};

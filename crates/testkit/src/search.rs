@@ -22,7 +22,7 @@ pub struct SearchServer {
 impl SearchServer {
     pub async fn start() -> Result<Self, TestkitError> {
         let mut server = Self {
-            binary: binary()?,
+            binary: osmem_binary()?,
             port: free_port()?,
             child: None,
         };
@@ -89,7 +89,7 @@ impl Drop for SearchServer {
 }
 
 /// `AUSCULT_OSMEM_BIN`, else the binary inside the installed `osmem_server` Python package.
-fn binary() -> Result<PathBuf, TestkitError> {
+pub fn osmem_binary() -> Result<PathBuf, TestkitError> {
     if let Some(path) = std::env::var_os("AUSCULT_OSMEM_BIN") {
         return Ok(PathBuf::from(path));
     }

@@ -14,6 +14,15 @@ pub enum Command {
     Down(DownArgs),
     /// What runs on each node, and the database members' roles.
     Status(StatusArgs),
+    /// Run the cluster's fault proxy in the foreground (`up` starts it in the links namespace).
+    #[command(hide = true)]
+    Links(LinksArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LinksArgs {
+    #[command(flatten)]
+    location: Location,
 }
 
 /// Where the cluster keeps its data, configuration and logs.
@@ -71,6 +80,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .context("starting the cluster (auscult cluster down cleans up)")?;
             println!("ingest: {}", cluster.ingest_endpoints().join(","));
             println!("database: {}", cluster.database_url());
+            println!("search: {}", cluster.search_url());
             Ok(())
         }
         Command::Down(args) => {
@@ -105,7 +115,31 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     "database: {}",
                     auscult_cluster::describe_members(&status.members)
                 );
+                println!(
+                    "links: search server {}, fault proxy {}, faults {}",
+                    yes(status.search),
+                    yes(status.links),
+                    if status
+                        .faults
+                        .values()
+                        .all(|f| *f == auscult_cluster::LinkFault::Pass)
+                    {
+                        "none".to_owned()
+                    } else {
+                        serde_json::to_string(&status.faults)?
+                    }
+                );
             }
+            Ok(())
+        }
+        Command::Links(args) => {
+            let cluster = Cluster::open(&args.location.dir)?;
+            eprintln!(
+                "links: {} routes, faults from {}",
+                cluster.link_table().len(),
+                cluster.faults_file().display()
+            );
+            cluster.run_links().await?;
             Ok(())
         }
     }
