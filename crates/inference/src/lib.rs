@@ -20,7 +20,10 @@
 
 mod conv;
 mod dense;
+mod grad;
 mod matmul;
+
+pub use grad::{ConvShape, conv3x3_weight_grad};
 
 use std::cell::RefCell;
 use std::sync::Mutex;

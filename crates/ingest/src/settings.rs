@@ -358,6 +358,12 @@ impl Settings {
                 "must be between 10s and half of lifecycle.retention.partitions_ahead".into(),
             );
         }
+        if self.limits.clock_offset_warning < Duration::from_millis(100) {
+            return fail(
+                "limits.clock_offset_warning",
+                "must be at least 100ms: network delay alone would flag every gateway".into(),
+            );
+        }
         if self.limits.max_frame_age > lifecycle.retention.raw_audio {
             return fail(
                 "limits.max_frame_age",

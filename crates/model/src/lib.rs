@@ -10,6 +10,7 @@
 //! - [`dataset`]: clips in memory and content-based splits; [`file`]: the model file.
 
 pub mod calibrate;
+mod conv3x3;
 pub mod dataset;
 pub mod detector;
 pub mod enroll;

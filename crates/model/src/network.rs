@@ -15,6 +15,8 @@ use burn::prelude::*;
 
 use auscult_signal::{BANDS, FRAMES};
 
+use crate::conv3x3;
+
 /// The network's shape; stored in the model file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NetworkConfig {
@@ -112,14 +114,15 @@ impl ConvBlock {
         }
     }
 
-    /// `[batch, c_in, h, w]` → `[batch, c_out, h/2, w/2]`.
+    /// `[batch, c_in, h, w]` → `[batch, c_out, h/2, w/2]`. The convolutions run through
+    /// [`crate::conv3x3`], whose weight gradient is the fast one.
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self
             .relu
-            .forward(self.first_norm.forward(self.first.forward(x)));
+            .forward(self.first_norm.forward(conv3x3::forward(&self.first, x)));
         let x = self
             .relu
-            .forward(self.second_norm.forward(self.second.forward(x)));
+            .forward(self.second_norm.forward(conv3x3::forward(&self.second, x)));
         self.pool.forward(x)
     }
 }

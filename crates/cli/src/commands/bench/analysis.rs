@@ -18,7 +18,7 @@ use burn::prelude::*;
 
 use crate::commands::recordings::round;
 
-/// Windows per training step, as in `auscult train`.
+/// Windows per timed training step (`auscult train` defaults to 32; the peers script times 16).
 const TRAIN_BATCH: usize = 16;
 
 #[derive(Debug, clap::Args)]
