@@ -403,6 +403,8 @@ impl Cluster {
         ));
         self.prepare_database().await?;
         say("database auscult migrated, the shipped model active");
+        // A fault left from an earlier run of this directory must not greet the new cluster.
+        links::write_faults(&self.faults_file(), &Faults::new())?;
         self.start_links().await?;
         say("search server and fault proxy on auscult-links");
         for node in &self.nodes {

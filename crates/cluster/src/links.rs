@@ -38,7 +38,8 @@ pub enum LinkFault {
     /// Nothing flows and nothing is refused: open connections stall, new ones are accepted and then
     /// hear nothing, as behind a firewall that drops packets. Traffic resumes when the fault lifts.
     Blackhole,
-    /// Every open connection is reset (TCP RST) and so is every new one.
+    /// Every open connection is reset (TCP RST) and so is every new one. On HTTP links, new
+    /// connections are reset and open ones pass what is in flight.
     Reset,
     /// HTTP links only: this share (0–1) of requests is answered `429 Too Many Requests` without
     /// reaching the server, as an overloaded Elasticsearch answers.
@@ -136,6 +137,10 @@ async fn accept(listener: TcpListener, link: Arc<Link>, faults: watch::Receiver<
         let link = Arc::clone(&link);
         let faults = faults.clone();
         if link.http {
+            if fault_of(&faults, &link.group) == LinkFault::Reset {
+                reset(&client);
+                continue;
+            }
             tokio::spawn(serve_http(client, link, faults));
         } else {
             tokio::spawn(relay(client, link, faults));
@@ -201,8 +206,9 @@ async fn relay(client: TcpStream, link: Arc<Link>, mut faults: watch::Receiver<F
     } else {
         tokio::time::timeout(Duration::from_secs(5), &mut outbound).await
     };
-    // One side closing lets the other direction finish what is in flight; a reset ends both at once.
-    if matches!(first, Pumped::Reset) || matches!(rest, Ok(Pumped::Reset)) {
+    // One side closing lets the other direction finish what is in flight; a reset ends both at once,
+    // and so does a direction that does not finish: cutting it with a FIN would pass for a clean end.
+    if matches!(first, Pumped::Reset) || !matches!(rest, Ok(Pumped::Closed)) {
         reset(&client);
         reset(&upstream);
     }
@@ -222,7 +228,7 @@ async fn pump(
     mut faults: watch::Receiver<Faults>,
 ) -> Pumped {
     let (queue, mut due) = mpsc::channel::<(Instant, Bytes)>(64);
-    let writer = tokio::spawn(async move {
+    let mut writer = AbortOnDrop(tokio::spawn(async move {
         while let Some((at, chunk)) = due.recv().await {
             tokio::time::sleep_until(at).await;
             if write_all(&to, &chunk).await.is_err() {
@@ -230,7 +236,7 @@ async fn pump(
             }
         }
         let _ = socket2::SockRef::from(&*to).shutdown(std::net::Shutdown::Write);
-    });
+    }));
     let mut buffer = vec![0u8; 16 * 1024];
     let outcome = loop {
         let fault = fault_of(&faults, group);
@@ -250,6 +256,8 @@ async fn pump(
             }
         };
         match read {
+            // A peer that reset its end is passed on as a reset, not as a clean close.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Pumped::Reset,
             Ok(0) | Err(_) => break Pumped::Closed,
             Ok(n) => {
                 let delay = match fault {
@@ -264,13 +272,21 @@ async fn pump(
         }
     };
     drop(queue);
-    match outcome {
-        Pumped::Reset => writer.abort(),
-        Pumped::Closed => {
-            let _ = writer.await;
-        }
+    if let Pumped::Closed = outcome {
+        // What is queued still goes out (a latency fault delays it); a reset drops it.
+        let _ = (&mut writer.0).await;
     }
     outcome
+}
+
+/// A task that ends with its owner: a pump dropped mid-way (its connection given up on) must not
+/// leave its writer blocked on a peer that never reads.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn read_some(stream: &TcpStream, buffer: &mut [u8]) -> std::io::Result<usize> {
@@ -464,16 +480,45 @@ mod tests {
         .await;
         assert!(delayed.is_some(), "latency never applied both ways");
 
+        // An open connection stalls under a blackhole and carries on when it lifts.
+        set(dir.path(), LinkFault::Pass);
+        let mut open = auscult_testkit::wait_for(Duration::from_secs(10), || async {
+            let mut stream = TcpStream::connect(listen).await.ok()?;
+            let started = std::time::Instant::now();
+            round_trip(&mut stream, b"fast").await.ok()?;
+            (started.elapsed() < Duration::from_millis(300)).then_some(stream)
+        })
+        .await
+        .expect("the latency fault never lifted");
         set(dir.path(), LinkFault::Blackhole);
         let stalled = auscult_testkit::wait_for(Duration::from_secs(10), || async {
-            let mut stream = TcpStream::connect(listen).await.ok()?;
+            let mut probe = TcpStream::connect(listen).await.ok()?;
             let answer =
-                tokio::time::timeout(Duration::from_millis(500), round_trip(&mut stream, b"x"))
-                    .await;
-            answer.is_err().then_some(stream)
+                tokio::time::timeout(Duration::from_secs(2), round_trip(&mut probe, b"x")).await;
+            answer.is_err().then_some(())
         })
         .await;
-        let mut stalled = stalled.expect("a blackholed link still answered");
+        assert!(stalled.is_some(), "a blackholed link still answered");
+        open.write_all(b"held").await.expect("write");
+        let mut held = [0u8; 4];
+        let during = tokio::time::timeout(Duration::from_secs(2), open.read_exact(&mut held)).await;
+        assert!(during.is_err(), "bytes crossed a blackhole");
+        set(dir.path(), LinkFault::Pass);
+        tokio::time::timeout(Duration::from_secs(10), open.read_exact(&mut held))
+            .await
+            .expect("the open connection never resumed")
+            .expect("read");
+        assert_eq!(&held, b"held");
+
+        set(dir.path(), LinkFault::Blackhole);
+        let mut stalled = auscult_testkit::wait_for(Duration::from_secs(10), || async {
+            let mut stream = TcpStream::connect(listen).await.ok()?;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(2), round_trip(&mut stream, b"x")).await;
+            answer.is_err().then_some(stream)
+        })
+        .await
+        .expect("a blackholed link still answered");
 
         set(dir.path(), LinkFault::Reset);
         let mut buffer = [0u8; 8];

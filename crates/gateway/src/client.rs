@@ -15,6 +15,7 @@ use auscult_proto::ingest::v1::{self as pb, ingest_client::IngestClient};
 use auscult_telemetry::TraceParent;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Code, Request,
@@ -324,7 +325,12 @@ impl Gateway {
     ) -> Result<(), StreamEnd> {
         // The request queue is small: the window, not this queue, bounds what is in flight.
         let (tx, rx) = mpsc::channel::<pb::Frame>(16);
-        let mut request = Request::new(ReceiverStream::new(rx));
+        // `sent_at` is stamped as the transport takes the frame, not when it is queued: a queue held
+        // up by ingest's flow control must not read as a clock that runs behind.
+        let mut request = Request::new(ReceiverStream::new(rx).map(|mut frame: pb::Frame| {
+            frame.sent_at = Some(auscult_proto::system_time_to_timestamp(SystemTime::now()));
+            frame
+        }));
         request.metadata_mut().insert("authorization", auth.clone());
         // Ingest answers with headers right after authentication, before reading any frame.
         let mut acks =
@@ -398,8 +404,6 @@ impl Gateway {
                         frame
                     };
                     let Some(sender) = &tx else { continue };
-                    let mut frame = frame;
-                    frame.sent_at = Some(auscult_proto::system_time_to_timestamp(SystemTime::now()));
                     // Ingest slows a gateway by not reading (flow control); one that never reads again
                     // is as stuck as one that never answers.
                     match tokio::time::timeout(self.config.progress_timeout, sender.send(frame)).await {

@@ -1,6 +1,7 @@
-//! A gateway's clock, as its frames show it. Each frame may carry `sent_at`, the gateway's time when it put
-//! the frame on the wire; against ingest's own clock on arrival that is the gateway's clock offset (plus
-//! the one-way network delay). `captured_at` cannot show it: a frame buffered through an outage is old,
+//! A gateway's clock, as its frames show it. Each frame may carry `sent_at`, the gateway's time when its
+//! transport took the frame; against ingest's own clock on arrival that is the gateway's clock offset,
+//! minus the one-way delay (network, and HTTP/2 flow control while ingest is not reading), so a clock that
+//! seems behind by less than the tolerance may be a slow link; one ahead never is. `captured_at` cannot show it: a frame buffered through an outage is old,
 //! not skewed. A skewed clock misplaces every frame on the operators' time axis, so it is flagged — counted,
 //! and logged with the device and the offset — but never rejects a frame: deduplication and ordering use
 //! sequence numbers, not clocks.

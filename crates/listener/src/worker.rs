@@ -321,7 +321,15 @@ async fn score_round(
             ),
             Err(e) => {
                 let error = e.to_string();
-                if matches!(e, CallError::NoReplica(_)) || !context.replicas.any_serving().await {
+                // An outage only while the jobs have outage retries left: a frame that takes every
+                // replica down with it looks like one, and once its retries are spent the round is
+                // split like any other, so that it fails alone.
+                let retries_left = jobs
+                    .iter()
+                    .all(|job| job.outage_retries < context.settings.jobs.max_outage_retries);
+                let outage = matches!(e, CallError::NoReplica(_))
+                    || (retries_left && !context.replicas.any_serving().await);
+                if outage {
                     metrics::counter!(OUTAGE_ROUNDS_TOTAL).increment(1);
                     let items =
                         jobs.len() + pending.iter().map(ExactSizeIterator::len).sum::<usize>();

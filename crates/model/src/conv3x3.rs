@@ -6,9 +6,10 @@
 //! its size, a third of a training step. This operation keeps burn's forward pass, input gradient
 //! and bias gradient, and replaces the weight gradient on the CPU backend with
 //! [`auscult_inference::conv3x3_weight_grad`]: one GEMM per kernel position over the whole batch,
-//! reading the input in place. Other backends keep burn's own weight gradient, so a GPU backend
-//! still works unchanged; the parameters, and so the model file, are burn's `Conv2d`'s.
+//! reading the input in place. Tensors on any other device (a GPU backend) take burn's `Conv2d`
+//! unchanged; the parameters, and so the model file, are `Conv2d`'s either way.
 
+use burn::backend::DispatchDevice;
 use burn::backend::TensorMetadata;
 use burn::backend::autodiff::{
     checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
@@ -20,6 +21,7 @@ use burn::backend::ops::ConvOptions;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::{DType, Shape};
@@ -153,9 +155,16 @@ impl<B: Backend + Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Auto
 }
 
 /// `conv`'s forward pass through [`Conv3x3Backend`]: the same values as `conv.forward(x)` for the
-/// network's convolutions (3×3, stride 1, padding 1, with bias), and the faster weight gradient.
+/// network's convolutions (3×3, stride 1, padding 1, with bias) on the CPU backend, and the faster
+/// weight gradient. Anything else is `conv.forward(x)`.
 pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let Some(bias) = conv.bias.as_ref() else {
+    let network_shaped = conv.kernel_size == [3, 3]
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && matches!(conv.padding, PaddingConfig2d::Explicit(1, 1, 1, 1));
+    let on_flex = matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_));
+    let Some(bias) = conv.bias.as_ref().filter(|_| network_shaped && on_flex) else {
         return conv.forward(x);
     };
     Tensor::from_dispatch(<Dispatch as Conv3x3Backend>::conv3x3(
@@ -167,7 +176,6 @@ pub fn forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 #[cfg(test)]
 mod tests {
-    use burn::nn::PaddingConfig2d;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::Distribution;
 

@@ -24,6 +24,8 @@ pub struct ClaimedJob {
     pub frame_id: i64,
     /// Attempts including this one.
     pub attempts: i32,
+    /// Rounds it failed while no analysis replica answered (see [`fail_jobs`]).
+    pub outage_retries: i32,
     pub device_id: String,
     pub sensor_id: String,
     pub stream_epoch: i64,
@@ -135,11 +137,12 @@ pub async fn claim_jobs(
                 updated_at = now()
             FROM picked
             WHERE j.frame_id = picked.frame_id
-            RETURNING j.frame_id, j.state, j.attempts, j.enqueued_at, j.trace_parent",
+            RETURNING j.frame_id, j.state, j.attempts, j.enqueued_at, j.trace_parent, j.outage_retries",
             &[&holder, &limit, &millis(lease), &max_attempts],
         )
         .await?;
-    let mut claimed: Vec<(i64, i32, SystemTime, Option<String>)> = Vec::with_capacity(rows.len());
+    let mut claimed: Vec<(i64, i32, SystemTime, Option<String>, i32)> =
+        Vec::with_capacity(rows.len());
     let mut dead = 0;
     for row in &rows {
         let state: &str = row.try_get(1)?;
@@ -151,6 +154,7 @@ pub async fn claim_jobs(
                 row.try_get(2)?,
                 row.try_get(3)?,
                 row.try_get(4)?,
+                row.try_get(5)?,
             ));
         }
     }
@@ -167,7 +171,8 @@ pub async fn claim_jobs(
     let mut jobs = Vec::with_capacity(frames.len());
     for row in &frames {
         let frame_id: i64 = row.try_get(0)?;
-        let Some((_, attempts, stored_at, trace_parent)) = claimed.iter().find(|c| c.0 == frame_id)
+        let Some((_, attempts, stored_at, trace_parent, outage_retries)) =
+            claimed.iter().find(|c| c.0 == frame_id)
         else {
             continue;
         };
@@ -176,6 +181,7 @@ pub async fn claim_jobs(
         jobs.push(ClaimedJob {
             frame_id,
             attempts: *attempts,
+            outage_retries: *outage_retries,
             device_id: row.try_get(1)?,
             sensor_id: row.try_get(2)?,
             stream_epoch: row.try_get(3)?,

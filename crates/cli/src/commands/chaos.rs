@@ -168,6 +168,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("--rate must be above 0 and at most 100 frames per second per sensor");
     }
     let cluster = Cluster::open(&args.location.dir)?;
+    // An interrupted run may have left a link broken.
+    lift_link_faults(&cluster)?;
     let names: Vec<String> = if args.scenarios.is_empty() {
         SCENARIOS.iter().map(|(n, _)| (*n).to_owned()).collect()
     } else {
@@ -311,6 +313,9 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
     }
     let poison_counts = source.expected_counts(frames_per_sensor * sensor_count);
     let load = tokio::spawn(async move { gateway.run(source).await });
+    // Ingest's count of frames from skewed clocks, before: the skewed gateway's frames must add
+    // exactly their sends to it, and nobody else's may.
+    let flagged_before = skewed_frames_flagged(cluster).await;
     let skewed = match &skewed_token {
         Some(token) => Some(spawn_skewed_gateway(
             cluster,
@@ -368,6 +373,7 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
     } else {
         tokio::time::sleep(Duration::from_secs(args.fault_seconds)).await;
     }
+    let lifted_at = Instant::now();
     match name {
         "node-partition" => cluster.connect(&node, true)?,
         "search-down" => cluster.start_links().await?,
@@ -473,18 +479,21 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
     let search = SearchCheck::new(cluster, &devices);
     let caught_up = auscult_testkit::wait_for(Duration::from_secs(180), || async {
         let (frames, results) = search.counts().await?;
-        (frames == persisted && results == scored).then_some(frames)
+        (frames == persisted && results == scored).then_some((frames, results))
     })
     .await;
-    let indexed = match caught_up {
-        Some(frames) => Some(frames),
+    let (indexed, results_indexed) = match caught_up {
+        Some((frames, results)) => (Some(frames), Some(results)),
         None => {
             let counts = search.counts().await;
             eprintln!(
                 "{name}: the search server holds {counts:?} (frames, results) of {persisted} frames and {scored} \
                  results after 3 minutes"
             );
-            counts.map(|(frames, _)| frames)
+            (
+                counts.map(|(frames, _)| frames),
+                counts.map(|(_, results)| results),
+            )
         }
     };
     let services_restarted = restarted(&services_before, &service_pids(cluster), name);
@@ -503,7 +512,7 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
             Duration::from_secs_f64((3.0 / (args.rate * f64::from(args.sensors))).max(1.0));
         let recovered = recovery(
             &ledger.ack_times,
-            fault_at,
+            (fault_at, lifted_at),
             sent_before_fault,
             stopped_after,
         );
@@ -522,8 +531,10 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
             u64::try_from(i64::try_from(skewed.acked).unwrap_or(i64::MAX) - skewed_stored)
                 .unwrap_or(0);
         gateways_done &= skewed.acked + skewed.rejected == skewed.generated;
-        let flagged = skewed_frames_flagged(cluster).await;
-        skew_flagged = flagged >= skewed.acked;
+        let flagged = skewed_frames_flagged(cluster)
+            .await
+            .saturating_sub(flagged_before);
+        skew_flagged = (skewed.acked..=skewed.acked + skewed.resent).contains(&flagged);
         eprintln!(
             "{name}: skewed gateway acked {} of {} ({} resent, {} already stored); ingest flagged {flagged} frames \
              from skewed clocks",
@@ -549,6 +560,7 @@ async fn run_scenario(cluster: &Cluster, name: &str, args: &Args) -> anyhow::Res
         && u64::try_from(dead_lettered).ok() == Some(expected_dead)
         && scored + dead_lettered == persisted
         && indexed == Some(persisted)
+        && results_indexed == Some(scored)
         && gateways_done
         && skew_flagged
         && poison_as_expected
@@ -604,15 +616,17 @@ fn peak_rss_mb(cluster: &Cluster) -> f64 {
 }
 
 /// Seconds from the fault until acknowledgements flow again: the end of the longest silence in them
-/// after the fault, when one is longer than `stopped_after`; otherwise they never stopped, and it is
-/// the first acknowledgement of a frame generated after the fault. A link that takes a moment to
-/// notice its fault still acknowledges what was in flight; that is not recovery.
+/// that began while the fault lasted (or within 5 s of its end), when one is longer than
+/// `stopped_after`; otherwise they never stopped, and it is the first acknowledgement of a frame
+/// generated after the fault. A link that takes a moment to notice its fault still acknowledges what
+/// was in flight; that is not recovery.
 fn recovery(
     ack_times: &[(Instant, u64)],
-    fault_at: Instant,
+    (fault_at, lifted_at): (Instant, Instant),
     sent_before_fault: u64,
     stopped_after: Duration,
 ) -> Option<f64> {
+    let silences_from = lifted_at + Duration::from_secs(5);
     let mut times: Vec<Instant> = ack_times
         .iter()
         .filter(|(at, _)| *at >= fault_at)
@@ -623,7 +637,8 @@ fn recovery(
     let mut previous = fault_at;
     for &at in &times {
         let gap = at.duration_since(previous);
-        if gap > stopped_after && longest.is_none_or(|(g, _)| gap > g) {
+        if previous <= silences_from && gap > stopped_after && longest.is_none_or(|(g, _)| gap > g)
+        {
             longest = Some((gap, at));
         }
         previous = at;
@@ -990,12 +1005,17 @@ mod tests {
             (at(30_080), 12),
             (at(30_100), 13),
         ];
-        let seconds = recovery(&stalled, fault, 12, Duration::from_secs(1)).expect("recovered");
+        let lifted = at(30_000);
+        let second = Duration::from_secs(1);
+        let seconds = recovery(&stalled, (fault, lifted), 12, second).expect("recovered");
         assert!((seconds - 30.08).abs() < 1e-6, "{seconds}");
-        // Never stopped: the first frame generated after the fault.
-        let steady = [(at(50), 10), (at(100), 12), (at(150), 13)];
-        let seconds = recovery(&steady, fault, 12, Duration::from_secs(1)).expect("recovered");
+        // Never stopped: the first frame generated after the fault. A hiccup long after the fault
+        // ended (10 s to 12 s, the fault lifted at 1 s) is not its recovery.
+        let mut steady: Vec<(Instant, u64)> = vec![(at(50), 10)];
+        steady.extend((0..50).map(|i| (at(100 + 200 * i), 12 + i)));
+        steady.push((at(12_000), 100));
+        let seconds = recovery(&steady, (fault, at(1_000)), 12, second).expect("recovered");
         assert!((seconds - 0.1).abs() < 1e-6, "{seconds}");
-        assert_eq!(recovery(&[], fault, 0, Duration::from_secs(1)), None);
+        assert_eq!(recovery(&[], (fault, lifted), 0, second), None);
     }
 }
