@@ -10,7 +10,7 @@ use auscult_telemetry::TraceParent;
 use tonic::{Request, Response, Status};
 use tracing::{info_span, instrument};
 
-use crate::{FrameAudio, ScoreError, ScoreInput, Scored, ScoringPool, mono_16k};
+use crate::{FrameAudio, ScoreError, ScoreInput, Scored, ScoringPool, model_audio};
 
 /// A span for scoring one item, from its arrival to its verdict, when the item carries the `traceparent`
 /// of a trace being exported: the last hop of a frame's trace.
@@ -91,7 +91,11 @@ impl pb::analysis_server::Analysis for AnalysisService {
         let pool = self.scoring()?;
         metrics::gauge!("auscult_analysis_queue_waiting").set(pool.waiting() as f64);
         let stored = self.stored_audio(&items).await?;
-        let rate = pool.model().info.spectrogram.sample_rate;
+        let model = pool.model();
+        let rate = model.info.spectrogram.sample_rate;
+        // Loading checked the model's channel; a file that somehow holds another value is heard as
+        // the default, its first channel.
+        let channel = model.info.channel.parse().unwrap_or_default();
         let mut pending = Vec::with_capacity(items.len());
         let spans: Vec<Option<tracing::Span>> = items.iter().map(item_span).collect();
         for item in &items {
@@ -114,7 +118,8 @@ impl pb::analysis_server::Analysis for AnalysisService {
             };
             let queued = audio
                 .and_then(|audio| {
-                    mono_16k(&audio, rate).map_err(|e| (pb::FailureReason::InvalidAudio, e))
+                    model_audio(&audio, channel, rate)
+                        .map_err(|e| (pb::FailureReason::InvalidAudio, e))
                 })
                 .map(|samples| {
                     pool.submit(ScoreInput {

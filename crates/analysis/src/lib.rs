@@ -10,7 +10,7 @@ mod pool;
 mod service;
 mod settings;
 
-pub use audio::{FrameAudio, mono_16k};
+pub use audio::{FrameAudio, model_audio};
 pub use pool::{SCORING_PANICS_TOTAL, ScoreError, ScoreInput, Scored, Scorer, ScoringPool, score};
 pub use service::{AnalysisError, Listeners, run};
 pub use settings::{InvalidSetting, Settings};

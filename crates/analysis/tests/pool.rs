@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use auscult_analysis::{FrameAudio, ScoreError, ScoreInput, ScoringPool, mono_16k};
+use auscult_analysis::{FrameAudio, ScoreError, ScoreInput, ScoringPool, model_audio};
 use auscult_audio::{AudioLimits, ChannelChoice};
 use auscult_frame::{SampleEncoding, encode_pcm_s16le};
 use auscult_model::{Detector, MachineKey, Verdict};
@@ -41,7 +41,7 @@ async fn frames_and_clips_are_judged_by_the_current_model() {
         encoding: SampleEncoding::PcmS16le,
         samples: &pcm,
     };
-    let second = mono_16k(&frame, 16_000).expect("decode");
+    let second = model_audio(&frame, auscult_audio::ChannelChoice::First, 16_000).expect("decode");
     let scored = pool
         .score(ScoreInput::new(second, valve()))
         .await

@@ -69,10 +69,21 @@ pub async fn run(
     settings.validate()?;
     let metrics_handle = auscult_telemetry::metrics_handle()?;
     metrics::describe();
-    let pool = auscult_store::connect_pool(
+    // A batch's transaction lasts milliseconds and its client stops waiting after `commit_timeout`. A
+    // replica that froze inside one (a hung host, a stopped process) must not keep the rows it was
+    // inserting locked for long: the gateways resend those frames to another replica, whose insert
+    // waits on them. So the server ends such a transaction after the commit timeout, or 5 s without
+    // a statement.
+    let writer_limits = auscult_store::SessionLimits {
+        statement_timeout: settings.batch.commit_timeout,
+        idle_in_transaction_timeout: Duration::from_secs(5),
+        ..auscult_store::SessionLimits::default()
+    };
+    let pool = auscult_store::connect_pool_with(
         &settings.database.url,
         settings.database.pool_size,
         "auscult-ingest",
+        &writer_limits,
     )?;
     let auth_pool = auscult_store::connect_pool(
         &settings.database.url,

@@ -125,6 +125,10 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), ModelError> {
     }
     let info: ModelInfo =
         serde_json::from_slice(json).map_err(|e| ModelError::Format(format!("metadata: {e}")))?;
+    // Scoring selects a frame's channel by it; a value nothing can select is refused here.
+    info.channel
+        .parse::<auscult_audio::ChannelChoice>()
+        .map_err(|e| ModelError::Format(format!("metadata: {e}")))?;
     Ok((info, weights))
 }
 

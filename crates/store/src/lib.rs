@@ -47,7 +47,8 @@ pub use models::{
     list_models, publish_model,
 };
 pub use pool::{
-    Pool, SessionConfig, SessionConnection, SessionLimits, connect_pool, session_config,
+    Pool, SessionConfig, SessionConnection, SessionLimits, connect_pool, connect_pool_with,
+    session_config,
 };
 pub use results::{
     Completion, NewResult, StoredResult, StreamSummary, complete_jobs, stream_history,

@@ -119,7 +119,17 @@ pub fn connect_pool(
     max_size: usize,
     application_name: &str,
 ) -> Result<Pool, StoreError> {
-    let config = session_config(url, application_name, &SessionLimits::default())?;
+    connect_pool_with(url, max_size, application_name, &SessionLimits::default())
+}
+
+/// [`connect_pool`] with `limits` of its own.
+pub fn connect_pool_with(
+    url: &str,
+    max_size: usize,
+    application_name: &str,
+    limits: &SessionLimits,
+) -> Result<Pool, StoreError> {
+    let config = session_config(url, application_name, limits)?;
     let manager = Manager::from_config(
         config.postgres,
         config.tls,
