@@ -46,13 +46,6 @@ pub struct Inference {
     pub band_peaks: Vec<f32>,
 }
 
-impl Inference {
-    /// The clip's band profile: the mean energy of each band over all windows, then its peak.
-    pub fn clip_features(&self) -> Vec<f32> {
-        crate::profile::clip_features(&self.band_means, &self.band_peaks)
-    }
-}
-
 /// What a stream remembers of one scored frame: enough to judge later frames together with it
 /// without hearing its sound again. Band energies are the spectrogram's, whatever the model; the
 /// score belongs to `model_version`.
@@ -109,9 +102,16 @@ impl StreamWindows {
         stream
     }
 
-    fn clip_features(&self) -> Vec<f32> {
-        crate::profile::clip_features(&self.band_means, &self.band_peaks)
+    fn clip_features(&self, profile: &MachineProfile) -> Vec<f32> {
+        profile.clip_features(&self.band_means, &self.band_peaks)
     }
+}
+
+/// The class the network hears most, as a machine in an operating state.
+struct TopClass {
+    identity: String,
+    machine: MachineKey,
+    probability: f32,
 }
 
 /// A band whose energy departs from the machine's normal.
@@ -138,7 +138,8 @@ pub enum Measure {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Assessment {
     pub verdict: Verdict,
-    /// The most probable class, e.g. `valve/section_00/pat_00/normal`.
+    /// The machine and operating state the sound is most like, e.g. `valve/section_00/pat_00`;
+    /// never a condition (that is the verdict's).
     pub class: String,
     pub class_probability: f32,
     /// For a clip, [`MachineProfile::clip_score`] (about 2 for typical normal sound); for shorter
@@ -244,6 +245,11 @@ impl Detector {
         &self.network
     }
 
+    /// The frequency range of each of the 64 bands.
+    pub fn bands(&self) -> &[BandRange] {
+        &self.bands
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -258,7 +264,8 @@ impl Detector {
     }
 
     /// Runs the network over raw (unnormalised) log-mel windows; a trailing partial window is
-    /// ignored.
+    /// ignored. Band energies are kept as measured (profiles put them relative to the sound's level
+    /// over the span they judge); the network hears each window at the model's level reference.
     pub fn infer(&self, windows: &[f32]) -> Inference {
         let count = windows.len() / WINDOW_VALUES;
         let classes = self.info.network.classes;
@@ -270,11 +277,20 @@ impl Detector {
             band_means: Vec::with_capacity(count * BANDS),
             band_peaks: Vec::with_capacity(count * BANDS),
         };
+        let mut heard = Vec::new();
         for batch in windows[..count * WINDOW_VALUES].chunks(INFERENCE_BATCH * WINDOW_VALUES) {
             for window in batch.chunks_exact(WINDOW_VALUES) {
                 out.band_means.extend_from_slice(&band_means(window));
                 out.band_peaks.extend_from_slice(&band_peaks(window));
             }
+            let batch = if self.info.relative_level {
+                heard.clear();
+                heard.extend_from_slice(batch);
+                auscult_signal::relative_level(&mut heard);
+                &heard[..]
+            } else {
+                batch
+            };
             forward(
                 &self.compiled,
                 batch,
@@ -285,7 +301,8 @@ impl Detector {
         out
     }
 
-    /// The profile for `machine`: its own, else its type's, else the global one.
+    /// The profile for `machine`: its own, else its type's. None for a machine type the model has
+    /// never heard: such a machine is unknown until it is enrolled.
     pub fn profile_for(&self, machine: &MachineKey) -> Option<&MachineProfile> {
         let find = |machine_type: &str, machine_id: &str| {
             self.info
@@ -295,35 +312,41 @@ impl Detector {
         };
         find(&machine.machine_type, &machine.machine_id)
             .or_else(|| find(&machine.machine_type, ANY))
-            .or_else(|| find(ANY, ANY))
     }
 
     /// The machine the network believes it hears: the class most windows vote for.
     pub fn predicted_machine(&self, inference: &Inference) -> Option<MachineKey> {
-        let class = self.top_class(inference)?.0;
-        let label = self.info.classes.get(class)?;
-        Some(MachineKey {
-            machine_type: label.machine_type.clone(),
-            machine_id: label.machine_id.clone(),
-        })
+        self.top_class(inference).map(|top| top.machine)
     }
 
-    /// The class with the highest mean probability, and that probability.
-    fn top_class(&self, inference: &Inference) -> Option<(usize, f32)> {
+    /// What the sound is most like — a machine in an operating state, never a condition: whether
+    /// it is faulty is the verdict's to say, so the two cannot contradict each other. The
+    /// probabilities of classes that differ only in condition (models trained with fault labels)
+    /// are added.
+    fn top_class(&self, inference: &Inference) -> Option<TopClass> {
         let classes = self.info.network.classes;
-        if inference.windows == 0 || classes == 0 {
+        if inference.windows == 0 || classes == 0 || self.info.classes.len() != classes {
             return None;
         }
-        let mut mean = vec![0.0_f32; classes];
+        let mut by_identity: Vec<(String, MachineKey, f32)> = Vec::new();
         for row in inference.probabilities.chunks_exact(classes) {
-            for (m, p) in mean.iter_mut().zip(row) {
-                *m += p / inference.windows as f32;
+            for (label, p) in self.info.classes.iter().zip(row) {
+                let identity = label.identity();
+                let share = p / inference.windows as f32;
+                match by_identity.iter_mut().find(|(i, _, _)| *i == identity) {
+                    Some(entry) => entry.2 += share,
+                    None => by_identity.push((identity, label.machine(), share)),
+                }
             }
         }
-        mean.iter()
-            .copied()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+        by_identity
+            .into_iter()
+            .max_by(|a, b| a.2.total_cmp(&b.2))
+            .map(|(identity, machine, probability)| TopClass {
+                identity,
+                machine,
+                probability,
+            })
     }
 
     /// Judges windows of one machine (`None`: the machine the network recognises).
@@ -348,13 +371,25 @@ impl Detector {
         if inference.windows == 0 {
             return Err(ModelError::NoWindows);
         }
-        let predicted = self.predicted_machine(inference);
-        let machine = machine
-            .or(predicted.as_ref())
-            .ok_or(ModelError::NoWindows)?;
+        let top = self.top_class(inference);
+        let machine = match machine {
+            Some(named) => named,
+            None => {
+                let top = top.as_ref().ok_or(ModelError::NoWindows)?;
+                let profile = self
+                    .profile_for(&top.machine)
+                    .ok_or_else(|| ModelError::UnknownMachine(top.machine.to_string()))?;
+                // The network names one of the machines it knows whatever it hears; only a sound
+                // whose spectrum lies within that machine's range is taken to be it.
+                if !profile.recognises(&inference.band_means) {
+                    return Err(ModelError::Unrecognised(top.machine.to_string()));
+                }
+                &top.machine
+            }
+        };
         let profile = self
             .profile_for(machine)
-            .ok_or_else(|| ModelError::NoProfile(machine.to_string()))?;
+            .ok_or_else(|| ModelError::UnknownMachine(machine.to_string()))?;
         let dim = self.info.network.embedding_size();
         let window_scores: Vec<f64> =
             crate::profile::window_pairs(&inference.embeddings, &inference.band_means, dim)
@@ -366,7 +401,7 @@ impl Detector {
         let as_clip = stream.scores.len() >= profile.min_clip_windows;
         let (anomaly_score, threshold) = if as_clip {
             (
-                profile.clip_score(&stream.scores, &stream.clip_features()),
+                profile.clip_score(&stream.scores, &stream.clip_features(profile)),
                 profile.clip_threshold,
             )
         } else {
@@ -375,18 +410,8 @@ impl Detector {
                 profile.window_threshold,
             )
         };
-        let (class, class_probability) = self
-            .top_class(inference)
-            .map(|(i, p)| {
-                (
-                    self.info
-                        .classes
-                        .get(i)
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    p,
-                )
-            })
+        let (class, class_probability) = top
+            .map(|t| (t.identity, t.probability))
             .unwrap_or_default();
         let top_bands = if as_clip {
             self.top_bands_of(profile, &stream.band_means, &stream.band_peaks, 3)
@@ -426,7 +451,7 @@ impl Detector {
             model_version: self.info.version.clone(),
             windows: inference.windows,
             mean_score: assessment.window_scores.iter().sum::<f64>() / windows as f64,
-            band_means: crate::profile::mean_bands(&inference.band_means),
+            band_means: crate::features::mean_bands(&inference.band_means),
             band_peaks,
         }
     }
@@ -444,7 +469,7 @@ impl Detector {
             self.top_bands_of(profile, &inference.band_means, &inference.band_peaks, count)
         } else {
             self.departures(
-                &crate::profile::mean_bands(&inference.band_means),
+                &profile.window_bands(&crate::features::mean_bands(&inference.band_means)),
                 &profile.bands,
                 count,
             )
@@ -461,12 +486,12 @@ impl Detector {
     ) -> Vec<BandDeparture> {
         match &profile.clip_bands {
             Some(clip_bands) => self.departures(
-                &crate::profile::clip_features(band_means, band_peaks),
+                &profile.clip_features(band_means, band_peaks),
                 clip_bands,
                 count,
             ),
             None => self.departures(
-                &crate::profile::mean_bands(band_means),
+                &profile.window_bands(&crate::features::mean_bands(band_means)),
                 &profile.bands,
                 count,
             ),
@@ -531,7 +556,10 @@ fn check(info: &ModelInfo) -> Result<(), ModelError> {
         let embedding_ok = profile
             .embedding
             .as_ref()
-            .is_none_or(|g| g.mean.len() == dim && g.precision.len() == dim * dim);
+            .is_none_or(|g| g.mean.len() == dim && g.precision.len() == dim * dim)
+            && profile.centres.as_ref().is_none_or(|c| {
+                c.dim == dim && !c.centres.is_empty() && c.centres.len() % dim == 0
+            });
         let bands_ok = profile.bands.mean.len() == BANDS
             && profile.bands.std.len() == BANDS
             && profile

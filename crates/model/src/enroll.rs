@@ -61,7 +61,7 @@ pub fn enroll(
     let mut fitted = Vec::new();
     for (machine, normal) in &by_machine {
         let kind = if known_types.contains(&machine.machine_type) {
-            DetectorKind::Embedding
+            DetectorKind::Neighbours
         } else {
             DetectorKind::Bands
         };
@@ -75,6 +75,7 @@ pub fn enroll(
             kind,
             normal,
             dim,
+            detector.info.relative_level,
             percentile,
         )?);
     }
@@ -92,7 +93,7 @@ pub fn enroll(
             machine_id: ANY.into(),
         };
         let kind = if known_types.contains(machine_type) {
-            DetectorKind::Embedding
+            DetectorKind::Neighbours
         } else {
             DetectorKind::Bands
         };
@@ -102,6 +103,7 @@ pub fn enroll(
             kind,
             normal,
             dim,
+            detector.info.relative_level,
             percentile,
         )?);
     }

@@ -1,13 +1,100 @@
-//! Judging a model on labelled recordings, the way DCASE does: per machine type, AUC and pAUC
-//! (FPR ≤ 0.1) of the clip scores, and precision, recall and F1 of the verdicts at the model's
-//! own thresholds.
+//! Judging a model on labelled recordings, the way DCASE does — per machine type, AUC and pAUC
+//! (FPR ≤ 0.1) of the clip scores, and precision, recall, F1 and the false-alarm rate of the
+//! verdicts at the model's own thresholds — every figure with a bootstrap 95 % interval over clips,
+//! and beside the model, on the same clips, the single clip statistics it has to beat.
 
 use std::collections::BTreeMap;
 
-use crate::dataset::Clip;
+use crate::dataset::{Clip, MachineKey};
 use crate::detector::{Detector, Verdict};
-use crate::metrics;
+use crate::features::{ClipStatistic, ClipStatistics, TwoSided};
+use crate::metrics::{self, Interval};
 use crate::profile::Scope;
+
+/// One judged recording.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub machine: MachineKey,
+    /// The operating pattern, from the manifest.
+    pub attribute: String,
+    pub anomaly: bool,
+    /// Score over threshold: comparable across machines whose thresholds differ; above 1 is
+    /// anomalous.
+    pub relative_score: f64,
+    pub verdict: Verdict,
+    pub scope: Scope,
+    /// The clip score's parts: the embedding's (or band detector's) mean window score and the band
+    /// profile's, each in units of a typical normal clip.
+    pub windows_part: f64,
+    pub bands_part: Option<f64>,
+    pub statistics: ClipStatistics,
+}
+
+/// Scores a clip against its own machine's profile (the manifest names the machine).
+pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelError> {
+    let windows = detector
+        .spectrogram()
+        .windows(&clip.samples, detector.info.window_hop);
+    let statistics = ClipStatistics::measure(&clip.samples, &windows, detector.bands());
+    let inference = detector.infer(&windows);
+    let machine = clip.machine();
+    let assessment = detector.assess(&inference, Some(&machine))?;
+    let profile = detector
+        .profile_for(&machine)
+        .ok_or_else(|| crate::ModelError::UnknownMachine(machine.to_string()))?;
+    let (windows_part, bands_part) =
+        profile.clip_parts(
+        &assessment.window_scores,
+        &profile.clip_features(&inference.band_means, &inference.band_peaks),
+    );
+    Ok(Judged {
+        machine,
+        attribute: clip.recording.attribute.clone(),
+        anomaly: clip.is_anomaly(),
+        relative_score: assessment.anomaly_score / assessment.threshold.max(f64::MIN_POSITIVE),
+        verdict: assessment.verdict,
+        scope: assessment.scope,
+        windows_part,
+        bands_part,
+        statistics,
+    })
+}
+
+/// Normal recordings whose clip statistics are the baselines' idea of normal, per machine: the
+/// recordings the model learned the machine from, or enrolled it from.
+#[derive(Debug, Clone, Default)]
+pub struct Reference {
+    by_machine: BTreeMap<MachineKey, Vec<ClipStatistics>>,
+}
+
+impl Reference {
+    pub fn add(&mut self, detector: &Detector, clip: &Clip) {
+        if clip.is_anomaly() {
+            return;
+        }
+        let windows = detector
+            .spectrogram()
+            .windows(&clip.samples, detector.info.window_hop);
+        self.by_machine
+            .entry(clip.machine())
+            .or_default()
+            .push(ClipStatistics::measure(
+                &clip.samples,
+                &windows,
+                detector.bands(),
+            ));
+    }
+
+    fn two_sided(&self, machine: &MachineKey, statistic: ClipStatistic) -> Option<TwoSided> {
+        let values: Vec<f64> = self
+            .by_machine
+            .get(machine)?
+            .iter()
+            .map(|s| s.get(statistic))
+            .collect();
+        TwoSided::fit(&values)
+    }
+}
 
 /// The figures for one machine type.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -15,14 +102,45 @@ pub struct TypeReport {
     pub machine_type: String,
     pub n_normal: usize,
     pub n_anomaly: usize,
-    pub auc: Option<f64>,
-    pub pauc: Option<f64>,
+    pub auc: Option<Interval>,
+    pub pauc: Option<Interval>,
     pub precision: f64,
     pub recall: f64,
-    pub f1: f64,
-    /// The most general profile any of its recordings was judged by (`machine`, `machine_type`
-    /// or `global`): `global` means the model knew nothing of this type.
+    pub f1: Option<Interval>,
+    /// Share of normal recordings flagged.
+    pub false_alarm_rate: Option<Interval>,
+    /// The most general profile any of its recordings was judged by (`machine` or
+    /// `machine_type`).
     pub profile_scope: Scope,
+    /// AUC of each part of the clip score alone.
+    pub windows_part_auc: Option<Interval>,
+    pub bands_part_auc: Option<Interval>,
+    /// AUC of each single clip statistic, two-sided against the machine's reference normals.
+    pub baselines: BTreeMap<ClipStatistic, Option<Interval>>,
+}
+
+impl TypeReport {
+    /// The headline figures, as a model file records them.
+    pub fn figures(&self) -> metrics::TypeFigures {
+        metrics::TypeFigures {
+            machine_type: self.machine_type.clone(),
+            n_normal: self.n_normal,
+            n_anomaly: self.n_anomaly,
+            auc: self.auc.map(|i| i.value),
+            pauc: self.pauc.map(|i| i.value),
+            precision: self.precision,
+            recall: self.recall,
+            f1: self.f1.map_or(0.0, |i| i.value),
+        }
+    }
+
+    /// The best single statistic's AUC, and which it is.
+    pub fn best_baseline(&self) -> Option<(ClipStatistic, f64)> {
+        self.baselines
+            .iter()
+            .filter_map(|(s, i)| i.map(|i| (*s, i.value)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -33,81 +151,81 @@ pub struct EvaluationReport {
     pub files: usize,
 }
 
-/// One judged recording.
-#[derive(Debug, Clone)]
-pub struct Judged {
-    pub machine_type: String,
-    pub anomaly: bool,
-    /// Score over threshold: comparable across machines whose thresholds differ.
-    pub relative_score: f64,
-    pub verdict: Verdict,
-    pub scope: Scope,
-}
-
-/// Scores each clip against its own machine's profile (the manifest names the machine).
-pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelError> {
-    let windows = detector
-        .spectrogram()
-        .windows(&clip.samples, detector.info.window_hop);
-    let inference = detector.infer(&windows);
-    let assessment = detector.assess(&inference, Some(&clip.machine()))?;
-    Ok(Judged {
-        machine_type: clip.recording.machine_type.clone(),
-        anomaly: clip.is_anomaly(),
-        relative_score: assessment.anomaly_score / assessment.threshold.max(f64::MIN_POSITIVE),
-        verdict: assessment.verdict,
-        scope: assessment.scope,
-    })
-}
-
-/// The report over judged recordings.
-pub fn report(judged: &[Judged]) -> EvaluationReport {
+/// The report over judged recordings; `reference` holds each machine's normal clip statistics for
+/// the baselines (none: no baselines).
+pub fn report(judged: &[Judged], reference: &Reference) -> EvaluationReport {
     let mut by_type: BTreeMap<&str, Vec<&Judged>> = BTreeMap::new();
     for j in judged {
-        by_type.entry(&j.machine_type).or_default().push(j);
+        by_type.entry(&j.machine.machine_type).or_default().push(j);
     }
     let machine_types: Vec<TypeReport> = by_type
         .into_iter()
-        .map(|(machine_type, items)| {
-            let normal: Vec<f64> = items
-                .iter()
-                .filter(|j| !j.anomaly)
-                .map(|j| j.relative_score)
-                .collect();
-            let anomaly: Vec<f64> = items
-                .iter()
-                .filter(|j| j.anomaly)
-                .map(|j| j.relative_score)
-                .collect();
-            let flagged = |anomalous: bool| {
-                items
-                    .iter()
-                    .filter(|j| j.anomaly == anomalous && j.verdict == Verdict::Anomalous)
-                    .count()
-            };
-            let detection =
-                metrics::detection_from_counts(flagged(true), flagged(false), anomaly.len());
-            TypeReport {
-                machine_type: machine_type.to_owned(),
-                n_normal: normal.len(),
-                n_anomaly: anomaly.len(),
-                auc: metrics::auc(&normal, &anomaly),
-                pauc: metrics::partial_auc(&normal, &anomaly, 0.1),
-                precision: detection.precision,
-                recall: detection.recall,
-                f1: detection.f1,
-                profile_scope: items
-                    .iter()
-                    .map(|j| j.scope)
-                    .max()
-                    .unwrap_or(Scope::Machine),
-            }
-        })
+        .map(|(machine_type, items)| type_report(machine_type, &items, reference))
         .collect();
-    let aucs: Vec<f64> = machine_types.iter().filter_map(|t| t.auc).collect();
+    let aucs: Vec<f64> = machine_types
+        .iter()
+        .filter_map(|t| t.auc.map(|i| i.value))
+        .collect();
     EvaluationReport {
         mean_auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
         machine_types,
         files: judged.len(),
+    }
+}
+
+fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> TypeReport {
+    let sides = |score: &dyn Fn(&Judged) -> Option<f64>| -> (Vec<f64>, Vec<f64>) {
+        let (mut normal, mut anomaly) = (Vec::new(), Vec::new());
+        for j in items {
+            if let Some(s) = score(j) {
+                if j.anomaly {
+                    anomaly.push(s)
+                } else {
+                    normal.push(s)
+                }
+            }
+        }
+        (normal, anomaly)
+    };
+    // Each figure gets its own resamples, from a seed fixed by what it measures.
+    let auc_of = |score: &dyn Fn(&Judged) -> Option<f64>, seed: u64| {
+        let (normal, anomaly) = sides(score);
+        metrics::bootstrap(&normal, &anomaly, metrics::auc, seed)
+    };
+    let (normal, anomaly) = sides(&|j| Some(j.relative_score));
+    let flagged = |n: &[f64], a: &[f64]| metrics::detection(n, a, 1.0);
+    let detection = flagged(&normal, &anomaly);
+    let false_alarms = |n: &[f64], _: &[f64]| {
+        (!n.is_empty()).then(|| n.iter().filter(|&&s| s > 1.0).count() as f64 / n.len() as f64)
+    };
+    let mut baselines = BTreeMap::new();
+    for (i, statistic) in ClipStatistic::ALL.into_iter().enumerate() {
+        let score = |j: &Judged| {
+            reference
+                .two_sided(&j.machine, statistic)
+                .map(|normal| normal.score(j.statistics.get(statistic)))
+        };
+        baselines.insert(statistic, auc_of(&score, 10 + i as u64));
+    }
+    TypeReport {
+        machine_type: machine_type.to_owned(),
+        n_normal: normal.len(),
+        n_anomaly: anomaly.len(),
+        auc: metrics::bootstrap(&normal, &anomaly, metrics::auc, 1),
+        pauc: metrics::bootstrap(&normal, &anomaly, |n, a| metrics::partial_auc(n, a, 0.1), 2),
+        precision: detection.precision,
+        recall: detection.recall,
+        f1: (!anomaly.is_empty())
+            .then(|| metrics::bootstrap(&normal, &anomaly, |n, a| Some(flagged(n, a).f1), 3))
+            .flatten(),
+        false_alarm_rate: metrics::bootstrap(&normal, &[0.0], false_alarms, 4),
+        profile_scope: items
+            .iter()
+            .map(|j| j.scope)
+            .max()
+            .unwrap_or(Scope::Machine),
+        windows_part_auc: auc_of(&|j| Some(j.windows_part), 5),
+        bands_part_auc: auc_of(&|j| j.bands_part, 6),
+        baselines,
     }
 }

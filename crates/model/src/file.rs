@@ -30,6 +30,24 @@ pub struct ClassLabel {
     pub condition: Label,
 }
 
+impl ClassLabel {
+    /// The machine and operating state, without the condition: `valve/section_00/pat_00`.
+    pub fn identity(&self) -> String {
+        if self.attribute.is_empty() {
+            format!("{}/{}", self.machine_type, self.machine_id)
+        } else {
+            format!("{}/{}/{}", self.machine_type, self.machine_id, self.attribute)
+        }
+    }
+
+    pub fn machine(&self) -> crate::dataset::MachineKey {
+        crate::dataset::MachineKey {
+            machine_type: self.machine_type.clone(),
+            machine_id: self.machine_id.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for ClassLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.machine_type, self.machine_id)?;
@@ -54,10 +72,14 @@ pub struct TrainingRecord {
     pub test_fraction: f64,
     /// Operating patterns left out entirely (`--hold-out-attribute`).
     pub held_out_attributes: Vec<String>,
+    /// Whether labelled faults shaped the network and the thresholds (a supervised model); without
+    /// them every fault in the data is unseen.
+    #[serde(default)]
+    pub fault_labels: bool,
     pub epochs: Vec<EpochRecord>,
     pub best_epoch: usize,
     /// Validation figures of the final model, per machine type.
-    pub validation: Vec<crate::evaluate::TypeReport>,
+    pub validation: Vec<crate::metrics::TypeFigures>,
     pub seconds: f64,
 }
 
@@ -78,6 +100,11 @@ pub struct ModelInfo {
     pub spectrogram: SpectrogramConfig,
     /// Samples between the windows cut from a clip.
     pub window_hop: usize,
+    /// Windows are shifted to a mean of 0 dB before anything looks at them
+    /// ([`auscult_signal::relative_level`]), so no score depends on the microphone's gain. Models
+    /// from before this existed heard absolute levels.
+    #[serde(default)]
+    pub relative_level: bool,
     /// The recorded channel the model listens to (`first`, a number, or `mix`).
     pub channel: String,
     pub network: NetworkConfig,

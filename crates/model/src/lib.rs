@@ -15,10 +15,12 @@ pub mod dataset;
 pub mod detector;
 pub mod enroll;
 pub mod evaluate;
+pub mod features;
 pub mod file;
 pub mod metrics;
 pub mod network;
 pub mod profile;
+pub mod protocol;
 pub mod shipped;
 pub mod stats;
 pub mod train;
@@ -44,8 +46,14 @@ pub enum ModelError {
     Format(String),
     #[error("no complete window: the recording is shorter than one window")]
     NoWindows,
-    #[error("the model has no statistics for {0} and no fallback")]
-    NoProfile(String),
+    #[error(
+        "unknown machine {0}: the model has no profile for it or its machine type; enrol it first (`auscult enroll`)"
+    )]
+    UnknownMachine(String),
+    #[error(
+        "unknown machine: the sound is not like {0} or any other machine the model knows; name the machine, or enrol it first (`auscult enroll`)"
+    )]
+    Unrecognised(String),
     #[error(transparent)]
     Fit(#[from] stats::FitError),
     #[error("cannot train: {0}")]

@@ -95,6 +95,65 @@ pub fn detection_from_counts(true_pos: usize, false_pos: usize, anomalies: usize
     }
 }
 
+/// The headline figures of one machine type, as a model file records them for its validation
+/// recordings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TypeFigures {
+    pub machine_type: String,
+    pub n_normal: usize,
+    pub n_anomaly: usize,
+    pub auc: Option<f64>,
+    pub pauc: Option<f64>,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// A figure with its bootstrap 95 % interval over clips.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Interval {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Bootstrap resamples behind every [`Interval`].
+pub const BOOTSTRAP_RESAMPLES: usize = 2_000;
+
+/// `figure` on the scores, with the 2.5th and 97.5th percentiles of `figure` over resamples that
+/// draw normal and anomalous clips with replacement, each side keeping its size (a stratified
+/// bootstrap: every resample has both kinds). Deterministic for a given `seed`.
+pub fn bootstrap(
+    normal: &[f64],
+    anomaly: &[f64],
+    figure: impl Fn(&[f64], &[f64]) -> Option<f64>,
+    seed: u64,
+) -> Option<Interval> {
+    use rand::{Rng, SeedableRng};
+    let value = figure(normal, anomaly)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut draws = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let (mut n, mut a) = (vec![0.0; normal.len()], vec![0.0; anomaly.len()]);
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        for v in n.iter_mut() {
+            *v = normal[rng.random_range(0..normal.len())];
+        }
+        for v in a.iter_mut() {
+            *v = anomaly[rng.random_range(0..anomaly.len())];
+        }
+        if let Some(f) = figure(&n, &a) {
+            draws.push(f);
+        }
+    }
+    draws.sort_by(f64::total_cmp);
+    let at = |q: f64| draws[((draws.len() - 1) as f64 * q).round() as usize];
+    (!draws.is_empty()).then(|| Interval {
+        value,
+        low: at(0.025),
+        high: at(0.975),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +197,23 @@ mod tests {
         assert!((p - 0.5).abs() < 1e-12, "{p}");
         assert_eq!(partial_auc(&normal, &[100.0], 0.1), Some(1.0));
         assert_eq!(partial_auc(&normal, &[-5.0], 0.1), Some(0.0));
+    }
+
+    #[test]
+    fn bootstrap_intervals_hold_the_figure_and_narrow_with_more_clips() {
+        let auc_of = |n: &[f64], a: &[f64]| auc(n, a);
+        let small_normal: Vec<f64> = (0..8).map(f64::from).collect();
+        let small_anomaly: Vec<f64> = (4..12).map(f64::from).collect();
+        let small = bootstrap(&small_normal, &small_anomaly, auc_of, 1).expect("interval");
+        assert!(small.low <= small.value && small.value <= small.high, "{small:?}");
+        assert!(small.high - small.low > 0.1, "8 + 8 clips cannot pin an AUC: {small:?}");
+        let big_normal: Vec<f64> = (0..800).map(|i| f64::from(i % 8)).collect();
+        let big_anomaly: Vec<f64> = (0..800).map(|i| f64::from(4 + i % 8)).collect();
+        let big = bootstrap(&big_normal, &big_anomaly, auc_of, 1).expect("interval");
+        assert!((big.value - small.value).abs() < 1e-9, "same distribution, same AUC");
+        assert!(big.high - big.low < (small.high - small.low) / 4.0, "{big:?} vs {small:?}");
+        assert_eq!(bootstrap(&small_normal, &small_anomaly, auc_of, 1), Some(small));
+        assert_eq!(bootstrap(&[], &small_anomaly, auc_of, 1), None);
     }
 
     #[test]

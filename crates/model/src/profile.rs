@@ -3,8 +3,9 @@
 //! there are any, only move the threshold.
 
 use crate::calibrate::{self, ThresholdMethod};
+use crate::features::{clip_features, mean_bands};
 use crate::dataset::MachineKey;
-use crate::stats::{BandGaussian, FitError, Gaussian};
+use crate::stats::{BandGaussian, Centres, FitError, Gaussian};
 use auscult_signal::BANDS;
 
 /// Which statistics score a machine.
@@ -15,6 +16,9 @@ pub enum DetectorKind {
     Embedding,
     /// Per-band Gaussian over mel-band energies: for machines of a type the network never heard.
     Bands,
+    /// Cosine distance of CNN embeddings to the nearest of the machine's normal centres: for
+    /// machines of types the network was trained on (see [`Centres`]).
+    Neighbours,
 }
 
 /// Where a profile came from.
@@ -36,6 +40,10 @@ pub enum Scope {
     Global,
 }
 
+/// The [`MachineProfile::identity_distance`] beyond which a sound is not taken for the machine the
+/// network names, when nobody said which machine was recorded.
+pub const IDENTITY_LIMIT: f64 = 9.0;
+
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
 
@@ -48,6 +56,9 @@ pub struct MachineProfile {
     pub detector: DetectorKind,
     /// Present for [`DetectorKind::Embedding`].
     pub embedding: Option<Gaussian>,
+    /// Present for [`DetectorKind::Neighbours`].
+    #[serde(default)]
+    pub centres: Option<Centres>,
     /// Per-window mean band energies; the explanations compare against it too.
     pub bands: BandGaussian,
     /// Per-clip band profile: each band's mean energy over the clip, then its peak. Some faults
@@ -70,6 +81,11 @@ pub struct MachineProfile {
     pub normal_clips: usize,
     /// Clips with fewer windows are judged window by window: their peaks say too little.
     pub min_clip_windows: usize,
+    /// Band energies are judged relative to the sound's own level — a window's to its mean, a
+    /// clip's to the clip's mean — so a microphone's gain moves no score. Profiles from before
+    /// this existed judged absolute levels.
+    #[serde(default)]
+    pub relative_level: bool,
 }
 
 impl MachineProfile {
@@ -80,53 +96,67 @@ impl MachineProfile {
         }
     }
 
+    /// How far a sound's spectrum lies from this machine's normal one: the squared departure of its
+    /// mean band energies from the normal windows' mean, in their standard deviations, averaged over
+    /// the bands. A fault moves a few bands by a few deviations; another machine moves most of
+    /// them by many.
+    pub fn identity_distance(&self, band_means: &[f32]) -> f64 {
+        self.bands.score(&self.window_bands(&mean_bands(band_means))) / BANDS as f64
+    }
+
+    /// One window's band means (or several windows', concatenated) as this profile judges them.
+    pub fn window_bands(&self, band_means: &[f32]) -> Vec<f32> {
+        let mut rows = band_means.to_vec();
+        if self.relative_level {
+            for row in rows.chunks_exact_mut(BANDS) {
+                let level = row.iter().sum::<f32>() / BANDS as f32;
+                row.iter_mut().for_each(|v| *v -= level);
+            }
+        }
+        rows
+    }
+
+    /// A clip's band profile ([`clip_features`]) as this profile judges it: relative to the clip's
+    /// mean level, when the profile is level-invariant.
+    pub fn clip_features(&self, band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
+        level_features(clip_features(band_means, band_peaks), self.relative_level)
+    }
+
+    /// Whether a sound can be this machine at all (see [`IDENTITY_LIMIT`]).
+    pub fn recognises(&self, band_means: &[f32]) -> bool {
+        self.identity_distance(band_means) <= IDENTITY_LIMIT
+    }
+
     /// The anomaly score of one window from its embedding and band means.
     pub fn score(&self, embedding: &[f32], band_means: &[f32]) -> f64 {
-        match (&self.detector, &self.embedding) {
-            (DetectorKind::Embedding, Some(gaussian)) => gaussian.distance_sq(embedding),
-            _ => self.bands.score(band_means),
+        match (&self.detector, &self.embedding, &self.centres) {
+            (DetectorKind::Embedding, Some(gaussian), _) => gaussian.distance_sq(embedding),
+            (DetectorKind::Neighbours, _, Some(centres)) => centres.distance(embedding),
+            _ => self.bands.score(&self.window_bands(band_means)),
         }
     }
 
     /// A clip's score: its mean window score and its band-profile score, each in units of a
-    /// typical normal clip's, added. A normal clip scores about 2.
+    /// typical normal clip's, weighted and added. A normal clip scores about 2.
     pub fn clip_score(&self, window_scores: &[f64], clip_features: &[f32]) -> f64 {
-        let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
-        let windows = mean / self.window_scale.max(f64::MIN_POSITIVE);
-        match &self.clip_bands {
-            Some(clip_bands) => {
-                let bands =
-                    clip_bands.score(clip_features) / self.clip_bands_scale.max(f64::MIN_POSITIVE);
-                self.clip_weights[0] * windows + self.clip_weights[1] * bands
-            }
+        let (windows, bands) = self.clip_parts(window_scores, clip_features);
+        match bands {
+            Some(bands) => self.clip_weights[0] * windows + self.clip_weights[1] * bands,
             None => windows,
         }
     }
-}
 
-/// A clip's band profile from its windows' band means and peaks: `[mean of means; peak of peaks]`.
-pub fn clip_features(band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
-    let mut features = mean_bands(band_means);
-    let mut peaks = vec![-100.0_f32; BANDS];
-    for row in band_peaks.chunks_exact(BANDS) {
-        for (p, v) in peaks.iter_mut().zip(row) {
-            *p = p.max(*v);
-        }
+    /// The two parts of [`Self::clip_score`] before they are weighted: the mean window score
+    /// (the embedding's, for an embedding profile) and the band-profile score, each in units of a
+    /// typical normal clip's.
+    pub fn clip_parts(&self, window_scores: &[f64], clip_features: &[f32]) -> (f64, Option<f64>) {
+        let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
+        let windows = mean / self.window_scale.max(f64::MIN_POSITIVE);
+        let bands = self.clip_bands.as_ref().map(|clip_bands| {
+            clip_bands.score(clip_features) / self.clip_bands_scale.max(f64::MIN_POSITIVE)
+        });
+        (windows, bands)
     }
-    features.extend(peaks);
-    features
-}
-
-/// The mean over windows of per-window band values (`windows × 64` → 64).
-pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
-    let windows = (rows.len() / BANDS).max(1) as f32;
-    let mut means = vec![0.0_f32; BANDS];
-    for row in rows.chunks_exact(BANDS) {
-        for (m, v) in means.iter_mut().zip(row) {
-            *m += v / windows;
-        }
-    }
-    means
 }
 
 /// Normal windows of one machine, grouped by clip (cross-fitting needs the grouping).
@@ -204,7 +234,7 @@ impl HeldOutClip {
             window_scores: window_pairs(input.embeddings, input.band_means, embedding_dim)
                 .map(|(e, b)| profile.score(e, b))
                 .collect(),
-            clip_features: clip_features(input.band_means, input.band_peaks),
+            clip_features: profile.clip_features(input.band_means, input.band_peaks),
         }
     }
 }
@@ -217,18 +247,35 @@ pub fn fit_statistics(
     source: ProfileSource,
     normal: &NormalWindows,
     embedding_dim: usize,
+    relative_level: bool,
 ) -> Result<MachineProfile, FitError> {
     let flat = |parts: &[Vec<f32>]| -> Vec<f32> { parts.iter().flatten().copied().collect() };
-    let bands = BandGaussian::fit(&flat(&normal.band_means), BANDS)?;
+    let mut window_bands = flat(&normal.band_means);
+    if relative_level {
+        for row in window_bands.chunks_exact_mut(BANDS) {
+            let level = row.iter().sum::<f32>() / BANDS as f32;
+            row.iter_mut().for_each(|v| *v -= level);
+        }
+    }
+    let bands = BandGaussian::fit(&window_bands, BANDS)?;
     let embedding = match detector {
         DetectorKind::Embedding => Some(Gaussian::fit(&flat(&normal.embeddings), embedding_dim)?),
-        DetectorKind::Bands => None,
+        DetectorKind::Bands | DetectorKind::Neighbours => None,
+    };
+    let centres = match detector {
+        // Seeded by the amount of sound, so the same clips always give the same centres.
+        DetectorKind::Neighbours => Some(Centres::fit(
+            &flat(&normal.embeddings),
+            embedding_dim,
+            normal.embeddings.iter().map(Vec::len).sum::<usize>() as u64,
+        )?),
+        DetectorKind::Bands | DetectorKind::Embedding => None,
     };
     let clip_profiles: Vec<f32> = normal
         .band_means
         .iter()
         .zip(&normal.band_peaks)
-        .flat_map(|(m, p)| clip_features(m, p))
+        .flat_map(|(m, p)| level_features(clip_features(m, p), relative_level))
         .collect();
     let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS).ok();
     let windows_per_clip: Vec<usize> = normal.band_means.iter().map(|m| m.len() / BANDS).collect();
@@ -241,6 +288,7 @@ pub fn fit_statistics(
         source,
         detector,
         embedding,
+        centres,
         bands,
         clip_bands,
         window_scale: 1.0,
@@ -258,7 +306,17 @@ pub fn fit_statistics(
         min_clip_windows: sorted
             .get(sorted.len() / 2)
             .map_or(2, |median| (median / 2).max(2)),
+        relative_level,
     })
+}
+
+/// `[means; peaks]` shifted by the clip's level (the mean of its band means) when `relative`.
+fn level_features(mut features: Vec<f32>, relative: bool) -> Vec<f32> {
+    if relative {
+        let level = features[..BANDS.min(features.len())].iter().sum::<f32>() / BANDS as f32;
+        features.iter_mut().for_each(|v| *v -= level);
+    }
+    features
 }
 
 /// Sets a profile's scales and thresholds from held-out clips: maximum F1 when anomalies are among
@@ -360,6 +418,7 @@ pub fn enroll_profile(
     detector: DetectorKind,
     normal: &NormalWindows,
     embedding_dim: usize,
+    relative_level: bool,
     percentile: f64,
 ) -> Result<MachineProfile, FitError> {
     if normal.clips() < 3 {
@@ -377,6 +436,7 @@ pub fn enroll_profile(
             ProfileSource::Enrolled,
             &normal.without(left_out),
             embedding_dim,
+            relative_level,
         )?;
         held_out.push(HeldOutClip::new(
             &partial,
@@ -392,6 +452,7 @@ pub fn enroll_profile(
         ProfileSource::Enrolled,
         normal,
         embedding_dim,
+        relative_level,
     )?;
     calibrate_profile(&mut profile, &held_out, percentile)?;
     Ok(profile)

@@ -5,6 +5,8 @@
 //! shrinking towards a scaled identity keeps its inverse well conditioned. [`BandGaussian`] is the
 //! classic independent-features model over the mean energy of each mel band.
 
+use nalgebra::{Cholesky, DMatrix};
+
 /// A multivariate Gaussian, kept as mean and precision (inverse covariance).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gaussian {
@@ -26,69 +28,50 @@ impl Gaussian {
         if dim == 0 || n < 2 {
             return Err(FitError(format!("{n} samples are too few")));
         }
-        let mut mean = vec![0.0_f64; dim];
-        for row in samples.chunks_exact(dim) {
-            for (m, &x) in mean.iter_mut().zip(row) {
-                *m += f64::from(x);
-            }
+        let x = DMatrix::from_row_iterator(n, dim, samples[..n * dim].iter().map(|&v| f64::from(v)));
+        let mean = x.row_mean();
+        let mut centred = x;
+        for mut row in centred.row_iter_mut() {
+            row -= &mean;
         }
-        mean.iter_mut().for_each(|m| *m /= n as f64);
-        let centred: Vec<f64> = samples
-            .chunks_exact(dim)
-            .flat_map(|row| row.iter().zip(&mean).map(|(&x, m)| f64::from(x) - m))
-            .collect();
-        let mut cov = vec![0.0_f64; dim * dim];
-        for row in centred.chunks_exact(dim) {
-            for i in 0..dim {
-                let ri = row[i];
-                let line = &mut cov[i * dim..(i + 1) * dim];
-                for (c, &rj) in line.iter_mut().zip(row) {
-                    *c += ri * rj;
-                }
-            }
-        }
-        cov.iter_mut().for_each(|c| *c /= n as f64);
+        let mut cov = centred.transpose() * &centred / n as f64;
 
         // Ledoit & Wolf (2004): shrink towards mu·I by the intensity that minimises expected loss.
-        let mu = (0..dim).map(|i| cov[i * dim + i]).sum::<f64>() / dim as f64;
-        let delta = (0..dim * dim)
-            .map(|k| {
-                let target = if k / dim == k % dim { mu } else { 0.0 };
-                (cov[k] - target).powi(2)
+        let mu = cov.trace() / dim as f64;
+        let target = DMatrix::<f64>::identity(dim, dim) * mu;
+        let delta = (&cov - &target).norm_squared();
+        let cov_norm = cov.norm_squared();
+        // Σ over samples of ‖x xᵀ − S‖²_F = ‖x‖⁴ − 2 xᵀ S x + ‖S‖²_F.
+        let projected = &centred * &cov;
+        let beta = centred
+            .row_iter()
+            .zip(projected.row_iter())
+            .map(|(row, p)| {
+                let norm2 = row.norm_squared();
+                norm2 * norm2 - 2.0 * row.dot(&p) + cov_norm
             })
-            .sum::<f64>();
-        let cov_norm = cov.iter().map(|c| c * c).sum::<f64>();
-        let mut beta = 0.0;
-        for row in centred.chunks_exact(dim) {
-            let norm2: f64 = row.iter().map(|x| x * x).sum();
-            let mut quad = 0.0;
-            for i in 0..dim {
-                let line = &cov[i * dim..(i + 1) * dim];
-                quad += row[i] * line.iter().zip(row).map(|(c, x)| c * x).sum::<f64>();
-            }
-            beta += norm2 * norm2 - 2.0 * quad + cov_norm;
-        }
-        beta /= (n * n) as f64;
+            .sum::<f64>()
+            / (n * n) as f64;
         let shrinkage = if delta > 0.0 {
             (beta.min(delta) / delta).clamp(0.0, 1.0)
         } else {
             1.0
         };
         let floor = mu.max(1e-9) * 1e-6;
+        cov *= 1.0 - shrinkage;
         for i in 0..dim {
-            for j in 0..dim {
-                let k = i * dim + j;
-                cov[k] *= 1.0 - shrinkage;
-                if i == j {
-                    cov[k] += shrinkage * mu + floor;
-                }
-            }
+            cov[(i, i)] += shrinkage * mu + floor;
         }
-        let precision = invert_spd(&cov, dim)
-            .ok_or_else(|| FitError("the covariance is not positive definite".into()))?;
+        // NaN in the covariance fails the factorisation as well.
+        let precision = Cholesky::new(cov)
+            .ok_or_else(|| FitError("the covariance is not positive definite".into()))?
+            .inverse();
         Ok(Self {
             mean: mean.iter().map(|&m| m as f32).collect(),
-            precision: precision.iter().map(|&p| p as f32).collect(),
+            precision: precision
+                .row_iter()
+                .flat_map(|row| row.iter().map(|&p| p as f32).collect::<Vec<_>>())
+                .collect(),
             shrinkage: shrinkage as f32,
         })
     }
@@ -119,42 +102,113 @@ impl Gaussian {
     }
 }
 
-/// Inverse of a symmetric positive-definite matrix through its Cholesky factor.
-fn invert_spd(a: &[f64], n: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0_f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let sum: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
-            if i == j {
-                let d = a[i * n + i] - sum;
-                // NaN fails too: `d > 0.0` is false for it.
-                if d.is_nan() || d <= 0.0 {
-                    return None;
+/// Where a machine's normal embeddings lie, as k-means centres on the unit sphere: a window's score
+/// is its cosine distance to the nearest centre. Unlike one Gaussian, the centres follow a normal
+/// sound with several modes — a valve in two operating patterns is two clusters, not one blob
+/// between them — and a handful of clips of a new pattern add their own centres at once.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Centres {
+    pub dim: usize,
+    /// `k × dim`, each of unit length.
+    pub centres: Vec<f32>,
+}
+
+/// Most centres a machine gets: enough for several operating patterns, few enough that scoring a
+/// window costs less than the network did.
+pub const MAX_CENTRES: usize = 64;
+
+impl Centres {
+    /// Clusters `samples` (each `dim` values, concatenated) into at most [`MAX_CENTRES`] centres,
+    /// one per four samples at most; k-means++ seeding from `seed`, then Lloyd iterations.
+    pub fn fit(samples: &[f32], dim: usize, seed: u64) -> Result<Self, FitError> {
+        use rand::{Rng, SeedableRng};
+        let n = samples.len() / dim.max(1);
+        if dim == 0 || n < 2 {
+            return Err(FitError(format!("{n} samples are too few")));
+        }
+        let points: Vec<Vec<f32>> = samples
+            .chunks_exact(dim)
+            .map(unit)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| FitError("an embedding is zero or not finite".into()))?;
+        let k = (n / 4).clamp(1, MAX_CENTRES);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut centres: Vec<Vec<f32>> = vec![points[rng.random_range(0..n)].clone()];
+        let mut nearest: Vec<f32> = points.iter().map(|p| cosine_distance(p, &centres[0])).collect();
+        while centres.len() < k {
+            let total: f64 = nearest.iter().map(|d| f64::from(d * d)).sum();
+            if total <= 0.0 {
+                break;
+            }
+            let mut target = rng.random_range(0.0..total);
+            let mut chosen = n - 1;
+            for (i, d) in nearest.iter().enumerate() {
+                target -= f64::from(d * d);
+                if target <= 0.0 {
+                    chosen = i;
+                    break;
                 }
-                l[i * n + i] = d.sqrt();
-            } else {
-                l[i * n + j] = (a[i * n + j] - sum) / l[j * n + j];
+            }
+            centres.push(points[chosen].clone());
+            let newest = centres.len() - 1;
+            for (d, p) in nearest.iter_mut().zip(&points) {
+                *d = d.min(cosine_distance(p, &centres[newest]));
             }
         }
-    }
-    // L⁻¹ by forward substitution, then A⁻¹ = L⁻ᵀ L⁻¹.
-    let mut inv_l = vec![0.0_f64; n * n];
-    for col in 0..n {
-        for i in col..n {
-            let rhs = if i == col { 1.0 } else { 0.0 };
-            let sum: f64 = (col..i).map(|k| l[i * n + k] * inv_l[k * n + col]).sum();
-            inv_l[i * n + col] = (rhs - sum) / l[i * n + i];
+        for _ in 0..20 {
+            let mut sums = vec![vec![0.0_f32; dim]; centres.len()];
+            for p in &points {
+                let (c, _) = closest(&centres, p);
+                sums[c].iter_mut().zip(p).for_each(|(s, v)| *s += v);
+            }
+            let mut moved = false;
+            for (centre, sum) in centres.iter_mut().zip(sums) {
+                // An empty cluster keeps its centre.
+                if let Some(next) = unit(&sum) {
+                    moved |= cosine_distance(centre, &next) > 1e-6;
+                    *centre = next;
+                }
+            }
+            if !moved {
+                break;
+            }
         }
+        Ok(Self {
+            dim,
+            centres: centres.into_iter().flatten().collect(),
+        })
     }
-    let mut inverse = vec![0.0_f64; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let value: f64 = (i..n).map(|k| inv_l[k * n + i] * inv_l[k * n + j]).sum();
-            inverse[i * n + j] = value;
-            inverse[j * n + i] = value;
+
+    /// Cosine distance (0 to 2) of `x` to the nearest centre.
+    pub fn distance(&self, x: &[f32]) -> f64 {
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !(norm > 0.0) {
+            return 2.0;
         }
+        self.centres
+            .chunks_exact(self.dim.max(1))
+            .map(|c| 1.0 - c.iter().zip(x).map(|(a, b)| a * b).sum::<f32>() / norm)
+            .fold(2.0_f32, f32::min)
+            .max(0.0)
+            .into()
     }
-    Some(inverse)
+}
+
+fn unit(v: &[f32]) -> Option<Vec<f32>> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    (norm > 0.0 && norm.is_finite()).then(|| v.iter().map(|x| x / norm).collect())
+}
+
+fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
+    1.0 - a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+}
+
+fn closest(centres: &[Vec<f32>], p: &[f32]) -> (usize, f32) {
+    centres
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i, cosine_distance(p, c)))
+        .fold((0, f32::INFINITY), |best, c| if c.1 < best.1 { c } else { best })
 }
 
 /// Independent Gaussians over per-band mean energies (dB). The score is Σ zᵢ², which orders
@@ -247,6 +301,30 @@ mod tests {
             Gaussian::fit(&samples[..dim], dim).is_err(),
             "one sample is not a distribution"
         );
+    }
+
+    #[test]
+    fn centres_follow_every_mode_of_normal() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // Two operating patterns: two tight clusters far apart on the sphere.
+        let mut samples = Vec::new();
+        for i in 0..400 {
+            let base = if i % 2 == 0 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+            for b in base {
+                samples.push(b + rng.random_range(-0.05..0.05));
+            }
+        }
+        let centres = Centres::fit(&samples, 3, 1).expect("fit");
+        assert!(centres.centres.len() / 3 <= MAX_CENTRES);
+        let in_each = [centres.distance(&[1.0, 0.02, 0.0]), centres.distance(&[0.0, 1.0, 0.03])];
+        // Midway between the patterns is no normal sound at all; a Gaussian would call it the mean.
+        let between = centres.distance(&[1.0, 1.0, 0.0]);
+        let elsewhere = centres.distance(&[0.0, 0.0, 1.0]);
+        assert!(in_each.iter().all(|d| *d < 0.01), "{in_each:?}");
+        assert!(between > 10.0 * in_each[0].max(in_each[1]), "between {between}");
+        assert!(elsewhere > between, "{elsewhere} vs {between}");
+        assert_eq!(centres.distance(&[0.0, 0.0, 0.0]), 2.0);
+        assert!(Centres::fit(&samples[..3], 3, 1).is_err());
     }
 
     #[test]

@@ -1,12 +1,16 @@
-//! Training: the network learns to tell the classes in the labels apart (machine × id ×
-//! operating pattern × condition), which shapes an embedding in which a machine's normal sound is
-//! compact; the profiles are then fitted on normal windows and calibrated on recordings the
-//! network never trained on.
+//! Training: the network learns to tell machines and their operating states apart (machine type ×
+//! id × operating pattern, from normal recordings), which shapes an embedding in which each
+//! machine's normal sound is compact and anything else — a fault — lies away from it. This is the
+//! auxiliary-task recipe of the strongest DCASE anomaly detectors: faults are never shown to the
+//! network, so it cannot learn the quirks of the few faults a data set happens to hold. The
+//! profiles are then fitted on normal windows and calibrated on normal recordings the network never
+//! trained on. With `fault_labels` the labelled faults also become classes and sharpen the
+//! thresholds; such a model is reported as supervised.
 //!
 //! Recordings are split by file (never windows of one clip on both sides), stratified, in an
 //! order given by the seed and each file's content. Every epoch cuts fresh windows at random
-//! offsets with a random gain, so the network cannot memorise where windows start or how loud a
-//! recording was.
+//! offsets, so the network cannot memorise where windows start; every window is heard at a relative
+//! level (mean 0 dB), so it cannot tell how loud a recording was either.
 
 pub mod adam;
 mod fitting;
@@ -52,9 +56,22 @@ pub struct TrainConfig {
     pub channels: [usize; 3],
     pub hidden: [usize; 3],
     pub dropout: f64,
-    /// Random gain applied to each training window, ± this many dB.
+    /// Random gain applied to each training window, ± this many dB (moot at a relative level).
     pub gain_jitter_db: f32,
-    pub threshold_percentile: f64,
+    /// Share of unseen normal clips a gamma-fitted threshold may flag.
+    pub false_alarm_rate: f64,
+    /// Hear every window at a relative level ([`auscult_signal::relative_level`]).
+    pub relative_level: bool,
+    /// Also learn from labelled faults: they become classes, pick the epoch and set thresholds by
+    /// maximum F1. Off, the network and the thresholds see normal sound only.
+    pub fault_labels: bool,
+}
+
+impl TrainConfig {
+    /// The gamma percentile matching [`Self::false_alarm_rate`].
+    pub fn threshold_percentile(&self) -> f64 {
+        100.0 * (1.0 - self.false_alarm_rate)
+    }
 }
 
 impl Default for TrainConfig {
@@ -74,7 +91,9 @@ impl Default for TrainConfig {
             hidden: [256, 256, 128],
             dropout: 0.3,
             gain_jitter_db: 3.0,
-            threshold_percentile: 90.0,
+            false_alarm_rate: crate::calibrate::DEFAULT_FALSE_ALARM_RATE,
+            relative_level: true,
+            fault_labels: false,
         }
     }
 }
@@ -99,6 +118,8 @@ pub struct Sides {
     pub validation: Vec<usize>,
     pub test: Vec<usize>,
     pub held_out_pattern: Vec<usize>,
+    /// Labelled faults a model trained without fault labels never touches.
+    pub unused_faults: Vec<usize>,
 }
 
 /// Decides which clip serves which purpose.
@@ -106,7 +127,10 @@ pub fn sides(clips: &[Clip], config: &TrainConfig) -> Sides {
     let mut sides = Sides::default();
     let mut eligible = Vec::new();
     for (index, clip) in clips.iter().enumerate() {
-        if config
+        if clip.is_anomaly() && !config.fault_labels {
+            // Never heard in training: left for evaluation.
+            sides.unused_faults.push(index);
+        } else if config
             .hold_out_attributes
             .contains(&clip.recording.attribute)
         {
@@ -151,12 +175,13 @@ pub fn train(
         ));
     }
     observer.note(&format!(
-        "{} recordings: {} to train, {} to validate, {} set aside as test, {} in held-out patterns",
+        "{} recordings: {} to train, {} to validate, {} set aside as test, {} in held-out patterns, {} faults left for evaluation",
         clips.len(),
         sides.train.len(),
         sides.validation.len(),
         sides.test.len(),
-        sides.held_out_pattern.len()
+        sides.held_out_pattern.len(),
+        sides.unused_faults.len()
     ));
     let train_clips: Vec<&Clip> = sides.train.iter().map(|&i| &clips[i]).collect();
     let validation_clips: Vec<&Clip> = sides.validation.iter().map(|&i| &clips[i]).collect();
@@ -183,6 +208,14 @@ pub fn train(
     let spectrogram_config = SpectrogramConfig::default();
     let mut mel =
         MelSpectrogram::new(spectrogram_config).map_err(|e| ModelError::Training(e.to_string()))?;
+    let level = |mut windows: Vec<f32>| {
+        if config.relative_level {
+            auscult_signal::relative_level(&mut windows);
+        }
+        windows
+    };
+    // Raw windows: the profiles measure band energies as the service will; the network hears
+    // them at the model's level reference.
     let fixed_train: Vec<Vec<f32>> = train_clips
         .iter()
         .map(|c| mel.windows(&c.samples, config.window_hop))
@@ -192,6 +225,7 @@ pub fn train(
         .map(|c| mel.windows(&c.samples, config.window_hop))
         .collect();
     let all_train: Vec<f32> = fixed_train.iter().flatten().copied().collect();
+    let all_train = level(all_train);
     if all_train.is_empty() {
         return Err(ModelError::Training(
             "the training recordings are shorter than one window".into(),
@@ -235,7 +269,7 @@ pub fn train(
             } else {
                 0
             };
-            let windows = mel.windows(&clip.samples[start..], config.window_hop);
+            let windows = level(mel.windows(&clip.samples[start..], config.window_hop));
             let label = class_index[&class_of(clip)];
             for window in windows.chunks_exact(WINDOW_VALUES) {
                 let gain = rng.random_range(-config.gain_jitter_db..=config.gain_jitter_db);
@@ -284,6 +318,8 @@ pub fn train(
             &validation_clips,
             &fixed_validation,
             &class_index,
+            config.fault_labels,
+            config.relative_level,
         );
         let record = EpochRecord {
             epoch,
@@ -291,7 +327,8 @@ pub fn train(
             validation_loss: validation.loss,
             validation_auc: validation.auc,
         };
-        // Higher is better: validation AUC where anomalies are labelled, else −loss, else the epoch.
+        // Higher is better: validation AUC where faults may be used and are labelled, else −loss,
+        // else the epoch.
         let merit = validation
             .auc
             .or(validation.loss.map(|l| -l))
@@ -321,12 +358,13 @@ pub fn train(
         created_at: String::new(),
         spectrogram: spectrogram_config,
         window_hop: config.window_hop,
+        relative_level: config.relative_level,
         channel: "first".into(),
         network: network_config,
         classes,
         normalisation,
         profiles: Vec::new(),
-        threshold_percentile: config.threshold_percentile,
+        threshold_percentile: config.threshold_percentile(),
         training: TrainingRecord::default(),
     };
     let mut detector = Detector::new(info, network, device)?;
@@ -357,9 +395,14 @@ pub fn train(
         validation_files: validation_clips.len(),
         test_fraction: config.test_fraction,
         held_out_attributes: config.hold_out_attributes.clone(),
+        fault_labels: config.fault_labels,
         epochs,
         best_epoch,
-        validation: evaluate::report(&judged).machine_types,
+        validation: evaluate::report(&judged, &evaluate::Reference::default())
+            .machine_types
+            .iter()
+            .map(evaluate::TypeReport::figures)
+            .collect(),
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok(detector)

@@ -223,6 +223,19 @@ pub fn band_peaks(window: &[f32]) -> [f32; BANDS] {
     peaks
 }
 
+/// Shifts each whole window (48 × 64 values, concatenated) so that its mean is 0 dB: a uniform gain
+/// change — another microphone, another preamp setting, a gateway's automatic gain — moves every
+/// value of a log-mel window by the same number of decibels, so after this shift it changes
+/// nothing. What remains is the shape of the sound: which bands and which moments are loud
+/// relative to the rest. A trailing partial window is left as it is.
+pub fn relative_level(windows: &mut [f32]) {
+    for window in windows.chunks_exact_mut(WINDOW_VALUES) {
+        let mean = window.iter().map(|&v| f64::from(v)).sum::<f64>() / WINDOW_VALUES as f64;
+        let mean = mean as f32;
+        window.iter_mut().for_each(|v| *v -= mean);
+    }
+}
+
 /// Per-band mean and standard deviation of training windows; the network sees
 /// `(value − mean) / std`, which keeps a quiet machine and a loud one on the same scale.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -1,6 +1,8 @@
 //! Properties of the log-mel windows, and agreement with librosa.
 
-use auscult_signal::{BANDS, FRAMES, MelSpectrogram, SpectrogramConfig, band_means, bands};
+use auscult_signal::{
+    BANDS, FRAMES, MelSpectrogram, SpectrogramConfig, band_means, bands, relative_level,
+};
 
 fn tone(hz: f32, amplitude: f32, len: usize) -> Vec<f32> {
     (0..len)
@@ -113,4 +115,40 @@ fn matches_librosa_within_a_hundredth_of_a_decibel() {
         .flat_map(|(ours, theirs)| ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()))
         .fold(0.0_f32, f32::max);
     assert!(worst < 0.01, "largest difference from librosa: {worst} dB");
+}
+
+#[test]
+fn relative_level_removes_a_uniform_gain_and_keeps_the_shape() {
+    let mut mel = MelSpectrogram::new(SpectrogramConfig::default()).expect("config");
+    let len = 3 * 16_000;
+    let sound: Vec<f32> = tone(440.0, 0.1, len)
+        .iter()
+        .zip(tone(3_000.0, 0.02, len))
+        .map(|(a, b)| a + b)
+        .collect();
+    let relative = |gain_db: f32, mel: &mut MelSpectrogram| {
+        let gain = 10_f32.powf(gain_db / 20.0);
+        let scaled: Vec<f32> = sound.iter().map(|s| s * gain).collect();
+        let mut windows = mel.windows(&scaled, 8_000);
+        let absolute = windows.clone();
+        relative_level(&mut windows);
+        (absolute, windows)
+    };
+    let (quiet_absolute, quiet) = relative(-6.0, &mut mel);
+    let (loud_absolute, loud) = relative(6.0, &mut mel);
+    let moved = loud_absolute
+        .iter()
+        .zip(&quiet_absolute)
+        .map(|(l, q)| l - q)
+        .sum::<f32>()
+        / loud_absolute.len() as f32;
+    assert!((moved - 12.0).abs() < 0.5, "12 dB of gain moved the values {moved} dB");
+    let largest = loud
+        .iter()
+        .zip(&quiet)
+        .map(|(l, q)| (l - q).abs())
+        .fold(0.0_f32, f32::max);
+    assert!(largest < 0.01, "relative values moved {largest} dB under a gain change");
+    // The shape survives: the 440 Hz band still stands far above the 3 kHz one.
+    assert_eq!(loudest_band(&quiet[..FRAMES * BANDS]), loudest_band(&quiet_absolute[..FRAMES * BANDS]));
 }

@@ -17,9 +17,10 @@ pub struct Args {
     /// Where to write the model with the new profiles.
     #[arg(long, value_name = "MODEL")]
     out: PathBuf,
-    /// Percentile of the gamma fitted to normal scores (default: the model's).
-    #[arg(long, value_parser = crate::commands::train::percentile)]
-    threshold_percentile: Option<f64>,
+    /// Share of the machine's healthy clips the threshold may flag, from a gamma fitted to
+    /// cross-fitted scores of its normal recordings (default: the model's, 0.01 for new models).
+    #[arg(long, value_parser = crate::commands::train::false_alarm_rate)]
+    false_alarm_rate: Option<f64>,
     /// Recorded channel to listen to (default: the model's).
     #[arg(long)]
     channel: Option<ChannelChoice>,
@@ -39,8 +40,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.json,
     )?;
     let percentile = args
-        .threshold_percentile
-        .unwrap_or(detector.info.threshold_percentile);
+        .false_alarm_rate
+        .map_or(detector.info.threshold_percentile, |rate| 100.0 * (1.0 - rate));
     let enrolled = auscult_model::enroll::enroll(&mut detector, &clips, percentile)?;
     detector
         .save(&args.out)

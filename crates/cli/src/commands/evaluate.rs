@@ -4,7 +4,10 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use auscult_audio::ChannelChoice;
-use auscult_model::evaluate::{self, EvaluationReport};
+use auscult_model::evaluate::{self, EvaluationReport, TypeReport};
+use auscult_model::metrics::Interval;
+use auscult_model::protocol;
+use auscult_model::train::{TrainConfig, TrainObserver};
 
 use crate::commands::recordings::{self, ModelArg, round};
 
@@ -25,20 +28,132 @@ pub struct Args {
     /// Recorded channel to listen to (default: the model's).
     #[arg(long)]
     channel: Option<ChannelChoice>,
+    /// How to test: `file-split` judges the model on the recordings it never heard;
+    /// `leave-one-pattern-out` and `onboarding` train the default recipe afresh for every round
+    /// (the model is not used): each operating pattern, or each machine type, in turn is left out
+    /// of training and tested on.
+    #[arg(long, value_enum, default_value_t = Protocol::FileSplit)]
+    protocol: Protocol,
+    /// leave-one-pattern-out: enrol this many normal clips of the left-out pattern before testing
+    /// the rest.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    enroll_clips: u64,
+    /// onboarding: the share of the new machine's normal clips it is enrolled from.
+    #[arg(long, default_value_t = 0.5, value_parser = enroll_fraction)]
+    enroll_fraction: f64,
+    /// Seed of the training rounds (leave-one-pattern-out, onboarding).
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    FileSplit,
+    LeaveOnePatternOut,
+    Onboarding,
+}
+
+fn enroll_fraction(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if value > 0.0 && value < 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("{value} must lie strictly between 0 and 1"))
+    }
+}
+
+/// The protocols that train afresh for every round.
+fn run_rounds(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.enroll.is_empty(),
+        "--enroll belongs to --protocol file-split; the other protocols enrol by themselves"
+    );
+    let channel = args.channel.unwrap_or(ChannelChoice::First);
+    let listed = recordings::discover(&args.data)?;
+    let clips = recordings::load(&listed, channel, 16_000, args.json)?;
+    let config = TrainConfig {
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let observer = Notes;
+    let (name, folds) = match args.protocol {
+        Protocol::LeaveOnePatternOut => (
+            "leave-one-pattern-out",
+            protocol::leave_one_pattern_out(&clips, &config, args.enroll_clips as usize, &observer)?,
+        ),
+        Protocol::Onboarding => (
+            "onboarding",
+            protocol::onboarding(&clips, &config, args.enroll_fraction, &observer)?,
+        ),
+        Protocol::FileSplit => unreachable!("handled by run"),
+    };
+    anyhow::ensure!(
+        !folds.is_empty(),
+        "no round to run: leave-one-pattern-out needs a machine type recorded in two operating patterns, onboarding two machine types"
+    );
+    if args.json {
+        let rounds: Vec<serde_json::Value> = folds
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "machine_type": f.machine_type,
+                    "held_out_attribute": (!f.attribute.is_empty()).then_some(&f.attribute),
+                    "enrolled_clips": f.enrolled,
+                    "machine_types": f.report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "protocol": name,
+                "seed": args.seed,
+                "rounds": rounds,
+            }))?
+        );
+    } else {
+        for f in &folds {
+            if f.attribute.is_empty() {
+                println!("{name}: {} enrolled from {} normal clips", f.machine_type, f.enrolled);
+            } else {
+                println!(
+                    "{name}: {} pattern {} held out, {} of its normal clips enrolled",
+                    f.machine_type, f.attribute, f.enrolled
+                );
+            }
+            print_types(&f.report);
+        }
+    }
+    Ok(())
+}
+
+/// Training progress as lines on stderr.
+struct Notes;
+
+impl TrainObserver for Notes {
+    fn note(&self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.protocol != Protocol::FileSplit {
+        return run_rounds(&args);
+    }
     let mut detector = args.model.load()?;
     let channel = recordings::channel(&detector, args.channel)?;
     let rate = detector.info.spectrogram.sample_rate;
+    let mut enrolled_clips = Vec::new();
     if !args.enroll.is_empty() {
         let enrolling = recordings::discover(&args.enroll)?;
-        let clips = recordings::load(&enrolling, channel, rate, args.json)?;
+        enrolled_clips = recordings::load(&enrolling, channel, rate, args.json)?;
         let percentile = detector.info.threshold_percentile;
-        for enrolled in auscult_model::enroll::enroll(&mut detector, &clips, percentile)? {
+        for enrolled in auscult_model::enroll::enroll(&mut detector, &enrolled_clips, percentile)? {
             eprintln!(
                 "enrolled {} from {} normal recordings ({:?} detector)",
                 enrolled.machine, enrolled.clips, enrolled.detector
@@ -66,6 +181,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!judge_these.is_empty(), "no recordings left to evaluate");
 
+    // The baselines' idea of each machine's normal: what the model learned it from.
+    let mut reference = evaluate::Reference::default();
+    for clip in skipped.iter().copied().chain(enrolled_clips.iter()) {
+        reference.add(&detector, clip);
+    }
     let bar = recordings::bar(judge_these.len() as u64, "scoring", args.json);
     let mut judged = Vec::with_capacity(judge_these.len());
     for clip in judge_these {
@@ -76,7 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let report = evaluate::report(&judged);
+    let report = evaluate::report(&judged, &reference);
     if args.json {
         println!(
             "{}",
@@ -88,47 +208,90 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn json(report: &EvaluationReport, skipped: usize, version: &str) -> serde_json::Value {
-    let r = |v: Option<f64>| v.map(|v| round(v, 4));
+/// A figure and its interval, rounded, as JSON: `{"value", "low", "high"}`.
+pub fn interval(i: Option<Interval>) -> serde_json::Value {
+    match i {
+        Some(i) => serde_json::json!({
+            "value": round(i.value, 4),
+            "low": round(i.low, 4),
+            "high": round(i.high, 4),
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+pub fn type_json(t: &TypeReport) -> serde_json::Value {
     serde_json::json!({
-        "machine_types": report.machine_types.iter().map(|t| serde_json::json!({
-            "machine_type": t.machine_type,
-            "n_normal": t.n_normal,
-            "n_anomaly": t.n_anomaly,
-            "auc": r(t.auc),
-            "pauc": r(t.pauc),
-            "precision": round(t.precision, 4),
-            "recall": round(t.recall, 4),
-            "f1": round(t.f1, 4),
-            "profile_scope": t.profile_scope,
-        })).collect::<Vec<_>>(),
-        "mean_auc": r(report.mean_auc),
+        "machine_type": t.machine_type,
+        "n_normal": t.n_normal,
+        "n_anomaly": t.n_anomaly,
+        "auc": interval(t.auc),
+        "pauc": interval(t.pauc),
+        "precision": round(t.precision, 4),
+        "recall": round(t.recall, 4),
+        "f1": interval(t.f1),
+        "false_alarm_rate": interval(t.false_alarm_rate),
+        "profile_scope": t.profile_scope,
+        "parts": {
+            "windows_auc": interval(t.windows_part_auc),
+            "bands_auc": interval(t.bands_part_auc),
+        },
+        "baselines": t.baselines.iter().map(|(s, i)| (
+            serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            serde_json::json!({ "auc": interval(*i) }),
+        )).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn json(report: &EvaluationReport, skipped: usize, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "protocol": "file-split",
+        "machine_types": report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
+        "mean_auc": report.mean_auc.map(|v| round(v, 4)),
         "files": report.files,
         "skipped_training_files": skipped,
         "model_version": version,
     })
 }
 
-fn print(report: &EvaluationReport, version: &str) {
-    println!("model {version}, {} recordings", report.files);
+/// `0.912 [0.85–0.96]`, or `n/a`.
+pub fn shown(i: Option<Interval>) -> String {
+    i.map_or("n/a".to_owned(), |i| {
+        format!("{:.3} [{:.2}–{:.2}]", i.value, i.low, i.high)
+    })
+}
+
+pub fn print_types(report: &EvaluationReport) {
     println!(
-        "{:<16} {:>8} {:>9} {:>7} {:>7} {:>9} {:>7} {:>7}  profile",
-        "machine type", "normal", "anomaly", "AUC", "pAUC", "precision", "recall", "F1"
+        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20}  best statistic (AUC)",
+        "machine", "normal", "anomaly", "AUC [95% CI]", "pAUC", "F1", "false alarms", "windows part", "bands part"
     );
-    let show = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.3}"));
     for t in &report.machine_types {
+        let best = t
+            .best_baseline()
+            .map_or("n/a".to_owned(), |(s, auc)| format!("{s:?} {auc:.3}"));
         println!(
-            "{:<16} {:>8} {:>9} {:>7} {:>7} {:>9.3} {:>7.3} {:>7.3}  {:?}",
+            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20}  {best}",
             t.machine_type,
             t.n_normal,
             t.n_anomaly,
-            show(t.auc),
-            show(t.pauc),
-            t.precision,
-            t.recall,
-            t.f1,
-            t.profile_scope
+            shown(t.auc),
+            shown(t.pauc),
+            shown(t.f1),
+            shown(t.false_alarm_rate),
+            shown(t.windows_part_auc),
+            shown(t.bands_part_auc),
         );
     }
-    println!("mean AUC {}", show(report.mean_auc));
+}
+
+fn print(report: &EvaluationReport, version: &str) {
+    println!("model {version}, {} recordings", report.files);
+    print_types(report);
+    println!(
+        "mean AUC {}",
+        report
+            .mean_auc
+            .map_or("n/a".to_owned(), |v| format!("{v:.3}"))
+    );
 }

@@ -33,6 +33,8 @@ pub(super) fn validate(
     validation_clips: &[&Clip],
     fixed_validation: &[Vec<f32>],
     class_index: &BTreeMap<ClassLabel, usize>,
+    fault_labels: bool,
+    relative_level: bool,
 ) -> Validation {
     if validation_clips.is_empty() {
         return Validation::default();
@@ -50,7 +52,11 @@ pub(super) fn validate(
         let mut probabilities = Vec::new();
         let mut embeddings = Vec::new();
         let whole = windows.len() / WINDOW_VALUES * WINDOW_VALUES;
-        for batch in windows[..whole].chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
+        let mut windows = windows[..whole].to_vec();
+        if relative_level {
+            auscult_signal::relative_level(&mut windows);
+        }
+        for batch in windows.chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
             detector::forward(&compiled, batch, &mut probabilities, &mut embeddings);
         }
         (probabilities, embeddings)
@@ -105,12 +111,15 @@ pub(super) fn validate(
         .collect();
     Validation {
         loss: (loss_count > 0).then(|| loss_sum / loss_count as f64),
-        auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
+        auc: (fault_labels && !aucs.is_empty())
+            .then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
     }
 }
 
-/// Fits the machine, machine-type and global profiles on training normals and calibrates each on
-/// the validation recordings it covers (cross-fitted training normals where there are none).
+/// Fits the machine and machine-type profiles on training normals and calibrates each on the
+/// validation recordings it covers (cross-fitted training normals where there are none). There is
+/// no global profile: a machine of a type the model never heard is unknown until it is enrolled,
+/// never judged against another machine's normal.
 pub(super) fn fit_profiles(
     observer: &dyn TrainObserver,
     detector: &Detector,
@@ -121,20 +130,13 @@ pub(super) fn fit_profiles(
     config: &TrainConfig,
 ) -> Result<Vec<MachineProfile>, ModelError> {
     let dim = detector.info.network.embedding_size();
-    let scopes = |clip: &Clip| -> [(Scope, MachineKey); 3] {
+    let scopes = |clip: &Clip| -> [(Scope, MachineKey); 2] {
         [
             (Scope::Machine, clip.machine()),
             (
                 Scope::MachineType,
                 MachineKey {
                     machine_type: clip.recording.machine_type.clone(),
-                    machine_id: ANY.into(),
-                },
-            ),
-            (
-                Scope::Global,
-                MachineKey {
-                    machine_type: ANY.into(),
                     machine_id: ANY.into(),
                 },
             ),
@@ -161,13 +163,15 @@ pub(super) fn fit_profiles(
         let mut profile = profile::fit_statistics(
             *scope,
             key,
-            DetectorKind::Embedding,
+            DetectorKind::Neighbours,
             ProfileSource::Trained,
             normal,
             dim,
+            detector.info.relative_level,
         )?;
         let held_out: Vec<HeldOutClip> = validation
             .iter()
+            .filter(|(clip, _)| config.fault_labels || !clip.is_anomaly())
             .filter(|(clip, _)| scopes(clip).iter().any(|(s, k)| s == scope && k == key))
             .map(|(clip, inference)| {
                 let input = HeldOutInput {
@@ -179,21 +183,21 @@ pub(super) fn fit_profiles(
             })
             .collect();
         if held_out.iter().filter(|c| !c.anomaly).count() >= 2 {
-            profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile)?;
+            profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile())?;
         } else {
             // Too little held out for this machine: cross-fit on its training normals instead.
             let cross_fitted = profile::enroll_profile(
                 *scope,
                 key,
-                DetectorKind::Embedding,
+                DetectorKind::Neighbours,
                 normal,
                 dim,
-                config.threshold_percentile,
+                detector.info.relative_level,
+                config.threshold_percentile(),
             );
-            let mut cross_fitted = match (cross_fitted, scope) {
-                (Ok(profile), _) => profile,
-                (Err(e), Scope::Global) => return Err(e.into()),
-                (Err(e), _) => {
+            let mut cross_fitted = match cross_fitted {
+                Ok(profile) => profile,
+                Err(e) => {
                     // Its machines fall back to the broader profile.
                     observer.note(&format!("no {scope:?} profile for {key}: {e}"));
                     continue;

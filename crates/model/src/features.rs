@@ -1,0 +1,144 @@
+//! Clip-level features computed from the sound alone, before any network: the band profile the
+//! profiles judge, and the single-number statistics a model has to beat to be worth its weights.
+
+use auscult_signal::{BANDS, BandRange};
+
+/// A clip's band profile from its windows' band means and peaks: `[mean of means; peak of peaks]`.
+pub fn clip_features(band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
+    let mut features = mean_bands(band_means);
+    let mut peaks = vec![-100.0_f32; BANDS];
+    for row in band_peaks.chunks_exact(BANDS) {
+        for (p, v) in peaks.iter_mut().zip(row) {
+            *p = p.max(*v);
+        }
+    }
+    features.extend(peaks);
+    features
+}
+
+/// The mean over windows of per-window band values (`windows × 64` → 64).
+pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
+    let windows = (rows.len() / BANDS).max(1) as f32;
+    let mut means = vec![0.0_f32; BANDS];
+    for row in rows.chunks_exact(BANDS) {
+        for (m, v) in means.iter_mut().zip(row) {
+            *m += v / windows;
+        }
+    }
+    means
+}
+
+/// One number per clip, the kind of statistic a maintenance engineer would try first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipStatistic {
+    /// Peak over RMS of the waveform, in dB: how impulsive the sound is.
+    CrestFactor,
+    /// RMS level in dB full scale: how loud the recording is (it depends on the microphone's gain).
+    RmsLevel,
+    /// The power-weighted mean frequency of the spectrum, in Hz: how bright the sound is.
+    SpectralCentroid,
+}
+
+impl ClipStatistic {
+    pub const ALL: [Self; 3] = [Self::CrestFactor, Self::RmsLevel, Self::SpectralCentroid];
+}
+
+/// The [`ClipStatistic`]s of one clip, in the order of [`ClipStatistic::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClipStatistics(pub [f64; 3]);
+
+impl ClipStatistics {
+    /// From the waveform and its absolute (not level-shifted) log-mel windows.
+    pub fn measure(samples: &[f32], windows: &[f32], bands: &[BandRange]) -> Self {
+        let (mut peak, mut energy) = (0.0_f64, 0.0_f64);
+        for &s in samples {
+            peak = peak.max(f64::from(s.abs()));
+            energy += f64::from(s) * f64::from(s);
+        }
+        let rms = (energy / samples.len().max(1) as f64).sqrt();
+        let floor = 1e-10;
+        let crest = 20.0 * (peak.max(floor) / rms.max(floor)).log10();
+        let level = 20.0 * rms.max(floor).log10();
+        let (mut weighted, mut total) = (0.0_f64, 0.0_f64);
+        for row in windows.chunks_exact(BANDS) {
+            for (db, band) in row.iter().zip(bands) {
+                let power = 10_f64.powf(f64::from(*db) / 10.0);
+                weighted += power * f64::from(band.centre_hz);
+                total += power;
+            }
+        }
+        let centroid = if total > 0.0 { weighted / total } else { 0.0 };
+        Self([crest, level, centroid])
+    }
+
+    pub fn get(&self, statistic: ClipStatistic) -> f64 {
+        self.0[statistic as usize]
+    }
+}
+
+/// What a machine's normal clips say about one statistic; a clip's score is its distance from
+/// their mean in their standard deviations, in either direction — a fault may make a machine
+/// quieter or duller as well as louder or brighter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TwoSided {
+    mean: f64,
+    std: f64,
+}
+
+impl TwoSided {
+    /// `None` with fewer than two reference values.
+    pub fn fit(normal: &[f64]) -> Option<Self> {
+        if normal.len() < 2 {
+            return None;
+        }
+        let n = normal.len() as f64;
+        let mean = normal.iter().sum::<f64>() / n;
+        let variance = normal.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        Some(Self {
+            mean,
+            std: variance.sqrt().max(1e-9),
+        })
+    }
+
+    pub fn score(&self, value: f64) -> f64 {
+        (value - self.mean).abs() / self.std
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_of_a_sine_and_a_click_train() {
+        let config = auscult_signal::SpectrogramConfig::default();
+        let bands = auscult_signal::bands(&config);
+        let mut mel = auscult_signal::MelSpectrogram::new(config).expect("config");
+        let sine: Vec<f32> = (0..32_000)
+            .map(|i| 0.5 * (std::f32::consts::TAU * 1_000.0 * i as f32 / 16_000.0).sin())
+            .collect();
+        let s = ClipStatistics::measure(&sine, &mel.windows(&sine, 8_000), &bands);
+        // A sine's crest factor is √2 (3.01 dB); its RMS 0.5/√2 is −9.03 dBFS.
+        assert!((s.get(ClipStatistic::CrestFactor) - 3.01).abs() < 0.05, "{s:?}");
+        assert!((s.get(ClipStatistic::RmsLevel) + 9.03).abs() < 0.05, "{s:?}");
+        let centroid = s.get(ClipStatistic::SpectralCentroid);
+        assert!((900.0..1_100.0).contains(&centroid), "centroid {centroid}");
+
+        let clicks: Vec<f32> = (0..32_000)
+            .map(|i| if i % 4_000 == 0 { 0.9 } else { 0.0 })
+            .collect();
+        let c = ClipStatistics::measure(&clicks, &mel.windows(&clicks, 8_000), &bands);
+        assert!(c.get(ClipStatistic::CrestFactor) > 30.0, "{c:?}");
+        assert!(c.get(ClipStatistic::SpectralCentroid) > 2_000.0, "a click is broadband");
+    }
+
+    #[test]
+    fn two_sided_scores_departures_either_way() {
+        let normal = TwoSided::fit(&[9.0, 10.0, 11.0]).expect("fit");
+        assert_eq!(normal.score(10.0), 0.0);
+        assert_eq!(normal.score(8.0), normal.score(12.0));
+        assert!(normal.score(13.0) > normal.score(11.5));
+        assert!(TwoSided::fit(&[1.0]).is_none());
+    }
+}
