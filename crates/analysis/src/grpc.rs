@@ -261,8 +261,8 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
                     low_hz: b.low_hz,
                     high_hz: b.high_hz,
                     measure: match b.measure {
-                        auscult_model::detector::Measure::Mean => "mean",
-                        auscult_model::detector::Measure::Peak => "peak",
+                        auscult_model::assessment::Measure::Mean => "mean",
+                        auscult_model::assessment::Measure::Peak => "peak",
                     }
                     .into(),
                     departure_db: b.departure_db,
@@ -278,6 +278,9 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
                 mean_score: scored.summary.mean_score,
                 band_means: scored.summary.band_means,
                 band_peaks: scored.summary.band_peaks,
+                waveform_peak: scored.summary.waveform.peak,
+                waveform_energy: scored.summary.waveform.energy,
+                waveform_samples: scored.summary.waveform.samples as u64,
             }),
         }
     }
@@ -294,8 +297,31 @@ fn window_summary(summary: &pb::WindowSummary) -> Option<auscult_model::WindowSu
             mean_score: summary.mean_score,
             band_means: summary.band_means.clone(),
             band_peaks: summary.band_peaks.clone(),
+            waveform: waveform(summary),
         }
     })
+}
+
+/// A summary's waveform statistics; impossible ones (negative, not finite, an energy beyond what
+/// full-scale samples could hold) count as not measured.
+fn waveform(summary: &pb::WindowSummary) -> auscult_model::features::Waveform {
+    let samples = usize::try_from(summary.waveform_samples).unwrap_or(0);
+    let plausible = summary.waveform_peak.is_finite()
+        && summary.waveform_peak >= 0.0
+        && summary.waveform_energy.is_finite()
+        && summary.waveform_energy >= 0.0
+        && summary.waveform_energy
+            <= samples as f64 * f64::from(summary.waveform_peak).powi(2) * 1.0001
+        && samples <= 1 << 32;
+    if plausible {
+        auscult_model::features::Waveform {
+            peak: summary.waveform_peak,
+            energy: summary.waveform_energy,
+            samples,
+        }
+    } else {
+        auscult_model::features::Waveform::default()
+    }
 }
 
 fn machine(item: &pb::ScoreItem) -> Option<MachineKey> {

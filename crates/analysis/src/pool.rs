@@ -250,7 +250,8 @@ pub fn score(detector: &Detector, input: &ScoreInput) -> Result<Scored, ScoreErr
     let windows = detector
         .spectrogram()
         .windows(&input.samples, detector.info.window_hop);
-    let inference = detector.infer(&windows);
+    let mut inference = detector.infer(&windows);
+    inference.waveform = auscult_model::features::Waveform::measure(&input.samples);
     let assessment = detector
         .assess_in_stream(&inference, input.machine.as_ref(), &input.history)
         .map_err(|e| match e {

@@ -148,6 +148,9 @@ async fn work_batch(context: &WorkerContext, lease: Arc<str>, jobs: Vec<ClaimedJ
                         mean_score: result.mean_window_score,
                         band_means: result.band_means.clone(),
                         band_peaks: result.band_peaks.clone(),
+                        waveform_peak: result.waveform_peak,
+                        waveform_energy: result.waveform_energy,
+                        waveform_samples: result.waveform_samples,
                     },
                 );
             }
@@ -267,6 +270,9 @@ fn score_item(
             mean_score: s.mean_score,
             band_means: s.band_means.clone(),
             band_peaks: s.band_peaks.clone(),
+            waveform_peak: s.waveform_peak,
+            waveform_energy: s.waveform_energy,
+            waveform_samples: u64::try_from(s.waveform_samples).unwrap_or(0),
         })
         .collect();
     let (machine_type, machine_id) = job.machine.clone().unwrap_or_default();
@@ -489,7 +495,14 @@ fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
         mean_window_score: finite(summary.mean_score),
         band_means: summary.band_means,
         band_peaks: summary.band_peaks,
+        waveform_peak: finite_f32(summary.waveform_peak),
+        waveform_energy: finite(summary.waveform_energy),
+        waveform_samples: i64::try_from(summary.waveform_samples).unwrap_or(0),
     }
+}
+
+fn finite_f32(value: f32) -> f32 {
+    if value.is_finite() { value } else { 0.0 }
 }
 
 /// Completes the verdicts' jobs and fails the rest; database trouble leaves jobs to their leases.

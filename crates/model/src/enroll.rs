@@ -39,13 +39,11 @@ pub fn enroll(
         .map(|c| c.machine_type.clone())
         .collect();
     let mut by_machine: BTreeMap<MachineKey, NormalWindows> = BTreeMap::new();
-    let mut spectrogram = detector.spectrogram();
     for clip in clips.iter().filter(|c| !c.is_anomaly()) {
-        let windows = spectrogram.windows(&clip.samples, detector.info.window_hop);
-        if windows.is_empty() {
+        let inference = detector.hear(&clip.samples);
+        if inference.windows == 0 {
             continue;
         }
-        let inference = detector.infer(&windows);
         by_machine
             .entry(clip.machine())
             .or_default()

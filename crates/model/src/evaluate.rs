@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::assessment::Verdict;
 use crate::dataset::{Clip, MachineKey};
-use crate::detector::{Detector, Verdict};
+use crate::detector::Detector;
 use crate::features::{ClipStatistic, ClipStatistics, TwoSided};
 use crate::metrics::{self, Interval};
 use crate::profile::Scope;
@@ -27,6 +28,7 @@ pub struct Judged {
     /// profile's, each in units of a typical normal clip.
     pub windows_part: f64,
     pub bands_part: Option<f64>,
+    pub crest_part: Option<f64>,
     pub statistics: ClipStatistics,
 }
 
@@ -36,16 +38,17 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         .spectrogram()
         .windows(&clip.samples, detector.info.window_hop);
     let statistics = ClipStatistics::measure(&clip.samples, &windows, detector.bands());
-    let inference = detector.infer(&windows);
+    let mut inference = detector.infer(&windows);
+    inference.waveform = crate::features::Waveform::measure(&clip.samples);
     let machine = clip.machine();
     let assessment = detector.assess(&inference, Some(&machine))?;
     let profile = detector
         .profile_for(&machine)
         .ok_or_else(|| crate::ModelError::UnknownMachine(machine.to_string()))?;
-    let (windows_part, bands_part) =
-        profile.clip_parts(
+    let [windows_part, bands_part, crest_part] = profile.clip_parts(
         &assessment.window_scores,
         &profile.clip_features(&inference.band_means, &inference.band_peaks),
+        &inference.waveform,
     );
     Ok(Judged {
         machine,
@@ -54,8 +57,9 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         relative_score: assessment.anomaly_score / assessment.threshold.max(f64::MIN_POSITIVE),
         verdict: assessment.verdict,
         scope: assessment.scope,
-        windows_part,
+        windows_part: windows_part.unwrap_or(f64::NAN),
         bands_part,
+        crest_part,
         statistics,
     })
 }
@@ -115,6 +119,7 @@ pub struct TypeReport {
     /// AUC of each part of the clip score alone.
     pub windows_part_auc: Option<Interval>,
     pub bands_part_auc: Option<Interval>,
+    pub crest_part_auc: Option<Interval>,
     /// AUC of each single clip statistic, two-sided against the machine's reference normals.
     pub baselines: BTreeMap<ClipStatistic, Option<Interval>>,
 }
@@ -226,6 +231,7 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
             .unwrap_or(Scope::Machine),
         windows_part_auc: auc_of(&|j| Some(j.windows_part), 5),
         bands_part_auc: auc_of(&|j| j.bands_part, 6),
+        crest_part_auc: auc_of(&|j| j.crest_part, 7),
         baselines,
     }
 }

@@ -28,8 +28,50 @@ pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
     means
 }
 
+/// What the waveform itself says, kept so that it can be added up over the frames of a stream:
+/// the crest factor it gives is independent of the microphone's gain and sees clicks far shorter
+/// than a spectrogram frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Waveform {
+    /// Largest absolute sample.
+    pub peak: f32,
+    /// Sum of squared samples.
+    pub energy: f64,
+    pub samples: usize,
+}
+
+impl Waveform {
+    pub fn measure(samples: &[f32]) -> Self {
+        let mut out = Self {
+            samples: samples.len(),
+            ..Self::default()
+        };
+        for &s in samples {
+            out.peak = out.peak.max(s.abs());
+            out.energy += f64::from(s) * f64::from(s);
+        }
+        out
+    }
+
+    /// Both spans together.
+    pub fn merge(&mut self, other: &Self) {
+        self.peak = self.peak.max(other.peak);
+        self.energy += other.energy;
+        self.samples += other.samples;
+    }
+
+    /// Peak over RMS in dB; `None` without sound (silence, or nothing measured).
+    pub fn crest_db(&self) -> Option<f64> {
+        let rms = (self.energy / self.samples.max(1) as f64).sqrt();
+        (self.samples > 0 && rms > 1e-9 && self.peak.is_finite())
+            .then(|| 20.0 * (f64::from(self.peak) / rms).log10())
+    }
+}
+
 /// One number per clip, the kind of statistic a maintenance engineer would try first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ClipStatistic {
     /// Peak over RMS of the waveform, in dB: how impulsive the sound is.
@@ -80,10 +122,10 @@ impl ClipStatistics {
 /// What a machine's normal clips say about one statistic; a clip's score is its distance from
 /// their mean in their standard deviations, in either direction — a fault may make a machine
 /// quieter or duller as well as louder or brighter.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TwoSided {
-    mean: f64,
-    std: f64,
+    pub mean: f64,
+    pub std: f64,
 }
 
 impl TwoSided {
@@ -120,8 +162,14 @@ mod tests {
             .collect();
         let s = ClipStatistics::measure(&sine, &mel.windows(&sine, 8_000), &bands);
         // A sine's crest factor is √2 (3.01 dB); its RMS 0.5/√2 is −9.03 dBFS.
-        assert!((s.get(ClipStatistic::CrestFactor) - 3.01).abs() < 0.05, "{s:?}");
-        assert!((s.get(ClipStatistic::RmsLevel) + 9.03).abs() < 0.05, "{s:?}");
+        assert!(
+            (s.get(ClipStatistic::CrestFactor) - 3.01).abs() < 0.05,
+            "{s:?}"
+        );
+        assert!(
+            (s.get(ClipStatistic::RmsLevel) + 9.03).abs() < 0.05,
+            "{s:?}"
+        );
         let centroid = s.get(ClipStatistic::SpectralCentroid);
         assert!((900.0..1_100.0).contains(&centroid), "centroid {centroid}");
 
@@ -130,7 +178,10 @@ mod tests {
             .collect();
         let c = ClipStatistics::measure(&clicks, &mel.windows(&clicks, 8_000), &bands);
         assert!(c.get(ClipStatistic::CrestFactor) > 30.0, "{c:?}");
-        assert!(c.get(ClipStatistic::SpectralCentroid) > 2_000.0, "a click is broadband");
+        assert!(
+            c.get(ClipStatistic::SpectralCentroid) > 2_000.0,
+            "a click is broadband"
+        );
     }
 
     #[test]

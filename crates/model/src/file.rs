@@ -6,115 +6,14 @@
 //! profiles, training record) and the network weights as a burn record, large tensors stored in
 //! half precision.
 
-use auscult_audio::manifest::Label;
-use auscult_signal::{Normalisation, SpectrogramConfig};
-
 use crate::ModelError;
-use crate::network::NetworkConfig;
-use crate::profile::MachineProfile;
+pub use crate::info::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 
 const MAGIC: &[u8; 8] = b"AUSCULTM";
 /// Bumped when an older reader could not understand the file.
 pub const FORMAT: u32 = 1;
 /// A model file larger than this is not one of ours.
 const MAX_SECTION: u64 = 512 << 20;
-
-/// One output of the classification head.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct ClassLabel {
-    pub machine_type: String,
-    pub machine_id: String,
-    pub attribute: String,
-    pub condition: Label,
-}
-
-impl ClassLabel {
-    /// The machine and operating state, without the condition: `valve/section_00/pat_00`.
-    pub fn identity(&self) -> String {
-        if self.attribute.is_empty() {
-            format!("{}/{}", self.machine_type, self.machine_id)
-        } else {
-            format!("{}/{}/{}", self.machine_type, self.machine_id, self.attribute)
-        }
-    }
-
-    pub fn machine(&self) -> crate::dataset::MachineKey {
-        crate::dataset::MachineKey {
-            machine_type: self.machine_type.clone(),
-            machine_id: self.machine_id.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for ClassLabel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.machine_type, self.machine_id)?;
-        if !self.attribute.is_empty() {
-            write!(f, "/{}", self.attribute)?;
-        }
-        write!(f, "/{}", self.condition.as_str())
-    }
-}
-
-/// How the model was trained, so a result can be traced to the data behind it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrainingRecord {
-    pub seed: u64,
-    /// SHA-256 over the sorted content hashes of every recording used (training and validation).
-    pub data_fingerprint: String,
-    /// Content hashes (SHA-256) of those recordings: `evaluate` skips them by default.
-    pub files: Vec<String>,
-    pub training_files: usize,
-    pub validation_files: usize,
-    /// Files set aside before training and never touched (`--test-fraction`).
-    pub test_fraction: f64,
-    /// Operating patterns left out entirely (`--hold-out-attribute`).
-    pub held_out_attributes: Vec<String>,
-    /// Whether labelled faults shaped the network and the thresholds (a supervised model); without
-    /// them every fault in the data is unseen.
-    #[serde(default)]
-    pub fault_labels: bool,
-    pub epochs: Vec<EpochRecord>,
-    pub best_epoch: usize,
-    /// Validation figures of the final model, per machine type.
-    pub validation: Vec<crate::metrics::TypeFigures>,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub loss: f64,
-    pub validation_loss: Option<f64>,
-    pub validation_auc: Option<f64>,
-}
-
-/// Everything about a model except its weights.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ModelInfo {
-    /// `YYYYMMDD-` and the first 8 hex digits of the weights' SHA-256.
-    pub version: String,
-    pub created_at: String,
-    pub spectrogram: SpectrogramConfig,
-    /// Samples between the windows cut from a clip.
-    pub window_hop: usize,
-    /// Windows are shifted to a mean of 0 dB before anything looks at them
-    /// ([`auscult_signal::relative_level`]), so no score depends on the microphone's gain. Models
-    /// from before this existed heard absolute levels.
-    #[serde(default)]
-    pub relative_level: bool,
-    /// The recorded channel the model listens to (`first`, a number, or `mix`).
-    pub channel: String,
-    pub network: NetworkConfig,
-    pub classes: Vec<ClassLabel>,
-    pub normalisation: Normalisation,
-    pub profiles: Vec<MachineProfile>,
-    /// Default percentile for gamma-fitted thresholds.
-    pub threshold_percentile: f64,
-    pub training: TrainingRecord,
-}
 
 /// Writes the file's bytes.
 pub fn encode(info: &ModelInfo, weights: &[u8]) -> Result<Vec<u8>, ModelError> {

@@ -9,6 +9,7 @@
 //! - [`evaluate`]: the DCASE measures on labelled recordings; [`enroll`]: onboarding machines;
 //! - [`dataset`]: clips in memory and content-based splits; [`file`]: the model file.
 
+pub mod assessment;
 pub mod calibrate;
 mod conv3x3;
 pub mod dataset;
@@ -17,16 +18,22 @@ pub mod enroll;
 pub mod evaluate;
 pub mod features;
 pub mod file;
+pub mod inference;
+pub mod info;
 pub mod metrics;
 pub mod network;
 pub mod profile;
 pub mod protocol;
 pub mod shipped;
 pub mod stats;
+pub mod stream;
 pub mod train;
 
+pub use assessment::{Assessment, Verdict};
 pub use dataset::{Clip, MachineKey};
-pub use detector::{Assessment, Detector, Verdict, WindowSummary};
+pub use detector::Detector;
+pub use inference::Inference;
+pub use stream::WindowSummary;
 
 use std::path::PathBuf;
 
@@ -50,10 +57,6 @@ pub enum ModelError {
         "unknown machine {0}: the model has no profile for it or its machine type; enrol it first (`auscult enroll`)"
     )]
     UnknownMachine(String),
-    #[error(
-        "unknown machine: the sound is not like {0} or any other machine the model knows; name the machine, or enrol it first (`auscult enroll`)"
-    )]
-    Unrecognised(String),
     #[error(transparent)]
     Fit(#[from] stats::FitError),
     #[error("cannot train: {0}")]

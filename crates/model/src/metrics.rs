@@ -205,14 +205,29 @@ mod tests {
         let small_normal: Vec<f64> = (0..8).map(f64::from).collect();
         let small_anomaly: Vec<f64> = (4..12).map(f64::from).collect();
         let small = bootstrap(&small_normal, &small_anomaly, auc_of, 1).expect("interval");
-        assert!(small.low <= small.value && small.value <= small.high, "{small:?}");
-        assert!(small.high - small.low > 0.1, "8 + 8 clips cannot pin an AUC: {small:?}");
+        assert!(
+            small.low <= small.value && small.value <= small.high,
+            "{small:?}"
+        );
+        assert!(
+            small.high - small.low > 0.1,
+            "8 + 8 clips cannot pin an AUC: {small:?}"
+        );
         let big_normal: Vec<f64> = (0..800).map(|i| f64::from(i % 8)).collect();
         let big_anomaly: Vec<f64> = (0..800).map(|i| f64::from(4 + i % 8)).collect();
         let big = bootstrap(&big_normal, &big_anomaly, auc_of, 1).expect("interval");
-        assert!((big.value - small.value).abs() < 1e-9, "same distribution, same AUC");
-        assert!(big.high - big.low < (small.high - small.low) / 4.0, "{big:?} vs {small:?}");
-        assert_eq!(bootstrap(&small_normal, &small_anomaly, auc_of, 1), Some(small));
+        assert!(
+            (big.value - small.value).abs() < 1e-9,
+            "same distribution, same AUC"
+        );
+        assert!(
+            big.high - big.low < (small.high - small.low) / 4.0,
+            "{big:?} vs {small:?}"
+        );
+        assert_eq!(
+            bootstrap(&small_normal, &small_anomaly, auc_of, 1),
+            Some(small)
+        );
         assert_eq!(bootstrap(&[], &small_anomaly, auc_of, 1), None);
     }
 

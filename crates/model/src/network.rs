@@ -221,7 +221,7 @@ impl Network {
 }
 
 fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    crate::detector::to_vec(tensor)
+    crate::inference::to_vec(tensor)
 }
 
 fn conv_weights(conv: &Conv2d, norm: &BatchNorm) -> auscult_inference::ConvWeights {

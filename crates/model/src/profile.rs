@@ -3,8 +3,8 @@
 //! there are any, only move the threshold.
 
 use crate::calibrate::{self, ThresholdMethod};
-use crate::features::{clip_features, mean_bands};
 use crate::dataset::MachineKey;
+use crate::features::{TwoSided, Waveform, clip_features};
 use crate::stats::{BandGaussian, Centres, FitError, Gaussian};
 use auscult_signal::BANDS;
 
@@ -40,9 +40,9 @@ pub enum Scope {
     Global,
 }
 
-/// The [`MachineProfile::identity_distance`] beyond which a sound is not taken for the machine the
-/// network names, when nobody said which machine was recorded.
-pub const IDENTITY_LIMIT: f64 = 9.0;
+fn one() -> f64 {
+    1.0
+}
 
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
@@ -69,9 +69,17 @@ pub struct MachineProfile {
     /// parts are divided by these before they are added, so each counts in units of "normal".
     pub window_scale: f64,
     pub clip_bands_scale: f64,
-    /// Weights of the two parts of the clip score (windows, band profile). Both count alike unless
-    /// labelled anomalies showed one of them to rank faults of this machine better on its own.
-    pub clip_weights: [f64; 2],
+    /// The waveform's crest factor over normal clips, judged in either direction: faults that
+    /// change how impulsive a machine sounds (a valve's click gone dull, a knock appearing) show
+    /// in it long before a spectrogram frame of 64 ms can resolve them.
+    #[serde(default)]
+    pub crest: Option<TwoSided>,
+    #[serde(default = "one")]
+    pub crest_scale: f64,
+    /// Weights of the parts of the clip score (windows, band profile, crest factor). All count
+    /// alike unless labelled anomalies showed one of them to rank faults of this machine better on
+    /// its own. Profiles from before the crest factor have two.
+    pub clip_weights: Vec<f64>,
     /// For one window (a one-second frame).
     pub window_threshold: f64,
     /// For a clip: see [`MachineProfile::clip_score`].
@@ -96,14 +104,6 @@ impl MachineProfile {
         }
     }
 
-    /// How far a sound's spectrum lies from this machine's normal one: the squared departure of its
-    /// mean band energies from the normal windows' mean, in their standard deviations, averaged over
-    /// the bands. A fault moves a few bands by a few deviations; another machine moves most of
-    /// them by many.
-    pub fn identity_distance(&self, band_means: &[f32]) -> f64 {
-        self.bands.score(&self.window_bands(&mean_bands(band_means))) / BANDS as f64
-    }
-
     /// One window's band means (or several windows', concatenated) as this profile judges them.
     pub fn window_bands(&self, band_means: &[f32]) -> Vec<f32> {
         let mut rows = band_means.to_vec();
@@ -122,11 +122,6 @@ impl MachineProfile {
         level_features(clip_features(band_means, band_peaks), self.relative_level)
     }
 
-    /// Whether a sound can be this machine at all (see [`IDENTITY_LIMIT`]).
-    pub fn recognises(&self, band_means: &[f32]) -> bool {
-        self.identity_distance(band_means) <= IDENTITY_LIMIT
-    }
-
     /// The anomaly score of one window from its embedding and band means.
     pub fn score(&self, embedding: &[f32], band_means: &[f32]) -> f64 {
         match (&self.detector, &self.embedding, &self.centres) {
@@ -136,26 +131,41 @@ impl MachineProfile {
         }
     }
 
-    /// A clip's score: its mean window score and its band-profile score, each in units of a
-    /// typical normal clip's, weighted and added. A normal clip scores about 2.
-    pub fn clip_score(&self, window_scores: &[f64], clip_features: &[f32]) -> f64 {
-        let (windows, bands) = self.clip_parts(window_scores, clip_features);
-        match bands {
-            Some(bands) => self.clip_weights[0] * windows + self.clip_weights[1] * bands,
-            None => windows,
-        }
+    /// A clip's score: its parts ([`Self::clip_parts`]), each in units of a typical normal
+    /// clip's, weighted and added. A normal clip scores about the sum of the weights.
+    pub fn clip_score(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+        waveform: &Waveform,
+    ) -> f64 {
+        self.clip_parts(window_scores, clip_features, waveform)
+            .iter()
+            .zip(&self.clip_weights)
+            .map(|(part, weight)| part.map_or(0.0, |p| p * weight))
+            .sum()
     }
 
-    /// The two parts of [`Self::clip_score`] before they are weighted: the mean window score
-    /// (the embedding's, for an embedding profile) and the band-profile score, each in units of a
-    /// typical normal clip's.
-    pub fn clip_parts(&self, window_scores: &[f64], clip_features: &[f32]) -> (f64, Option<f64>) {
+    /// The parts of [`Self::clip_score`] before they are weighted: the mean window score (the
+    /// embedding's, for an embedding profile), the band-profile score and the crest factor's
+    /// departure, each in units of a typical normal clip's; `None` where the profile or the sound
+    /// lacks one.
+    pub fn clip_parts(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+        waveform: &Waveform,
+    ) -> [Option<f64>; 3] {
         let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
         let windows = mean / self.window_scale.max(f64::MIN_POSITIVE);
         let bands = self.clip_bands.as_ref().map(|clip_bands| {
             clip_bands.score(clip_features) / self.clip_bands_scale.max(f64::MIN_POSITIVE)
         });
-        (windows, bands)
+        let crest = self
+            .crest
+            .zip(waveform.crest_db())
+            .map(|(normal, crest)| normal.score(crest) / self.crest_scale.max(f64::MIN_POSITIVE));
+        [Some(windows), bands, crest]
     }
 }
 
@@ -168,13 +178,16 @@ pub struct NormalWindows {
     pub band_means: Vec<Vec<f32>>,
     /// Per clip: band peaks, concatenated.
     pub band_peaks: Vec<Vec<f32>>,
+    /// Per clip: the waveform.
+    pub waveforms: Vec<Waveform>,
 }
 
 impl NormalWindows {
-    pub fn push_clip(&mut self, inference: &crate::detector::Inference) {
+    pub fn push_clip(&mut self, inference: &crate::inference::Inference) {
         self.embeddings.push(inference.embeddings.clone());
         self.band_means.push(inference.band_means.clone());
         self.band_peaks.push(inference.band_peaks.clone());
+        self.waveforms.push(inference.waveform);
     }
 
     pub fn clips(&self) -> usize {
@@ -194,6 +207,13 @@ impl NormalWindows {
             embeddings: keep(&self.embeddings),
             band_means: keep(&self.band_means),
             band_peaks: keep(&self.band_peaks),
+            waveforms: self
+                .waveforms
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != left_out)
+                .map(|(_, w)| *w)
+                .collect(),
         }
     }
 
@@ -202,6 +222,7 @@ impl NormalWindows {
             embeddings: &self.embeddings[index],
             band_means: &self.band_means[index],
             band_peaks: &self.band_peaks[index],
+            waveform: self.waveforms.get(index).copied().unwrap_or_default(),
         }
     }
 }
@@ -212,6 +233,7 @@ pub struct HeldOutInput<'a> {
     pub embeddings: &'a [f32],
     pub band_means: &'a [f32],
     pub band_peaks: &'a [f32],
+    pub waveform: Waveform,
 }
 
 /// A held-out clip's scores under a profile fitted without it.
@@ -220,6 +242,7 @@ pub struct HeldOutClip {
     pub anomaly: bool,
     pub window_scores: Vec<f64>,
     pub clip_features: Vec<f32>,
+    pub waveform: Waveform,
 }
 
 impl HeldOutClip {
@@ -235,6 +258,7 @@ impl HeldOutClip {
                 .map(|(e, b)| profile.score(e, b))
                 .collect(),
             clip_features: profile.clip_features(input.band_means, input.band_peaks),
+            waveform: input.waveform,
         }
     }
 }
@@ -278,6 +302,15 @@ pub fn fit_statistics(
         .flat_map(|(m, p)| level_features(clip_features(m, p), relative_level))
         .collect();
     let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS).ok();
+    let crests: Vec<f64> = normal
+        .waveforms
+        .iter()
+        .filter_map(Waveform::crest_db)
+        .collect();
+    // A crest factor is judged only where every normal clip had one (older callers measure none).
+    let crest = (crests.len() == normal.clips() && crests.len() >= 3)
+        .then(|| TwoSided::fit(&crests))
+        .flatten();
     let windows_per_clip: Vec<usize> = normal.band_means.iter().map(|m| m.len() / BANDS).collect();
     let mut sorted = windows_per_clip.clone();
     sorted.sort_unstable();
@@ -293,7 +326,9 @@ pub fn fit_statistics(
         clip_bands,
         window_scale: 1.0,
         clip_bands_scale: 1.0,
-        clip_weights: [1.0, 1.0],
+        crest,
+        crest_scale: 1.0,
+        clip_weights: vec![1.0, 1.0, 1.0],
         window_threshold: f64::INFINITY,
         clip_threshold: f64::INFINITY,
         threshold_method: ThresholdMethod::Gamma {
@@ -355,6 +390,14 @@ pub fn calibrate_profile(
                 .collect(),
         );
     }
+    if let Some(crest) = profile.crest {
+        profile.crest_scale = median(
+            normal
+                .iter()
+                .filter_map(|c| c.waveform.crest_db().map(|v| crest.score(v)))
+                .collect(),
+        );
+    }
     let split = |values: &dyn Fn(&HeldOutClip) -> Vec<f64>| -> (Vec<f64>, Vec<f64>) {
         let (mut n, mut a) = (Vec::new(), Vec::new());
         for clip in held_out {
@@ -366,30 +409,33 @@ pub fn calibrate_profile(
         }
         (n, a)
     };
-    profile.clip_weights = [1.0, 1.0];
-    if profile.clip_bands.is_some() && held_out.iter().any(|c| c.anomaly) {
-        // Labelled faults: keep the part(s) of the clip score that rank them best. A part must
-        // beat both together by a clear margin to be used alone.
-        let auc_with = |weights: [f64; 2]| {
+    profile.clip_weights = vec![1.0, 1.0, 1.0];
+    if held_out.iter().any(|c| c.anomaly) {
+        // Labelled faults: keep the part of the clip score that ranks them best. A part must beat
+        // all together by a clear margin to be used alone.
+        let auc_with = |weights: Vec<f64>| {
             let mut trial = profile.clone();
             trial.clip_weights = weights;
-            let (n, a) = split(&|c| vec![trial.clip_score(&c.window_scores, &c.clip_features)]);
+            let (n, a) =
+                split(&|c| vec![trial.clip_score(&c.window_scores, &c.clip_features, &c.waveform)]);
             crate::metrics::auc(&n, &a).unwrap_or(0.5)
         };
-        let both = auc_with([1.0, 1.0]);
-        let best = [[1.0, 0.0], [0.0, 1.0]]
-            .into_iter()
-            .map(|w| (auc_with(w), w))
+        let all = auc_with(vec![1.0, 1.0, 1.0]);
+        let best = (0..3)
+            .map(|alone| {
+                let weights: Vec<f64> = (0..3).map(|i| f64::from(u8::from(i == alone))).collect();
+                (auc_with(weights.clone()), weights)
+            })
             .max_by(|a, b| a.0.total_cmp(&b.0));
         if let Some((auc, weights)) = best
-            && auc > both + 0.02
+            && auc > all + 0.02
         {
             profile.clip_weights = weights;
         }
     }
     let (normal_windows, anomaly_windows) = split(&|c| c.window_scores.clone());
     let (normal_clips, anomaly_clips) =
-        split(&|c| vec![profile.clip_score(&c.window_scores, &c.clip_features)]);
+        split(&|c| vec![profile.clip_score(&c.window_scores, &c.clip_features, &c.waveform)]);
     let labelled = calibrate::max_f1_threshold(&normal_clips, &anomaly_clips).zip(
         calibrate::max_f1_threshold(&normal_windows, &anomaly_windows),
     );

@@ -28,7 +28,8 @@ impl Gaussian {
         if dim == 0 || n < 2 {
             return Err(FitError(format!("{n} samples are too few")));
         }
-        let x = DMatrix::from_row_iterator(n, dim, samples[..n * dim].iter().map(|&v| f64::from(v)));
+        let x =
+            DMatrix::from_row_iterator(n, dim, samples[..n * dim].iter().map(|&v| f64::from(v)));
         let mean = x.row_mean();
         let mut centred = x;
         for mut row in centred.row_iter_mut() {
@@ -134,7 +135,10 @@ impl Centres {
         let k = (n / 4).clamp(1, MAX_CENTRES);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut centres: Vec<Vec<f32>> = vec![points[rng.random_range(0..n)].clone()];
-        let mut nearest: Vec<f32> = points.iter().map(|p| cosine_distance(p, &centres[0])).collect();
+        let mut nearest: Vec<f32> = points
+            .iter()
+            .map(|p| cosine_distance(p, &centres[0]))
+            .collect();
         while centres.len() < k {
             let total: f64 = nearest.iter().map(|d| f64::from(d * d)).sum();
             if total <= 0.0 {
@@ -208,7 +212,10 @@ fn closest(centres: &[Vec<f32>], p: &[f32]) -> (usize, f32) {
         .iter()
         .enumerate()
         .map(|(i, c)| (i, cosine_distance(p, c)))
-        .fold((0, f32::INFINITY), |best, c| if c.1 < best.1 { c } else { best })
+        .fold(
+            (0, f32::INFINITY),
+            |best, c| if c.1 < best.1 { c } else { best },
+        )
 }
 
 /// Independent Gaussians over per-band mean energies (dB). The score is Σ zᵢ², which orders
@@ -309,19 +316,29 @@ mod tests {
         // Two operating patterns: two tight clusters far apart on the sphere.
         let mut samples = Vec::new();
         for i in 0..400 {
-            let base = if i % 2 == 0 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+            let base = if i % 2 == 0 {
+                [1.0, 0.0, 0.0]
+            } else {
+                [0.0, 1.0, 0.0]
+            };
             for b in base {
                 samples.push(b + rng.random_range(-0.05..0.05));
             }
         }
         let centres = Centres::fit(&samples, 3, 1).expect("fit");
         assert!(centres.centres.len() / 3 <= MAX_CENTRES);
-        let in_each = [centres.distance(&[1.0, 0.02, 0.0]), centres.distance(&[0.0, 1.0, 0.03])];
+        let in_each = [
+            centres.distance(&[1.0, 0.02, 0.0]),
+            centres.distance(&[0.0, 1.0, 0.03]),
+        ];
         // Midway between the patterns is no normal sound at all; a Gaussian would call it the mean.
         let between = centres.distance(&[1.0, 1.0, 0.0]);
         let elsewhere = centres.distance(&[0.0, 0.0, 1.0]);
         assert!(in_each.iter().all(|d| *d < 0.01), "{in_each:?}");
-        assert!(between > 10.0 * in_each[0].max(in_each[1]), "between {between}");
+        assert!(
+            between > 10.0 * in_each[0].max(in_each[1]),
+            "between {between}"
+        );
         assert!(elsewhere > between, "{elsewhere} vs {between}");
         assert_eq!(centres.distance(&[0.0, 0.0, 0.0]), 2.0);
         assert!(Centres::fit(&samples[..3], 3, 1).is_err());

@@ -28,7 +28,7 @@ use auscult_signal::{BANDS, MelSpectrogram, Normalisation, SpectrogramConfig, WI
 
 use crate::ModelError;
 use crate::dataset::{self, Clip};
-use crate::detector::{self, Detector};
+use crate::detector::Detector;
 use crate::evaluate;
 use crate::file::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 use crate::network::{Network, NetworkConfig};
@@ -293,7 +293,7 @@ pub fn train(
             let output = network.forward(input);
             let loss = loss_fn.forward(output.logits, targets);
             let value = f64::from(
-                detector::to_vec(loss.clone())
+                crate::inference::to_vec(loss.clone())
                     .first()
                     .copied()
                     .unwrap_or(f32::NAN),

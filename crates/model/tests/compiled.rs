@@ -66,8 +66,8 @@ fn burn_forward(
     );
     let output = network.forward(tensor);
     (
-        auscult_model::detector::to_vec(output.logits),
-        auscult_model::detector::to_vec(output.embedding),
+        auscult_model::inference::to_vec(output.logits),
+        auscult_model::inference::to_vec(output.embedding),
     )
 }
 

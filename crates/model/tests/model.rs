@@ -39,26 +39,52 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     let info = &detector.info;
     assert_eq!(
         info.classes.len(),
-        6,
-        "valve × 2 patterns × 2 conditions, fan × 2 conditions"
+        3,
+        "valve × 2 patterns and fan, from normal sound alone"
     );
+    assert!(info.relative_level && !info.training.fault_labels);
+    let normal: Vec<&Clip> = clips.iter().filter(|c| !c.is_anomaly()).collect();
     let training = &info.training;
     assert_eq!(
         training.training_files + training.validation_files,
-        clips.len()
+        normal.len(),
+        "no fault was heard in training"
     );
-    assert_eq!(training.files.len(), clips.len());
+    assert_eq!(training.files.len(), normal.len());
     assert_eq!(
         training.data_fingerprint,
-        dataset::fingerprint(clips.iter().map(|c| c.content_sha256.as_str()))
+        dataset::fingerprint(normal.iter().map(|c| c.content_sha256.as_str()))
     );
     assert!(!training.epochs.is_empty() && training.epochs.len() <= 2);
-    for scope in [Scope::Machine, Scope::MachineType, Scope::Global] {
+    for scope in [Scope::Machine, Scope::MachineType] {
         assert!(
             info.profiles.iter().any(|p| p.scope == scope),
             "{scope:?} profile"
         );
     }
+    assert!(
+        info.profiles.iter().all(|p| p.scope != Scope::Global),
+        "no profile judges machines the model does not know"
+    );
+
+    // With fault labels, the faults become classes too: a supervised model, recorded as such.
+    let supervised = train::train(
+        &clips,
+        &TrainConfig {
+            fault_labels: true,
+            max_epochs: 1,
+            ..tiny()
+        },
+        &Silent,
+    )
+    .expect("train");
+    assert_eq!(
+        supervised.info.classes.len(),
+        6,
+        "valve × 2 patterns × 2 conditions, fan × 2 conditions"
+    );
+    assert!(supervised.info.training.fault_labels);
+    assert_eq!(supervised.info.training.files.len(), clips.len());
     for profile in &info.profiles {
         assert!(profile.window_threshold.is_finite() && profile.clip_threshold.is_finite());
         assert!(
@@ -77,8 +103,7 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
 
     let clip = &clips[0];
     let judge = |d: &Detector| {
-        let windows = d.spectrogram().windows(&clip.samples, d.info.window_hop);
-        d.assess(&d.infer(&windows), Some(&clip.machine()))
+        d.assess(&d.hear(&clip.samples), Some(&clip.machine()))
             .expect("assess")
     };
     let (before, after, twice) = (judge(&detector), judge(&loaded), judge(&again));
@@ -177,7 +202,11 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
         scope_for(key("valve", "section_07")),
         Some(Scope::MachineType)
     );
-    assert_eq!(scope_for(key("drill", "id_00")), Some(Scope::Global));
+    assert_eq!(
+        scope_for(key("drill", "id_00")),
+        None,
+        "a type the model never heard and nobody enrolled is unknown"
+    );
 
     // The dull valve clicks show in the clip's band peaks: the anomalous recordings stand out
     // against the cross-fitted threshold.
@@ -185,11 +214,8 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
         .iter()
         .filter(|c| c.is_anomaly())
         .filter(|c| {
-            let windows = detector
-                .spectrogram()
-                .windows(&c.samples, detector.info.window_hop);
             let assessment = detector
-                .assess(&detector.infer(&windows), Some(&c.machine()))
+                .assess(&detector.hear(&c.samples), Some(&c.machine()))
                 .expect("assess");
             assessment.verdict == Verdict::Anomalous
         })

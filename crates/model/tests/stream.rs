@@ -25,11 +25,10 @@ fn stream_scores(
     machine: &MachineKey,
     history: usize,
 ) -> Vec<(f64, f64, usize)> {
-    let mut spectrogram = detector.spectrogram();
     let mut remembered: Vec<WindowSummary> = Vec::new();
     let mut out = Vec::new();
     for frame in samples.chunks_exact(FRAME) {
-        let inference = detector.infer(&spectrogram.windows(frame, detector.info.window_hop));
+        let inference = detector.hear(frame);
         let assessment = detector
             .assess_in_stream(&inference, Some(machine), &remembered)
             .expect("assessed");
@@ -94,13 +93,7 @@ fn history_from_another_model_version_is_ignored() {
         AudioLimits::default(),
     )
     .expect("sample");
-    let mut spectrogram = detector.spectrogram();
-    let mut frame = |i: usize| {
-        detector.infer(&spectrogram.windows(
-            &clip.samples[i * FRAME..(i + 1) * FRAME],
-            detector.info.window_hop,
-        ))
-    };
+    let frame = |i: usize| detector.hear(&clip.samples[i * FRAME..(i + 1) * FRAME]);
     let history: Vec<WindowSummary> = (0..9)
         .map(|i| {
             let inference = frame(i);

@@ -142,13 +142,22 @@ fn relative_level_removes_a_uniform_gain_and_keeps_the_shape() {
         .map(|(l, q)| l - q)
         .sum::<f32>()
         / loud_absolute.len() as f32;
-    assert!((moved - 12.0).abs() < 0.5, "12 dB of gain moved the values {moved} dB");
+    assert!(
+        (moved - 12.0).abs() < 0.5,
+        "12 dB of gain moved the values {moved} dB"
+    );
     let largest = loud
         .iter()
         .zip(&quiet)
         .map(|(l, q)| (l - q).abs())
         .fold(0.0_f32, f32::max);
-    assert!(largest < 0.01, "relative values moved {largest} dB under a gain change");
+    assert!(
+        largest < 0.01,
+        "relative values moved {largest} dB under a gain change"
+    );
     // The shape survives: the 440 Hz band still stands far above the 3 kHz one.
-    assert_eq!(loudest_band(&quiet[..FRAMES * BANDS]), loudest_band(&quiet_absolute[..FRAMES * BANDS]));
+    assert_eq!(
+        loudest_band(&quiet[..FRAMES * BANDS]),
+        loudest_band(&quiet_absolute[..FRAMES * BANDS])
+    );
 }

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "outage retries apart from attempts",
         include_str!("../migrations/0009_outage_retries.sql"),
     ),
+    (
+        10,
+        "waveform_summary",
+        include_str!("../migrations/0010_waveform_summary.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

@@ -95,6 +95,9 @@ fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         mean_window_score: 1.5,
         band_means: vec![-40.0; 64],
         band_peaks: vec![-20.0; 64],
+        waveform_peak: 0.5,
+        waveform_energy: 100.0,
+        waveform_samples: 16_000,
     }
 }
 
@@ -499,6 +502,15 @@ async fn verdicts_are_stored_once_per_model_version_and_feed_the_next_frames_his
     let summaries = &history[&job.frame_id];
     assert_eq!(summaries.len(), 2, "the two frames before, not three");
     assert_eq!(summaries[0].band_peaks, vec![-20.0; 64]);
+    assert_eq!(
+        (
+            summaries[0].waveform_peak,
+            summaries[0].waveform_energy,
+            summaries[0].waveform_samples
+        ),
+        (0.5, 100.0, 16_000),
+        "the waveform comes back for the stream's crest factor"
+    );
 
     // The same verdict again (a retry after a lost commit acknowledgement) stores nothing new.
     client

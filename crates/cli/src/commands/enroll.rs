@@ -41,7 +41,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let percentile = args
         .false_alarm_rate
-        .map_or(detector.info.threshold_percentile, |rate| 100.0 * (1.0 - rate));
+        .map_or(detector.info.threshold_percentile, |rate| {
+            100.0 * (1.0 - rate)
+        });
     let enrolled = auscult_model::enroll::enroll(&mut detector, &clips, percentile)?;
     detector
         .save(&args.out)

@@ -84,7 +84,12 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
     let (name, folds) = match args.protocol {
         Protocol::LeaveOnePatternOut => (
             "leave-one-pattern-out",
-            protocol::leave_one_pattern_out(&clips, &config, args.enroll_clips as usize, &observer)?,
+            protocol::leave_one_pattern_out(
+                &clips,
+                &config,
+                args.enroll_clips as usize,
+                &observer,
+            )?,
         ),
         Protocol::Onboarding => (
             "onboarding",
@@ -119,7 +124,10 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
     } else {
         for f in &folds {
             if f.attribute.is_empty() {
-                println!("{name}: {} enrolled from {} normal clips", f.machine_type, f.enrolled);
+                println!(
+                    "{name}: {} enrolled from {} normal clips",
+                    f.machine_type, f.enrolled
+                );
             } else {
                 println!(
                     "{name}: {} pattern {} held out, {} of its normal clips enrolled",
@@ -235,6 +243,7 @@ pub fn type_json(t: &TypeReport) -> serde_json::Value {
         "parts": {
             "windows_auc": interval(t.windows_part_auc),
             "bands_auc": interval(t.bands_part_auc),
+            "crest_auc": interval(t.crest_part_auc),
         },
         "baselines": t.baselines.iter().map(|(s, i)| (
             serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
@@ -264,7 +273,15 @@ pub fn shown(i: Option<Interval>) -> String {
 pub fn print_types(report: &EvaluationReport) {
     println!(
         "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20}  best statistic (AUC)",
-        "machine", "normal", "anomaly", "AUC [95% CI]", "pAUC", "F1", "false alarms", "windows part", "bands part"
+        "machine",
+        "normal",
+        "anomaly",
+        "AUC [95% CI]",
+        "pAUC",
+        "F1",
+        "false alarms",
+        "windows part",
+        "bands part"
     );
     for t in &report.machine_types {
         let best = t

@@ -14,7 +14,9 @@ pub struct Args {
     files: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArg,
-    /// The machine that was recorded, as TYPE/ID (default: the machine the model recognises).
+    /// The machine that was recorded, as TYPE/ID (default: the one a `manifest.csv` beside the file
+    /// names; without either there is no verdict: a verdict against the wrong machine's normal is
+    /// worse than none).
     #[arg(long, value_parser = machine)]
     machine: Option<MachineKey>,
     /// Recorded channel to listen to (default: the model's).
@@ -40,7 +42,6 @@ fn machine(text: &str) -> Result<MachineKey, String> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let detector = args.model.load()?;
     let channel = recordings::channel(&detector, args.channel)?;
-    let mut spectrogram = detector.spectrogram();
     let mut results = Vec::new();
     let mut failures = 0;
     for path in &args.files {
@@ -52,10 +53,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::from)
         .and_then(|audio| {
-            let windows = spectrogram.windows(&audio.samples, detector.info.window_hop);
-            let inference = detector.infer(&windows);
+            let machine = match &args.machine {
+                Some(machine) => machine.clone(),
+                None => listed_machine(path)?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: no verdict: which machine is this? Name it with --machine TYPE/ID (this model knows {}), or enrol it first (`auscult enroll`)",
+                        recordings::shown(path),
+                        known_machines(&detector)
+                    )
+                })?,
+            };
+            let inference = detector.hear(&audio.samples);
             detector
-                .assess(&inference, args.machine.as_ref())
+                .assess(&inference, Some(&machine))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", recordings::shown(path)))
         });
         match outcome {
@@ -83,6 +93,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.files.len()
     );
     Ok(())
+}
+
+/// The machine a `manifest.csv` in the file's folder names for it, if there is one.
+fn listed_machine(path: &std::path::Path) -> anyhow::Result<Option<MachineKey>> {
+    let Some(dir) = path.parent() else {
+        return Ok(None);
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        dir
+    };
+    if !dir.join("manifest.csv").is_file() {
+        return Ok(None);
+    }
+    let listed = auscult_audio::manifest::discover(dir)?;
+    let file = path.file_name();
+    Ok(listed
+        .iter()
+        .find(|r| r.path.file_name() == file)
+        .map(|r| MachineKey {
+            machine_type: r.machine_type.clone(),
+            machine_id: r.machine_id.clone(),
+        }))
+}
+
+fn known_machines(detector: &auscult_model::Detector) -> String {
+    let known: Vec<String> = detector
+        .info
+        .profiles
+        .iter()
+        .filter(|p| p.machine_id != auscult_model::profile::ANY)
+        .map(|p| p.key().to_string())
+        .collect();
+    if known.is_empty() {
+        "no machine".into()
+    } else {
+        known.join(", ")
+    }
 }
 
 fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Value {
@@ -131,8 +180,8 @@ fn print(path: &std::path::Path, a: &Assessment) {
             band.low_hz,
             band.high_hz,
             match band.measure {
-                auscult_model::detector::Measure::Mean => "mean",
-                auscult_model::detector::Measure::Peak => "peak",
+                auscult_model::assessment::Measure::Mean => "mean",
+                auscult_model::assessment::Measure::Peak => "peak",
             },
             band.departure_db,
             band.z

@@ -130,7 +130,7 @@ mod tests {
             weight_decay: Some(1e-3),
             ..FusedAdam::default()
         });
-        let weights = |m: &burn::nn::Linear| crate::detector::to_vec(m.weight.val());
+        let weights = |m: &burn::nn::Linear| crate::inference::to_vec(m.weight.val());
         let initial = weights(&start);
         let (mut a, mut b) = (start.clone(), start);
         for _ in 0..4 {

@@ -8,7 +8,7 @@ use auscult_signal::{Normalisation, WINDOW_VALUES};
 use super::{TrainConfig, TrainObserver, class_of};
 use crate::ModelError;
 use crate::dataset::{Clip, MachineKey};
-use crate::detector::{self, Detector};
+use crate::detector::Detector;
 use crate::file::ClassLabel;
 use crate::network::Network;
 use crate::profile::{
@@ -56,8 +56,8 @@ pub(super) fn validate(
         if relative_level {
             auscult_signal::relative_level(&mut windows);
         }
-        for batch in windows.chunks(detector::INFERENCE_BATCH * WINDOW_VALUES) {
-            detector::forward(&compiled, batch, &mut probabilities, &mut embeddings);
+        for batch in windows.chunks(crate::inference::INFERENCE_BATCH * WINDOW_VALUES) {
+            crate::inference::forward(&compiled, batch, &mut probabilities, &mut embeddings);
         }
         (probabilities, embeddings)
     };
@@ -147,16 +147,21 @@ pub(super) fn fit_profiles(
         if clip.is_anomaly() || windows.is_empty() {
             continue;
         }
-        let inference = detector.infer(windows);
+        let mut inference = detector.infer(windows);
+        inference.waveform = crate::features::Waveform::measure(&clip.samples);
         for key in scopes(clip) {
             normals.entry(key).or_default().push_clip(&inference);
         }
     }
-    let validation: Vec<(&Clip, detector::Inference)> = validation_clips
+    let validation: Vec<(&Clip, crate::inference::Inference)> = validation_clips
         .iter()
         .zip(fixed_validation)
         .filter(|(_, w)| !w.is_empty())
-        .map(|(c, w)| (*c, detector.infer(w)))
+        .map(|(c, w)| {
+            let mut inference = detector.infer(w);
+            inference.waveform = crate::features::Waveform::measure(&c.samples);
+            (*c, inference)
+        })
         .collect();
     let mut profiles = Vec::new();
     for ((scope, key), normal) in &normals {
@@ -178,6 +183,7 @@ pub(super) fn fit_profiles(
                     embeddings: &inference.embeddings,
                     band_means: &inference.band_means,
                     band_peaks: &inference.band_peaks,
+                    waveform: inference.waveform,
                 };
                 HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
             })

@@ -180,7 +180,7 @@ fn time_burn(network: &Network, batch: usize, seconds: f64) -> f64 {
         TensorData::new(windows(batch), [batch, 1, FRAMES, BANDS]),
         &device,
     );
-    let call = || auscult_model::detector::to_vec(network.forward(input.clone()).logits);
+    let call = || auscult_model::inference::to_vec(network.forward(input.clone()).logits);
     for _ in 0..3 {
         let _ = call();
     }
