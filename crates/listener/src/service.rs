@@ -54,6 +54,15 @@ pub async fn run(
     let wakeups = Wakeups::new();
     let replicas = AnalysisReplicas::connect(settings.analysis.clone()).await?;
     info!(%owner, replicas = ?settings.analysis.endpoints, "listener starting");
+    let rule = settings.alert_rule();
+    // What the rule costs in false alerts when thresholds hold their 1 % target: the figure an
+    // on-call rota should know before it trusts the pager.
+    info!(
+        fire_at = rule.fire_at,
+        window = rule.window,
+        false_alerts_per_sensor_per_day = rule.expected_false_alerts_per_day(0.01, 10.0, 1.0),
+        "alert rule: at a 1 % false-alarm rate per clip and one-second frames"
+    );
 
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(crate::wakeup::listen(

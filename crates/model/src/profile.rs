@@ -161,10 +161,9 @@ impl MachineProfile {
         let bands = self.clip_bands.as_ref().map(|clip_bands| {
             clip_bands.score(clip_features) / self.clip_bands_scale.max(f64::MIN_POSITIVE)
         });
-        let crest = self
-            .crest
-            .zip(waveform.crest_db())
-            .map(|(normal, crest)| normal.score(crest) / self.crest_scale.max(f64::MIN_POSITIVE));
+        let crest = self.crest.zip(waveform.crest_db()).map(|(normal, crest)| {
+            normal.score(crest).powi(2) / self.crest_scale.max(f64::MIN_POSITIVE)
+        });
         [Some(windows), bands, crest]
     }
 }
@@ -394,7 +393,7 @@ pub fn calibrate_profile(
         profile.crest_scale = median(
             normal
                 .iter()
-                .filter_map(|c| c.waveform.crest_db().map(|v| crest.score(v)))
+                .filter_map(|c| c.waveform.crest_db().map(|v| crest.score(v).powi(2)))
                 .collect(),
         );
     }

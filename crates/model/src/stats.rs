@@ -186,7 +186,7 @@ impl Centres {
     /// Cosine distance (0 to 2) of `x` to the nearest centre.
     pub fn distance(&self, x: &[f32]) -> f64 {
         let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if !(norm > 0.0) {
+        if norm.is_nan() || norm <= 0.0 {
             return 2.0;
         }
         self.centres

@@ -30,6 +30,39 @@ impl Default for AlertRule {
     }
 }
 
+impl AlertRule {
+    /// How many false alerts a healthy sensor raises per day under this rule, when each clip
+    /// verdict is a false alarm with probability `false_alarm_rate` (the threshold's target) and a
+    /// verdict arrives every `verdict_seconds`, each judging the last `clip_seconds` of sound.
+    ///
+    /// Verdicts less than a clip apart judge mostly the same sound, so they are not independent:
+    /// the day is taken as independent clip-long blocks, each flagged with `false_alarm_rate`, all
+    /// of a flagged block's verdicts anomalous. The rule then fires in a window of blocks when
+    /// enough of them are flagged to make `fire_at` verdicts. A rule whose window fits within one
+    /// clip therefore turns every false clip into an alert.
+    pub fn expected_false_alerts_per_day(
+        &self,
+        false_alarm_rate: f64,
+        clip_seconds: f64,
+        verdict_seconds: f64,
+    ) -> f64 {
+        let per_block = (clip_seconds / verdict_seconds).round().max(1.0);
+        let blocks_in_window = (self.window as f64 / per_block).ceil().max(1.0);
+        let blocks_to_fire = (self.fire_at as f64 / per_block).ceil().max(1.0);
+        let p = false_alarm_rate.clamp(0.0, 1.0);
+        let n = blocks_in_window as u64;
+        let fire = (blocks_to_fire as u64..=n)
+            .map(|k| binomial(n, k) * p.powi(k as i32) * (1.0 - p).powi((n - k) as i32))
+            .sum::<f64>();
+        let windows_per_day = 86_400.0 / (blocks_in_window * clip_seconds);
+        windows_per_day * fire
+    }
+}
+
+fn binomial(n: u64, k: u64) -> f64 {
+    (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
+}
+
 /// Fired or resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlertEvent {
@@ -337,4 +370,37 @@ pub async fn list_alerts(client: &impl GenericClient) -> Result<Vec<AlertRecord>
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn false_alerts_per_day_follow_the_rule_and_the_threshold() {
+        let per_day = |fire_at, window, rate| {
+            AlertRule {
+                fire_at,
+                window,
+                clear_at: 0,
+            }
+            .expected_false_alerts_per_day(rate, 10.0, 1.0)
+        };
+        // Three of the last five one-second verdicts lie within one ten-second clip: every false
+        // clip becomes an alert, 8,640 clips a day.
+        assert!((per_day(3, 5, 0.01) - 86.4).abs() < 1e-9);
+        // Thirty of sixty need three of six independent clips flagged.
+        let strict = per_day(30, 60, 0.01);
+        let expected = 1_440.0
+            * (20.0 * 1e-6 * 0.99_f64.powi(3)
+                + 15.0 * 1e-8 * 0.99_f64.powi(2)
+                + 6.0 * 1e-10 * 0.99
+                + 1e-12);
+        assert!((strict - expected).abs() < 1e-9, "{strict} vs {expected}");
+        assert!(
+            per_day(30, 60, 0.001) < strict / 100.0,
+            "a lower rate, far fewer alerts"
+        );
+        assert_eq!(per_day(30, 60, 0.0), 0.0);
+    }
 }
