@@ -278,7 +278,7 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
                 mean_score: scored.summary.mean_score,
                 band_means: scored.summary.band_means,
                 band_peaks: scored.summary.band_peaks,
-                waveform_peak: scored.summary.waveform.peak,
+                waveform_peaks: scored.summary.waveform.peaks.clone(),
                 waveform_energy: scored.summary.waveform.energy,
                 waveform_samples: scored.summary.waveform.samples as u64,
             }),
@@ -306,16 +306,17 @@ fn window_summary(summary: &pb::WindowSummary) -> Option<auscult_model::WindowSu
 /// full-scale samples could hold) count as not measured.
 fn waveform(summary: &pb::WindowSummary) -> auscult_model::features::Waveform {
     let samples = usize::try_from(summary.waveform_samples).unwrap_or(0);
-    let plausible = summary.waveform_peak.is_finite()
-        && summary.waveform_peak >= 0.0
+    let peaks = &summary.waveform_peaks;
+    let loudest = peaks.iter().copied().fold(0.0_f32, f32::max);
+    let plausible = samples <= 1 << 24
+        && peaks.iter().all(|p| p.is_finite() && *p >= 0.0)
+        && peaks.len() == samples.div_ceil(auscult_model::features::PEAK_BLOCK)
         && summary.waveform_energy.is_finite()
         && summary.waveform_energy >= 0.0
-        && summary.waveform_energy
-            <= samples as f64 * f64::from(summary.waveform_peak).powi(2) * 1.0001
-        && samples <= 1 << 32;
+        && summary.waveform_energy <= samples as f64 * f64::from(loudest).powi(2) * 1.0001;
     if plausible {
         auscult_model::features::Waveform {
-            peak: summary.waveform_peak,
+            peaks: peaks.clone(),
             energy: summary.waveform_energy,
             samples,
         }

@@ -46,7 +46,11 @@ fn train_tiny(dir: &Path) -> PathBuf {
         "0.34",
         "--json",
     ]));
-    assert_eq!(summary["classes"].as_array().map(Vec::len), Some(6));
+    assert_eq!(
+        summary["classes"].as_array().map(Vec::len),
+        Some(3),
+        "valve × 2 patterns and fan, from their normal recordings"
+    );
     assert!(
         summary["version"].as_str().is_some_and(|v| v.len() == 17),
         "{summary}"
@@ -58,7 +62,7 @@ fn train_tiny(dir: &Path) -> PathBuf {
 fn evaluate_reports_every_machine_type_in_the_documented_shape() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = train_tiny(dir.path());
-    let report = json(&auscult(&[
+    let output = auscult(&[
         "evaluate",
         "--data",
         path(&samples()),
@@ -66,31 +70,52 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
         path(&model),
         "--json",
         "--include-training-files",
-    ]));
+    ]);
+    // One normal fan recording is too few for a profile: the fan is unknown to this model, and
+    // said to be, never judged by the valve's normal.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown machine fan/id_00") && stderr.contains("enrol it first"),
+        "{stderr}"
+    );
+    let report = json(&output);
     let types = report["machine_types"].as_array().expect("machine_types");
     let names: Vec<&str> = types
         .iter()
         .filter_map(|t| t["machine_type"].as_str())
         .collect();
-    assert_eq!(names, ["fan", "valve"]);
+    assert_eq!(names, ["valve"]);
     for t in types {
-        for key in [
-            "n_normal",
-            "n_anomaly",
-            "auc",
-            "pauc",
-            "precision",
-            "recall",
-            "f1",
-        ] {
+        for key in ["n_normal", "n_anomaly", "precision", "recall"] {
             assert!(t[key].is_number(), "{key} in {t}");
         }
+        for key in ["auc", "pauc", "f1", "false_alarm_rate"] {
+            let figure = &t[key];
+            assert!(
+                ["value", "low", "high"]
+                    .iter()
+                    .all(|k| figure[*k].is_number()),
+                "{key} with its interval in {t}"
+            );
+            assert!(figure["low"].as_f64() <= figure["value"].as_f64());
+            assert!(figure["value"].as_f64() <= figure["high"].as_f64());
+        }
+        for part in ["windows_auc", "bands_auc", "crest_auc"] {
+            assert!(t["parts"][part]["value"].is_number(), "{part} in {t}");
+        }
+        for statistic in ["crest_factor", "rms_level", "spectral_centroid"] {
+            assert!(
+                t["baselines"][statistic]["auc"]["value"].is_number(),
+                "{statistic} baseline in {t}"
+            );
+        }
     }
-    assert_eq!(types[1]["n_normal"], 6);
-    assert_eq!(types[1]["n_anomaly"], 6);
+    assert_eq!(types[0]["n_normal"], 6);
+    assert_eq!(types[0]["n_anomaly"], 6);
     assert!(report["mean_auc"].is_number());
 
-    // By default the recordings the model learned from are left out: here, all of them.
+    // By default the recordings the model learned from are left out: here, every normal one (the
+    // model never hears a fault).
     let unseen = auscult(&[
         "evaluate",
         "--data",
@@ -99,15 +124,16 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
         path(&model),
         "--json",
     ]);
-    assert!(
-        !unseen.status.success(),
-        "nothing left to evaluate is an error"
-    );
     let stderr = String::from_utf8_lossy(&unseen.stderr);
     assert!(
-        stderr.contains("skipped 14 recordings the model was trained or validated on"),
+        stderr.contains("skipped 7 recordings the model was trained or validated on"),
         "{stderr}"
     );
+    let faults_only: serde_json::Value = serde_json::from_slice(&unseen.stdout).expect("JSON");
+    for t in faults_only["machine_types"].as_array().expect("types") {
+        assert_eq!(t["n_normal"], 0, "{t}");
+        assert!(t["auc"].is_null(), "no AUC without normal recordings: {t}");
+    }
 }
 
 #[test]
@@ -206,15 +232,18 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
         report["skipped_training_files"], 0,
         "the samples are the model's held-out test split"
     );
-    let auc = |machine_type: &str| {
+    let figure = |machine_type: &str, key: &str| {
         report["machine_types"]
             .as_array()
             .and_then(|a| a.iter().find(|t| t["machine_type"] == machine_type))
-            .and_then(|t| t["auc"].as_f64())
+            .and_then(|t| t[key]["value"].as_f64().or_else(|| t[key].as_f64()))
             .unwrap_or(0.0)
     };
-    assert!(auc("valve") >= 0.85, "valve AUC {}", auc("valve"));
-    assert!(auc("fan") >= 0.95, "fan AUC {}", auc("fan"));
+    // Six normal and six faulty valves, in both operating patterns: enough to rank.
+    let valve = figure("valve", "auc");
+    assert!(valve >= 0.85, "valve AUC {valve}");
+    // One normal and one faulty fan rank nothing; the faulty one must be heard.
+    assert_eq!(figure("fan", "recall"), 1.0, "the faulty fan is flagged");
 }
 
 #[test]

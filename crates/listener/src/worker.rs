@@ -148,7 +148,7 @@ async fn work_batch(context: &WorkerContext, lease: Arc<str>, jobs: Vec<ClaimedJ
                         mean_score: result.mean_window_score,
                         band_means: result.band_means.clone(),
                         band_peaks: result.band_peaks.clone(),
-                        waveform_peak: result.waveform_peak,
+                        waveform_peaks: result.waveform_peaks.clone(),
                         waveform_energy: result.waveform_energy,
                         waveform_samples: result.waveform_samples,
                     },
@@ -270,7 +270,7 @@ fn score_item(
             mean_score: s.mean_score,
             band_means: s.band_means.clone(),
             band_peaks: s.band_peaks.clone(),
-            waveform_peak: s.waveform_peak,
+            waveform_peaks: s.waveform_peaks.clone(),
             waveform_energy: s.waveform_energy,
             waveform_samples: u64::try_from(s.waveform_samples).unwrap_or(0),
         })
@@ -495,7 +495,11 @@ fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
         mean_window_score: finite(summary.mean_score),
         band_means: summary.band_means,
         band_peaks: summary.band_peaks,
-        waveform_peak: finite_f32(summary.waveform_peak),
+        waveform_peaks: summary
+            .waveform_peaks
+            .iter()
+            .map(|&p| finite_f32(p))
+            .collect(),
         waveform_energy: finite(summary.waveform_energy),
         waveform_samples: i64::try_from(summary.waveform_samples).unwrap_or(0),
     }

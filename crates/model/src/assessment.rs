@@ -206,7 +206,7 @@ impl Detector {
             mean_score: assessment.window_scores.iter().sum::<f64>() / windows as f64,
             band_means: crate::features::mean_bands(&inference.band_means),
             band_peaks,
-            waveform: inference.waveform,
+            waveform: inference.waveform.clone(),
         }
     }
 

@@ -28,13 +28,17 @@ pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
     means
 }
 
+/// Samples in one block of [`Waveform::peaks`]: a second at the model's 16 kHz, the length of a
+/// gateway's frame.
+pub const PEAK_BLOCK: usize = 16_000;
+
 /// What the waveform itself says, kept so that it can be added up over the frames of a stream:
 /// the crest factor it gives is independent of the microphone's gain and sees clicks far shorter
 /// than a spectrogram frame.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Waveform {
-    /// Largest absolute sample.
-    pub peak: f32,
+    /// Largest absolute sample of each block of [`PEAK_BLOCK`] samples (the last may be shorter).
+    pub peaks: Vec<f32>,
     /// Sum of squared samples.
     pub energy: f64,
     pub samples: usize,
@@ -42,29 +46,41 @@ pub struct Waveform {
 
 impl Waveform {
     pub fn measure(samples: &[f32]) -> Self {
-        let mut out = Self {
+        let peaks = samples
+            .chunks(PEAK_BLOCK)
+            .map(|block| block.iter().fold(0.0_f32, |p, s| p.max(s.abs())))
+            .collect();
+        Self {
+            peaks,
+            energy: samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum(),
             samples: samples.len(),
-            ..Self::default()
-        };
-        for &s in samples {
-            out.peak = out.peak.max(s.abs());
-            out.energy += f64::from(s) * f64::from(s);
         }
-        out
     }
 
     /// Both spans together.
     pub fn merge(&mut self, other: &Self) {
-        self.peak = self.peak.max(other.peak);
+        self.peaks.extend_from_slice(&other.peaks);
         self.energy += other.energy;
         self.samples += other.samples;
     }
 
-    /// Peak over RMS in dB; `None` without sound (silence, or nothing measured).
+    /// The crest factor in dB: the 90th percentile of the blocks' peaks (over ten seconds, the
+    /// loudest second but one) over the RMS. A machine that clicks or knocks again and again moves
+    /// it; one stray knock in ten seconds does not. `None` without sound.
     pub fn crest_db(&self) -> Option<f64> {
         let rms = (self.energy / self.samples.max(1) as f64).sqrt();
-        (self.samples > 0 && rms > 1e-9 && self.peak.is_finite())
-            .then(|| 20.0 * (f64::from(self.peak) / rms).log10())
+        let mut peaks: Vec<f32> = self
+            .peaks
+            .iter()
+            .copied()
+            .filter(|p| p.is_finite())
+            .collect();
+        if self.samples == 0 || rms <= 1e-9 || peaks.is_empty() {
+            return None;
+        }
+        peaks.sort_by(f32::total_cmp);
+        let upper = peaks[((peaks.len() - 1) as f64 * 0.9).round() as usize];
+        (upper > 0.0).then(|| 20.0 * (f64::from(upper) / rms).log10())
     }
 }
 
@@ -182,6 +198,53 @@ mod tests {
             c.get(ClipStatistic::SpectralCentroid) > 2_000.0,
             "a click is broadband"
         );
+    }
+
+    #[test]
+    fn the_crest_factor_hears_regular_clicks_not_one_stray_knock() {
+        let second = |click: bool| -> Vec<f32> {
+            (0..PEAK_BLOCK)
+                .map(|i| {
+                    let hum = 0.1 * (std::f32::consts::TAU * 100.0 * i as f32 / 16_000.0).sin();
+                    if click && i == 8_000 { 0.9 } else { hum }
+                })
+                .collect()
+        };
+        let clip =
+            |clicks: &[bool]| -> Vec<f32> { clicks.iter().flat_map(|&c| second(c)).collect() };
+        let hum = Waveform::measure(&clip(&[false; 10]))
+            .crest_db()
+            .expect("crest");
+        assert!(
+            (hum - 3.01).abs() < 0.05,
+            "a sine's crest factor is 3 dB: {hum}"
+        );
+        let mut one_knock = [false; 10];
+        one_knock[4] = true;
+        let knocked = Waveform::measure(&clip(&one_knock))
+            .crest_db()
+            .expect("crest");
+        assert!(
+            (knocked - hum).abs() < 0.1,
+            "one knock in ten seconds: {knocked}"
+        );
+        let clicking = Waveform::measure(&clip(&[true; 10]))
+            .crest_db()
+            .expect("crest");
+        assert!(clicking > hum + 15.0, "a click every second: {clicking}");
+
+        // A stream's frames add up to the clip.
+        let whole = Waveform::measure(&clip(&[true, false, true, false]));
+        let mut streamed = Waveform::measure(&second(true));
+        for click in [false, true, false] {
+            streamed.merge(&Waveform::measure(&second(click)));
+        }
+        assert_eq!(streamed.peaks, whole.peaks);
+        assert!(
+            (streamed.crest_db().expect("crest") - whole.crest_db().expect("crest")).abs() < 1e-6
+        );
+        assert_eq!(Waveform::default().crest_db(), None);
+        assert_eq!(Waveform::measure(&[0.0; 100]).crest_db(), None);
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl NormalWindows {
         self.embeddings.push(inference.embeddings.clone());
         self.band_means.push(inference.band_means.clone());
         self.band_peaks.push(inference.band_peaks.clone());
-        self.waveforms.push(inference.waveform);
+        self.waveforms.push(inference.waveform.clone());
     }
 
     pub fn clips(&self) -> usize {
@@ -211,7 +211,7 @@ impl NormalWindows {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != left_out)
-                .map(|(_, w)| *w)
+                .map(|(_, w)| w.clone())
                 .collect(),
         }
     }
@@ -221,13 +221,13 @@ impl NormalWindows {
             embeddings: &self.embeddings[index],
             band_means: &self.band_means[index],
             band_peaks: &self.band_peaks[index],
-            waveform: self.waveforms.get(index).copied().unwrap_or_default(),
+            waveform: self.waveforms.get(index).cloned().unwrap_or_default(),
         }
     }
 }
 
 /// One held-out clip as the network saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HeldOutInput<'a> {
     pub embeddings: &'a [f32],
     pub band_means: &'a [f32],
@@ -257,7 +257,7 @@ impl HeldOutClip {
                 .map(|(e, b)| profile.score(e, b))
                 .collect(),
             clip_features: profile.clip_features(input.band_means, input.band_peaks),
-            waveform: input.waveform,
+            waveform: input.waveform.clone(),
         }
     }
 }

@@ -21,8 +21,8 @@ pub struct StreamSummary {
     pub mean_score: f64,
     pub band_means: Vec<f32>,
     pub band_peaks: Vec<f32>,
-    /// The frame's waveform: peak, energy, samples (0 samples: not measured).
-    pub waveform_peak: f32,
+    /// The frame's waveform: peak of each second, energy, samples (0 samples: not measured).
+    pub waveform_peaks: Vec<f32>,
     pub waveform_energy: f64,
     pub waveform_samples: i64,
 }
@@ -51,7 +51,7 @@ pub struct NewResult {
     pub mean_window_score: f64,
     pub band_means: Vec<f32>,
     pub band_peaks: Vec<f32>,
-    pub waveform_peak: f32,
+    pub waveform_peaks: Vec<f32>,
     pub waveform_energy: f64,
     pub waveform_samples: i64,
 }
@@ -97,7 +97,7 @@ pub async fn stream_history(
         .query(
             "SELECT DISTINCT ON (k.frame_id, r.seq)
                     k.frame_id, r.seq, r.model_version, r.summary_windows, r.mean_window_score, r.band_means, r.band_peaks,
-                    r.waveform_peak, r.waveform_energy, r.waveform_samples
+                    r.waveform_peaks, r.waveform_energy, r.waveform_samples
              FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::int8[])
                   AS k(frame_id, device_id, sensor_id, stream_epoch, seq)
              JOIN analysis_results r
@@ -119,7 +119,7 @@ pub async fn stream_history(
                 mean_score: row.try_get(4)?,
                 band_means: row.try_get(5)?,
                 band_peaks: row.try_get(6)?,
-                waveform_peak: row.try_get::<_, Option<f32>>(7)?.unwrap_or(0.0),
+                waveform_peaks: row.try_get::<_, Option<Vec<f32>>>(7)?.unwrap_or_default(),
                 waveform_energy: row.try_get::<_, Option<f64>>(8)?.unwrap_or(0.0),
                 waveform_samples: row.try_get::<_, Option<i64>>(9)?.unwrap_or(0),
             });
@@ -158,19 +158,19 @@ pub async fn complete_jobs(
                     threshold float8, class text, class_probability real, probabilities jsonb, profile text,
                     profile_scope text, top_bands jsonb, windows integer, history_windows integer, clip boolean,
                     summary_windows integer, mean_window_score float8, band_means real[], band_peaks real[],
-                    waveform_peak real, waveform_energy float8, waveform_samples bigint)
+                    waveform_peaks real[], waveform_energy float8, waveform_samples bigint)
             ), inserted AS (
                 INSERT INTO analysis_results (
                     frame_id, model_version, device_id, sensor_id, stream_epoch, seq, captured_at, stored_at,
                     anomalous, anomaly_score, threshold, class, class_probability, probabilities, profile,
                     profile_scope, top_bands, windows, history_windows, clip, summary_windows, mean_window_score,
-                    band_means, band_peaks, waveform_peak, waveform_energy, waveform_samples,
+                    band_means, band_peaks, waveform_peaks, waveform_energy, waveform_samples,
                     latency_from_capture_ms, latency_from_storage_ms)
                 SELECT i.frame_id, i.model_version, f.device_id, f.sensor_id, f.stream_epoch, f.seq,
                        f.captured_at, d.enqueued_at, i.anomalous, i.anomaly_score, i.threshold, i.class,
                        i.class_probability, i.probabilities, i.profile, i.profile_scope, i.top_bands, i.windows,
                        i.history_windows, i.clip, i.summary_windows, i.mean_window_score, i.band_means, i.band_peaks,
-                       i.waveform_peak, i.waveform_energy, i.waveform_samples,
+                       i.waveform_peaks, i.waveform_energy, i.waveform_samples,
                        extract(epoch FROM clock_timestamp() - f.captured_at) * 1000,
                        extract(epoch FROM clock_timestamp() - d.enqueued_at) * 1000
                 FROM input i JOIN done d USING (frame_id) JOIN frames f ON f.id = i.frame_id

@@ -95,7 +95,7 @@ fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         mean_window_score: 1.5,
         band_means: vec![-40.0; 64],
         band_peaks: vec![-20.0; 64],
-        waveform_peak: 0.5,
+        waveform_peaks: vec![0.5],
         waveform_energy: 100.0,
         waveform_samples: 16_000,
     }
@@ -504,11 +504,11 @@ async fn verdicts_are_stored_once_per_model_version_and_feed_the_next_frames_his
     assert_eq!(summaries[0].band_peaks, vec![-20.0; 64]);
     assert_eq!(
         (
-            summaries[0].waveform_peak,
+            summaries[0].waveform_peaks.clone(),
             summaries[0].waveform_energy,
             summaries[0].waveform_samples
         ),
-        (0.5, 100.0, 16_000),
+        (vec![0.5], 100.0, 16_000),
         "the waveform comes back for the stream's crest factor"
     );
 

@@ -191,7 +191,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // The baselines' idea of each machine's normal: what the model learned it from.
     let mut reference = evaluate::Reference::default();
-    for clip in skipped.iter().copied().chain(enrolled_clips.iter()) {
+    let learned = clips
+        .iter()
+        .filter(|c| seen.contains(c.content_sha256.as_str()));
+    for clip in learned.chain(enrolled_clips.iter()) {
         reference.add(&detector, clip);
     }
     let bar = recordings::bar(judge_these.len() as u64, "scoring", args.json);

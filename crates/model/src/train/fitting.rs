@@ -183,7 +183,7 @@ pub(super) fn fit_profiles(
                     embeddings: &inference.embeddings,
                     band_means: &inference.band_means,
                     band_peaks: &inference.band_peaks,
-                    waveform: inference.waveform,
+                    waveform: inference.waveform.clone(),
                 };
                 HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
             })

@@ -235,7 +235,7 @@ pub fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         mean_window_score: 1.5,
         band_means: vec![-40.0; 64],
         band_peaks: vec![-20.0; 64],
-        waveform_peak: 0.5,
+        waveform_peaks: vec![0.5],
         waveform_energy: 100.0,
         waveform_samples: 16_000,
     }
