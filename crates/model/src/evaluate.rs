@@ -223,7 +223,8 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
         f1: (!anomaly.is_empty())
             .then(|| metrics::bootstrap(&normal, &anomaly, |n, a| Some(flagged(n, a).f1), 3))
             .flatten(),
-        false_alarm_rate: metrics::bootstrap(&normal, &[0.0], false_alarms, 4),
+        // The anomalous side is a placeholder: a false-alarm rate counts normal clips only.
+        false_alarm_rate: metrics::bootstrap(&normal, &[0.0, 0.0], false_alarms, 4),
         profile_scope: items
             .iter()
             .map(|j| j.scope)

@@ -120,9 +120,10 @@ pub struct Interval {
 /// Bootstrap resamples behind every [`Interval`].
 pub const BOOTSTRAP_RESAMPLES: usize = 2_000;
 
-/// `figure` on the scores, with the 2.5th and 97.5th percentiles of `figure` over resamples that
-/// draw normal and anomalous clips with replacement, each side keeping its size (a stratified
-/// bootstrap: every resample has both kinds). Deterministic for a given `seed`.
+/// `figure` (a value in [0, 1]) on the scores, with the 2.5th and 97.5th percentiles of `figure`
+/// over resamples that draw normal and anomalous clips with replacement, each side keeping its size
+/// (a stratified bootstrap: every resample has both kinds). Deterministic for a given `seed`. With
+/// a single clip on either side the interval is all of [0, 1].
 pub fn bootstrap(
     normal: &[f64],
     anomaly: &[f64],
@@ -131,6 +132,15 @@ pub fn bootstrap(
 ) -> Option<Interval> {
     use rand::{Rng, SeedableRng};
     let value = figure(normal, anomaly)?;
+    if normal.len() < 2 || anomaly.len() < 2 {
+        // One clip on a side resamples to itself: the interval would look certain and say
+        // nothing. Every figure here lies in [0, 1]; that is all one clip can tell.
+        return Some(Interval {
+            value,
+            low: 0.0,
+            high: 1.0,
+        });
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut draws = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
     let (mut n, mut a) = (vec![0.0; normal.len()], vec![0.0; anomaly.len()]);
@@ -229,6 +239,12 @@ mod tests {
             Some(small)
         );
         assert_eq!(bootstrap(&[], &small_anomaly, auc_of, 1), None);
+        let one = bootstrap(&[0.0], &small_anomaly, auc_of, 1).expect("interval");
+        assert_eq!(
+            (one.value, one.low, one.high),
+            (1.0, 0.0, 1.0),
+            "one normal clip"
+        );
     }
 
     #[test]
