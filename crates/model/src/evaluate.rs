@@ -89,6 +89,25 @@ impl Reference {
             ));
     }
 
+    /// The normal recordings among `clips` that `detector` learned from.
+    pub fn learned(detector: &Detector, clips: &[Clip]) -> Self {
+        let learned: std::collections::BTreeSet<&str> = detector
+            .info
+            .training
+            .files
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut reference = Self::default();
+        for clip in clips
+            .iter()
+            .filter(|c| learned.contains(c.content_sha256.as_str()))
+        {
+            reference.add(detector, clip);
+        }
+        reference
+    }
+
     fn two_sided(&self, machine: &MachineKey, statistic: ClipStatistic) -> Option<TwoSided> {
         let values: Vec<f64> = self
             .by_machine

@@ -108,10 +108,7 @@ impl MachineProfile {
     pub fn window_bands(&self, band_means: &[f32]) -> Vec<f32> {
         let mut rows = band_means.to_vec();
         if self.relative_level {
-            for row in rows.chunks_exact_mut(BANDS) {
-                let level = row.iter().sum::<f32>() / BANDS as f32;
-                row.iter_mut().for_each(|v| *v -= level);
-            }
+            relative_rows(&mut rows);
         }
         rows
     }
@@ -275,10 +272,7 @@ pub fn fit_statistics(
     let flat = |parts: &[Vec<f32>]| -> Vec<f32> { parts.iter().flatten().copied().collect() };
     let mut window_bands = flat(&normal.band_means);
     if relative_level {
-        for row in window_bands.chunks_exact_mut(BANDS) {
-            let level = row.iter().sum::<f32>() / BANDS as f32;
-            row.iter_mut().for_each(|v| *v -= level);
-        }
+        relative_rows(&mut window_bands);
     }
     let bands = BandGaussian::fit(&window_bands, BANDS)?;
     let embedding = match detector {
@@ -342,6 +336,14 @@ pub fn fit_statistics(
             .map_or(2, |median| (median / 2).max(2)),
         relative_level,
     })
+}
+
+/// Shifts each window's band means (`windows × 64`) by the window's own level, their mean.
+fn relative_rows(rows: &mut [f32]) {
+    for row in rows.chunks_exact_mut(BANDS) {
+        let level = row.iter().sum::<f32>() / BANDS as f32;
+        row.iter_mut().for_each(|v| *v -= level);
+    }
 }
 
 /// `[means; peaks]` shifted by the clip's level (the mean of its band means) when `relative`.

@@ -64,13 +64,7 @@ pub fn leave_one_pattern_out(
                 .iter()
                 .map(String::as_str)
                 .collect();
-            let mut reference = Reference::default();
-            for clip in training
-                .iter()
-                .filter(|c| learned.contains(c.content_sha256.as_str()))
-            {
-                reference.add(&detector, clip);
-            }
+            let mut reference = Reference::learned(&detector, &training);
             if !enrolling.is_empty() {
                 // The machine's profile is refitted on what it was trained on plus the new
                 // pattern's clips, as `auscult enroll` would with both.

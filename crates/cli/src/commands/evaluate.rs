@@ -190,11 +190,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!judge_these.is_empty(), "no recordings left to evaluate");
 
     // The baselines' idea of each machine's normal: what the model learned it from.
-    let mut reference = evaluate::Reference::default();
-    let learned = clips
-        .iter()
-        .filter(|c| seen.contains(c.content_sha256.as_str()));
-    for clip in learned.chain(enrolled_clips.iter()) {
+    let mut reference = evaluate::Reference::learned(&detector, &clips);
+    for clip in &enrolled_clips {
         reference.add(&detector, clip);
     }
     let bar = recordings::bar(judge_these.len() as u64, "scoring", args.json);
