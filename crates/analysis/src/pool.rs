@@ -247,11 +247,7 @@ fn work(worker: &Worker) {
 
 /// Scores one job with `detector`.
 pub fn score(detector: &Detector, input: &ScoreInput) -> Result<Scored, ScoreError> {
-    let windows = detector
-        .spectrogram()
-        .windows(&input.samples, detector.info.window_hop);
-    let mut inference = detector.infer(&windows);
-    inference.waveform = auscult_model::features::Waveform::measure(&input.samples);
+    let inference = detector.hear(&input.samples);
     let assessment = detector
         .assess_in_stream(&inference, input.machine.as_ref(), &input.history)
         .map_err(|e| match e {

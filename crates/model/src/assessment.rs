@@ -46,9 +46,10 @@ pub struct Assessment {
     /// never a condition (that is the verdict's).
     pub class: String,
     pub class_probability: f32,
-    /// For a clip, [`MachineProfile::clip_score`] (about 2 for typical normal sound); for shorter
-    /// sound, the mean window score (squared Mahalanobis distance of the embedding, or Σ z² over
-    /// bands for the band detector).
+    /// For a clip, [`MachineProfile::clip_score`] (about the sum of the profile's clip weights for
+    /// typical normal sound); for shorter sound, the mean window score
+    /// ([`MachineProfile::score`]: the embedding's cosine distance to the nearest normal centre
+    /// for a neighbours profile).
     pub anomaly_score: f64,
     pub threshold: f64,
     pub window_scores: Vec<f64>,

@@ -6,18 +6,20 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use auscult_audio::manifest::{Label, Recording};
 use auscult_audio::{AudioError, AudioLimits, ChannelChoice};
 use sha2::{Digest, Sha256};
 
-/// A recording decoded to the model's sample rate.
+/// A recording decoded to the model's sample rate. Cloning shares the samples: protocols hand
+/// the same clips to several rounds of training.
 #[derive(Debug, Clone)]
 pub struct Clip {
     pub recording: Recording,
     /// SHA-256 of the file's bytes: identifies the recording wherever it is stored.
     pub content_sha256: String,
-    pub samples: Vec<f32>,
+    pub samples: Arc<[f32]>,
 }
 
 /// What identifies a machine: its type and id.
@@ -112,7 +114,7 @@ fn load_clip(
     Ok(Clip {
         recording: recording.clone(),
         content_sha256,
-        samples: audio.samples,
+        samples: audio.samples.into(),
     })
 }
 
@@ -186,7 +188,7 @@ mod tests {
                 label,
             },
             content_sha256: format!("{id:064x}"),
-            samples: Vec::new(),
+            samples: Arc::from(Vec::new()),
         }
     }
 

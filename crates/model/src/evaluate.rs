@@ -37,9 +37,9 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let windows = detector
         .spectrogram()
         .windows(&clip.samples, detector.info.window_hop);
-    let statistics = ClipStatistics::measure(&clip.samples, &windows, detector.bands());
     let mut inference = detector.infer(&windows);
     inference.waveform = crate::features::Waveform::measure(&clip.samples);
+    let statistics = ClipStatistics::measure(&inference.waveform, &windows, detector.bands());
     let machine = clip.machine();
     let assessment = detector.assess(&inference, Some(&machine))?;
     let profile = detector
@@ -83,7 +83,7 @@ impl Reference {
             .entry(clip.machine())
             .or_default()
             .push(ClipStatistics::measure(
-                &clip.samples,
+                &crate::features::Waveform::measure(&clip.samples),
                 &windows,
                 detector.bands(),
             ));

@@ -102,16 +102,13 @@ impl ClipStatistic {
 pub struct ClipStatistics(pub [f64; 3]);
 
 impl ClipStatistics {
-    /// From the waveform and its absolute (not level-shifted) log-mel windows.
-    pub fn measure(samples: &[f32], windows: &[f32], bands: &[BandRange]) -> Self {
-        let (mut peak, mut energy) = (0.0_f64, 0.0_f64);
-        for &s in samples {
-            peak = peak.max(f64::from(s.abs()));
-            energy += f64::from(s) * f64::from(s);
-        }
-        let rms = (energy / samples.len().max(1) as f64).sqrt();
+    /// From the waveform's measure and its absolute (not level-shifted) log-mel windows. The crest
+    /// factor is the model's own ([`Waveform::crest_db`]), so the baseline and the model's crest
+    /// part hear the same number.
+    pub fn measure(waveform: &Waveform, windows: &[f32], bands: &[BandRange]) -> Self {
         let floor = 1e-10;
-        let crest = 20.0 * (peak.max(floor) / rms.max(floor)).log10();
+        let rms = (waveform.energy / waveform.samples.max(1) as f64).sqrt();
+        let crest = waveform.crest_db().unwrap_or(0.0);
         let level = 20.0 * rms.max(floor).log10();
         let (mut weighted, mut total) = (0.0_f64, 0.0_f64);
         for row in windows.chunks_exact(BANDS) {
@@ -171,7 +168,11 @@ mod tests {
         let sine: Vec<f32> = (0..32_000)
             .map(|i| 0.5 * (std::f32::consts::TAU * 1_000.0 * i as f32 / 16_000.0).sin())
             .collect();
-        let s = ClipStatistics::measure(&sine, &mel.windows(&sine, 8_000), &bands);
+        let s = ClipStatistics::measure(
+            &Waveform::measure(&sine),
+            &mel.windows(&sine, 8_000),
+            &bands,
+        );
         // A sine's crest factor is √2 (3.01 dB); its RMS 0.5/√2 is −9.03 dBFS.
         assert!(
             (s.get(ClipStatistic::CrestFactor) - 3.01).abs() < 0.05,
@@ -187,7 +188,11 @@ mod tests {
         let clicks: Vec<f32> = (0..32_000)
             .map(|i| if i % 4_000 == 0 { 0.9 } else { 0.0 })
             .collect();
-        let c = ClipStatistics::measure(&clicks, &mel.windows(&clicks, 8_000), &bands);
+        let c = ClipStatistics::measure(
+            &Waveform::measure(&clicks),
+            &mel.windows(&clicks, 8_000),
+            &bands,
+        );
         assert!(c.get(ClipStatistic::CrestFactor) > 30.0, "{c:?}");
         assert!(
             c.get(ClipStatistic::SpectralCentroid) > 2_000.0,
