@@ -310,7 +310,9 @@ fn waveform(summary: &pb::WindowSummary) -> auscult_model::features::Waveform {
     let loudest = peaks.iter().copied().fold(0.0_f32, f32::max);
     let plausible = samples <= 1 << 24
         && peaks.iter().all(|p| p.is_finite() && *p >= 0.0)
-        && peaks.len() == samples.div_ceil(auscult_model::features::PEAK_BLOCK)
+        && peaks.len()
+            == samples.div_ceil(auscult_model::features::PEAK_BLOCK)
+                * auscult_model::features::IMPULSE_SCALES.len()
         && summary.waveform_energy.is_finite()
         && summary.waveform_energy >= 0.0
         && summary.waveform_energy <= samples as f64 * f64::from(loudest).powi(2) * 1.0001;

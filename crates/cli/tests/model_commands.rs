@@ -100,7 +100,7 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
             assert!(figure["low"].as_f64() <= figure["value"].as_f64());
             assert!(figure["value"].as_f64() <= figure["high"].as_f64());
         }
-        for part in ["windows_auc", "bands_auc", "crest_auc"] {
+        for part in ["windows_auc", "bands_auc", "impulsiveness_auc"] {
             assert!(t["parts"][part]["value"].is_number(), "{part} in {t}");
         }
         for statistic in ["crest_factor", "rms_level", "spectral_centroid"] {

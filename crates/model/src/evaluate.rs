@@ -28,7 +28,7 @@ pub struct Judged {
     /// profile's, each in units of a typical normal clip.
     pub windows_part: f64,
     pub bands_part: Option<f64>,
-    pub crest_part: Option<f64>,
+    pub impulsiveness_part: Option<f64>,
     pub statistics: ClipStatistics,
 }
 
@@ -45,7 +45,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let profile = detector
         .profile_for(&machine)
         .ok_or_else(|| crate::ModelError::UnknownMachine(machine.to_string()))?;
-    let [windows_part, bands_part, crest_part] = profile.clip_parts(
+    let [windows_part, bands_part, impulsiveness_part] = profile.clip_parts(
         &assessment.window_scores,
         &profile.clip_features(&inference.band_means, &inference.band_peaks),
         &inference.waveform,
@@ -59,7 +59,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         scope: assessment.scope,
         windows_part: windows_part.unwrap_or(f64::NAN),
         bands_part,
-        crest_part,
+        impulsiveness_part,
         statistics,
     })
 }
@@ -138,7 +138,7 @@ pub struct TypeReport {
     /// AUC of each part of the clip score alone.
     pub windows_part_auc: Option<Interval>,
     pub bands_part_auc: Option<Interval>,
-    pub crest_part_auc: Option<Interval>,
+    pub impulsiveness_part_auc: Option<Interval>,
     /// AUC of each single clip statistic, two-sided against the machine's reference normals.
     pub baselines: BTreeMap<ClipStatistic, Option<Interval>>,
 }
@@ -251,7 +251,7 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
             .unwrap_or(Scope::Machine),
         windows_part_auc: auc_of(&|j| Some(j.windows_part), 5),
         bands_part_auc: auc_of(&|j| j.bands_part, 6),
-        crest_part_auc: auc_of(&|j| j.crest_part, 7),
+        impulsiveness_part_auc: auc_of(&|j| j.impulsiveness_part, 7),
         baselines,
     }
 }

@@ -32,12 +32,23 @@ pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
 /// gateway's frame.
 pub const PEAK_BLOCK: usize = 16_000;
 
+/// The time scales, in samples at 16 kHz, at which a waveform's loudest moment is measured: a
+/// single sample (the crest factor's peak), then 1.6, 6.25, 25 and 100 ms. A mechanical impact
+/// lasts from a fraction of a millisecond (a sharp click) to tens of milliseconds (a dull thud, a
+/// rattle), so how impulsive a machine sounds is a shape over scales, not one number: a valve
+/// whose click has gone dull keeps its 100 ms loudness but loses its sample peak. Each divides
+/// [`PEAK_BLOCK`], so frames never straddle blocks and a stream adds up to its clip exactly.
+pub const IMPULSE_SCALES: [usize; 5] = [1, 25, 100, 400, 1_600];
+
 /// What the waveform itself says, kept so that it can be added up over the frames of a stream:
-/// the crest factor it gives is independent of the microphone's gain and sees clicks far shorter
-/// than a spectrogram frame.
+/// how impulsive the sound is at each of [`IMPULSE_SCALES`], independent of the microphone's gain
+/// and resolving clicks far shorter than a spectrogram frame.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Waveform {
-    /// Largest absolute sample of each block of [`PEAK_BLOCK`] samples (the last may be shorter).
+    /// Per block of [`PEAK_BLOCK`] samples (the last may be shorter), the RMS of its loudest frame
+    /// at each of [`IMPULSE_SCALES`] (at one sample, the largest absolute sample): `blocks ×
+    /// IMPULSE_SCALES.len()` values, block by block. A scale longer than a short last block
+    /// measures 0 there.
     pub peaks: Vec<f32>,
     /// Sum of squared samples.
     pub energy: f64,
@@ -46,10 +57,22 @@ pub struct Waveform {
 
 impl Waveform {
     pub fn measure(samples: &[f32]) -> Self {
-        let peaks = samples
-            .chunks(PEAK_BLOCK)
-            .map(|block| block.iter().fold(0.0_f32, |p, s| p.max(s.abs())))
-            .collect();
+        let mut peaks =
+            Vec::with_capacity(samples.len().div_ceil(PEAK_BLOCK) * IMPULSE_SCALES.len());
+        for block in samples.chunks(PEAK_BLOCK) {
+            for scale in IMPULSE_SCALES {
+                let loudest = block
+                    .chunks_exact(scale)
+                    .map(|frame| {
+                        frame
+                            .iter()
+                            .map(|&s| f64::from(s) * f64::from(s))
+                            .sum::<f64>()
+                    })
+                    .fold(0.0_f64, f64::max);
+                peaks.push((loudest / scale as f64).sqrt() as f32);
+            }
+        }
         Self {
             peaks,
             energy: samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum(),
@@ -64,18 +87,45 @@ impl Waveform {
         self.samples += other.samples;
     }
 
-    /// The crest factor in dB: the loudest block's peak over the RMS. Kept per block so that a
-    /// stream's frames add up to exactly the clip's figure. `None` without sound.
-    pub fn crest_db(&self) -> Option<f64> {
+    /// Whether a span measured in one piece has as many peaks as its samples call for: summaries
+    /// kept before the scales existed had one per block, and a stream with any of them has no
+    /// measure. (A stream merged from frames of other lengths has a block per frame.)
+    pub fn is_complete(&self) -> bool {
+        self.samples > 0
+            && self.peaks.len() == self.samples.div_ceil(PEAK_BLOCK) * IMPULSE_SCALES.len()
+    }
+
+    /// How impulsive the sound is at each of [`IMPULSE_SCALES`], in dB: the loudest frame's RMS
+    /// over the whole span's RMS. Kept per block so that a stream's frames add up to exactly the
+    /// clip's figures. `None` without sound or with incomplete peaks.
+    pub fn impulsiveness_db(&self) -> Option<[f64; IMPULSE_SCALES.len()]> {
         let rms = (self.energy / self.samples.max(1) as f64).sqrt();
-        let peak = self
-            .peaks
-            .iter()
-            .copied()
-            .filter(|p| p.is_finite())
-            .fold(0.0_f32, f32::max);
-        (self.samples > 0 && rms > 1e-9 && peak > 0.0)
-            .then(|| 20.0 * (f64::from(peak) / rms).log10())
+        let scales = IMPULSE_SCALES.len();
+        if self.samples == 0
+            || self.peaks.is_empty()
+            || self.peaks.len() % scales != 0
+            || rms <= 1e-9
+        {
+            return None;
+        }
+        let mut loudest = [0.0_f32; IMPULSE_SCALES.len()];
+        for block in self.peaks.chunks_exact(IMPULSE_SCALES.len()) {
+            for (l, p) in loudest.iter_mut().zip(block) {
+                if p.is_finite() {
+                    *l = l.max(*p);
+                }
+            }
+        }
+        if loudest.iter().any(|&l| l <= 0.0) {
+            return None;
+        }
+        Some(loudest.map(|l| 20.0 * (f64::from(l) / rms).log10()))
+    }
+
+    /// The crest factor in dB: the loudest sample over the RMS, the first of
+    /// [`Self::impulsiveness_db`].
+    pub fn crest_db(&self) -> Option<f64> {
+        self.impulsiveness_db().map(|scales| scales[0])
     }
 }
 
@@ -243,6 +293,59 @@ mod tests {
         );
         assert_eq!(Waveform::default().crest_db(), None);
         assert_eq!(Waveform::measure(&[0.0; 100]).crest_db(), None);
+        // Peaks kept before the scales existed (one per block) give no measure.
+        let mut legacy = whole.clone();
+        legacy.peaks = legacy
+            .peaks
+            .iter()
+            .step_by(IMPULSE_SCALES.len())
+            .copied()
+            .collect();
+        assert!(!legacy.is_complete());
+        assert_eq!(legacy.impulsiveness_db(), None);
+    }
+
+    #[test]
+    fn impulsiveness_tells_a_sharp_click_from_a_dull_thud_the_crest_factor_confuses() {
+        let hum = |i: usize| 0.05 * (std::f32::consts::TAU * 100.0 * i as f32 / 16_000.0).sin();
+        // The same peak, once in one sample and once held over 25 ms at 1 kHz.
+        let sharp: Vec<f32> = (0..2 * PEAK_BLOCK)
+            .map(|i| if i == 8_000 { 0.9 } else { hum(i) })
+            .collect();
+        let dull: Vec<f32> = (0..2 * PEAK_BLOCK)
+            .map(|i| {
+                if (8_000..8_400).contains(&i) {
+                    0.9 * (std::f32::consts::TAU * 1_000.0 * (i as f32 + 4.0) / 16_000.0).sin()
+                } else {
+                    hum(i)
+                }
+            })
+            .collect();
+        let sharp = Waveform::measure(&sharp).impulsiveness_db().expect("sharp");
+        let dull = Waveform::measure(&dull).impulsiveness_db().expect("dull");
+        let at = |scale: usize| {
+            IMPULSE_SCALES
+                .iter()
+                .position(|&s| s == scale)
+                .expect("scale")
+        };
+        // The crest factor calls the click the more impulsive sound...
+        assert!(sharp[at(1)] > dull[at(1)], "sharp {sharp:?} dull {dull:?}");
+        // ...while 25 ms frames hear a thud far above anything in the clicking clip.
+        assert!(
+            dull[at(400)] > sharp[at(400)] + 10.0,
+            "sharp {sharp:?} dull {dull:?}"
+        );
+        // Gain moves none of it.
+        let louder: Vec<f32> = (0..2 * PEAK_BLOCK)
+            .map(|i| 2.0 * if i == 8_000 { 0.9 } else { hum(i) })
+            .collect();
+        let louder = Waveform::measure(&louder)
+            .impulsiveness_db()
+            .expect("louder");
+        for (a, b) in louder.iter().zip(sharp) {
+            assert!((a - b).abs() < 1e-4, "{louder:?} vs {sharp:?}");
+        }
     }
 
     #[test]

@@ -69,16 +69,23 @@ pub struct MachineProfile {
     /// parts are divided by these before they are added, so each counts in units of "normal".
     pub window_scale: f64,
     pub clip_bands_scale: f64,
-    /// The waveform's crest factor over normal clips, judged in either direction: faults that
-    /// change how impulsive a machine sounds (a valve's click gone dull, a knock appearing) show
-    /// in it long before a spectrogram frame of 64 ms can resolve them.
+    /// How impulsive normal clips sound at each of [`crate::features::IMPULSE_SCALES`], judged
+    /// scale by scale in either direction: faults that change a machine's impacts (a valve's click
+    /// gone dull, a knock or a rattle appearing) show in it long before a spectrogram frame of
+    /// 64 ms can resolve them. Profiles from before it judge none.
     #[serde(default)]
-    pub crest: Option<TwoSided>,
+    pub impulsiveness: Option<Vec<TwoSided>>,
     #[serde(default = "one")]
-    pub crest_scale: f64,
-    /// Weights of the parts of the clip score (windows, band profile, crest factor). All count
+    pub impulsiveness_scale: f64,
+    /// The crest factor alone, as profiles written before the impulse scales judged it; read so
+    /// that a model file from then keeps the verdicts it was calibrated for, never written anew.
+    #[serde(default, rename = "crest", skip_serializing_if = "Option::is_none")]
+    pub legacy_crest: Option<TwoSided>,
+    #[serde(default = "one", rename = "crest_scale")]
+    pub legacy_crest_scale: f64,
+    /// Weights of the parts of the clip score (windows, band profile, impulsiveness). All count
     /// alike unless labelled anomalies showed one of them to rank faults of this machine better on
-    /// its own. Profiles from before the crest factor have two.
+    /// its own.
     pub clip_weights: Vec<f64>,
     /// For one window (a one-second frame).
     pub window_threshold: f64,
@@ -144,7 +151,7 @@ impl MachineProfile {
     }
 
     /// The parts of [`Self::clip_score`] before they are weighted: the mean window score (the
-    /// embedding's, for an embedding profile), the band-profile score and the crest factor's
+    /// embedding's, for an embedding profile), the band-profile score and the impulsiveness's
     /// departure, each in units of a typical normal clip's; `None` where the profile or the sound
     /// lacks one.
     pub fn clip_parts(
@@ -158,10 +165,29 @@ impl MachineProfile {
         let bands = self.clip_bands.as_ref().map(|clip_bands| {
             clip_bands.score(clip_features) / self.clip_bands_scale.max(f64::MIN_POSITIVE)
         });
-        let crest = self.crest.zip(waveform.crest_db()).map(|(normal, crest)| {
-            normal.score(crest).powi(2) / self.crest_scale.max(f64::MIN_POSITIVE)
-        });
-        [Some(windows), bands, crest]
+        let impulsiveness = self
+            .impulsiveness_departure(waveform)
+            .map(|departure| departure / self.impulsiveness_scale.max(f64::MIN_POSITIVE));
+        [Some(windows), bands, impulsiveness]
+    }
+
+    /// Σ z² over the scales of the waveform's impulsiveness against normal; `None` where the
+    /// profile or the sound has none.
+    fn impulsiveness_departure(&self, waveform: &Waveform) -> Option<f64> {
+        let Some(normal) = self.impulsiveness.as_ref() else {
+            let legacy = self.legacy_crest?;
+            return waveform.crest_db().map(|crest| {
+                legacy.score(crest).powi(2) / self.legacy_crest_scale.max(f64::MIN_POSITIVE)
+            });
+        };
+        let measured = waveform.impulsiveness_db()?;
+        (normal.len() == measured.len()).then(|| {
+            normal
+                .iter()
+                .zip(measured)
+                .map(|(n, m)| n.score(m).powi(2))
+                .sum()
+        })
     }
 }
 
@@ -295,14 +321,18 @@ pub fn fit_statistics(
         .flat_map(|(m, p)| level_features(clip_features(m, p), relative_level))
         .collect();
     let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS).ok();
-    let crests: Vec<f64> = normal
+    let measured: Vec<_> = normal
         .waveforms
         .iter()
-        .filter_map(Waveform::crest_db)
+        .filter_map(Waveform::impulsiveness_db)
         .collect();
-    // A crest factor is judged only where every normal clip had one (older callers measure none).
-    let crest = (crests.len() == normal.clips() && crests.len() >= 3)
-        .then(|| TwoSided::fit(&crests))
+    // Impulsiveness is judged only where every normal clip had it (older callers measure none).
+    let impulsiveness = (measured.len() == normal.clips() && measured.len() >= 3)
+        .then(|| {
+            (0..crate::features::IMPULSE_SCALES.len())
+                .map(|scale| TwoSided::fit(&measured.iter().map(|m| m[scale]).collect::<Vec<_>>()))
+                .collect::<Option<Vec<_>>>()
+        })
         .flatten();
     let windows_per_clip: Vec<usize> = normal.band_means.iter().map(|m| m.len() / BANDS).collect();
     let mut sorted = windows_per_clip.clone();
@@ -319,8 +349,10 @@ pub fn fit_statistics(
         clip_bands,
         window_scale: 1.0,
         clip_bands_scale: 1.0,
-        crest,
-        crest_scale: 1.0,
+        impulsiveness,
+        impulsiveness_scale: 1.0,
+        legacy_crest: None,
+        legacy_crest_scale: 1.0,
         clip_weights: vec![1.0, 1.0, 1.0],
         window_threshold: f64::INFINITY,
         clip_threshold: f64::INFINITY,
@@ -391,11 +423,11 @@ pub fn calibrate_profile(
                 .collect(),
         );
     }
-    if let Some(crest) = profile.crest {
-        profile.crest_scale = median(
+    if profile.impulsiveness.is_some() {
+        profile.impulsiveness_scale = median(
             normal
                 .iter()
-                .filter_map(|c| c.waveform.crest_db().map(|v| crest.score(v).powi(2)))
+                .filter_map(|c| profile.impulsiveness_departure(&c.waveform))
                 .collect(),
         );
     }

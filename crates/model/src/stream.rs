@@ -46,8 +46,8 @@ impl StreamWindows {
             band_peaks: Vec::new(),
             waveform: Waveform::default(),
         };
-        // A crest factor over the stream needs every frame's waveform; one summary without it
-        // (kept before waveforms were) leaves the stream without one.
+        // Impulsiveness over the stream needs every frame's waveform; one summary without it
+        // (kept before waveforms, or their scales, were) leaves the stream without one.
         let mut waveform_complete = true;
         let usable = history.iter().filter(|h| {
             h.model_version == version
@@ -64,7 +64,7 @@ impl StreamWindows {
                 stream.band_means.extend_from_slice(&summary.band_means);
             }
             stream.band_peaks.extend_from_slice(&summary.band_peaks);
-            waveform_complete &= summary.waveform.samples > 0;
+            waveform_complete &= summary.waveform.is_complete();
             stream.waveform.merge(&summary.waveform);
         }
         stream.scores.extend_from_slice(window_scores);

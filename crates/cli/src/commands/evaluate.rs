@@ -243,7 +243,7 @@ pub fn type_json(t: &TypeReport) -> serde_json::Value {
         "parts": {
             "windows_auc": interval(t.windows_part_auc),
             "bands_auc": interval(t.bands_part_auc),
-            "crest_auc": interval(t.crest_part_auc),
+            "impulsiveness_auc": interval(t.impulsiveness_part_auc),
         },
         "baselines": t.baselines.iter().map(|(s, i)| (
             serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
