@@ -103,7 +103,7 @@ impl Waveform {
         let scales = IMPULSE_SCALES.len();
         if self.samples == 0
             || self.peaks.is_empty()
-            || self.peaks.len() % scales != 0
+            || !self.peaks.len().is_multiple_of(scales)
             || rms <= 1e-9
         {
             return None;
