@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest;
-use auscult_model::profile::{DetectorKind, Scope};
+use auscult_model::features::{IMPULSE_SCALES, Waveform};
+use auscult_model::profile::{DetectorKind, MachineProfile, Scope};
 use auscult_model::train::{Silent, TrainConfig};
 use auscult_model::{Clip, Detector, MachineKey, ModelError, Verdict, dataset, enroll, train};
 
@@ -93,6 +94,30 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
             profile.key()
         );
     }
+
+    // Every profile judges the waveform's impulsiveness at each scale; a profile written before
+    // the scales existed judged the crest factor alone, and still does.
+    let mut legacy = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");
+    let fields = legacy.as_object_mut().expect("a profile is an object");
+    let scales = fields
+        .remove("impulsiveness")
+        .and_then(|v| v.as_array().map(Vec::len));
+    assert_eq!(scales, Some(IMPULSE_SCALES.len()));
+    fields.remove("impulsiveness_scale");
+    fields.insert(
+        "crest".into(),
+        serde_json::json!({"mean": 20.0, "std": 2.0}),
+    );
+    fields.insert("crest_scale".into(), serde_json::json!(4.0));
+    let legacy: MachineProfile = serde_json::from_value(legacy).expect("legacy profile");
+    let waveform = Waveform::measure(&clips[0].samples);
+    let crest = waveform.crest_db().expect("crest factor");
+    let [_, _, part] = legacy.clip_parts(&[1.0], &vec![0.0; 128], &waveform);
+    let expected = ((crest - 20.0) / 2.0).powi(2) / 4.0;
+    assert!(
+        part.is_some_and(|p| (p - expected).abs() < 1e-9),
+        "legacy crest part {part:?}, expected {expected}"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tiny.model");
