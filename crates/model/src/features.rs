@@ -204,6 +204,14 @@ impl TwoSided {
     pub fn score(&self, value: f64) -> f64 {
         (value - self.mean).abs() / self.std
     }
+
+    /// The same, with a spread of at least `floor`.
+    pub fn with_floor(self, floor: f64) -> Self {
+        Self {
+            std: self.std.max(floor),
+            ..self
+        }
+    }
 }
 
 #[cfg(test)]

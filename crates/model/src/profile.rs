@@ -143,7 +143,12 @@ impl MachineProfile {
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> f64 {
-        self.clip_parts(window_scores, clip_features, waveform)
+        self.weigh(self.clip_parts(window_scores, clip_features, waveform))
+    }
+
+    /// Scaled parts, weighted and added.
+    fn weigh(&self, parts: [Option<f64>; 3]) -> f64 {
+        parts
             .iter()
             .zip(&self.clip_weights)
             .map(|(part, weight)| part.map_or(0.0, |p| p * weight))
@@ -160,15 +165,37 @@ impl MachineProfile {
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> [Option<f64>; 3] {
+        self.scale(self.raw_parts(window_scores, clip_features, waveform))
+    }
+
+    /// The parts as this profile's statistics measure them, before they are put in units of a
+    /// typical normal clip: the mean window score, the band profile's Σz², the impulsiveness's Σz².
+    fn raw_parts(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+        waveform: &Waveform,
+    ) -> [Option<f64>; 3] {
         let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
-        let windows = mean / self.window_scale.max(f64::MIN_POSITIVE);
-        let bands = self.clip_bands.as_ref().map(|clip_bands| {
-            clip_bands.score(clip_features) / self.clip_bands_scale.max(f64::MIN_POSITIVE)
-        });
-        let impulsiveness = self
-            .impulsiveness_departure(waveform)
-            .map(|departure| departure / self.impulsiveness_scale.max(f64::MIN_POSITIVE));
-        [Some(windows), bands, impulsiveness]
+        let bands = self
+            .clip_bands
+            .as_ref()
+            .map(|clip_bands| clip_bands.score(clip_features));
+        [Some(mean), bands, self.impulsiveness_departure(waveform)]
+    }
+
+    /// Raw parts in units of a typical normal clip.
+    fn scale(&self, raw: [Option<f64>; 3]) -> [Option<f64>; 3] {
+        let scales = [
+            self.window_scale,
+            self.clip_bands_scale,
+            self.impulsiveness_scale,
+        ];
+        let mut scaled = raw;
+        for (part, scale) in scaled.iter_mut().zip(scales) {
+            *part = part.map(|p| p / scale.max(f64::MIN_POSITIVE));
+        }
+        scaled
     }
 
     /// Σ z² over the scales of the waveform's impulsiveness against normal; `None` where the
@@ -258,13 +285,16 @@ pub struct HeldOutInput<'a> {
     pub waveform: Waveform,
 }
 
-/// A held-out clip's scores under a profile fitted without it.
+/// A held-out clip's scores under a profile fitted without it: every part, not only the
+/// embedding's, so that scales and thresholds reflect sound the statistics never contained (a
+/// clip inside a band or impulsiveness fit scores lower than an unseen one, by a margin that
+/// grows as the clips get fewer).
 #[derive(Debug, Clone)]
 pub struct HeldOutClip {
     pub anomaly: bool,
     pub window_scores: Vec<f64>,
-    pub clip_features: Vec<f32>,
-    pub waveform: Waveform,
+    /// [`MachineProfile::raw_parts`] under that profile.
+    raw_parts: [Option<f64>; 3],
 }
 
 impl HeldOutClip {
@@ -274,16 +304,26 @@ impl HeldOutClip {
         anomaly: bool,
         embedding_dim: usize,
     ) -> Self {
+        let window_scores: Vec<f64> =
+            window_pairs(input.embeddings, input.band_means, embedding_dim)
+                .map(|(e, b)| profile.score(e, b))
+                .collect();
+        let raw_parts = profile.raw_parts(
+            &window_scores,
+            &profile.clip_features(input.band_means, input.band_peaks),
+            &input.waveform,
+        );
         Self {
             anomaly,
-            window_scores: window_pairs(input.embeddings, input.band_means, embedding_dim)
-                .map(|(e, b)| profile.score(e, b))
-                .collect(),
-            clip_features: profile.clip_features(input.band_means, input.band_peaks),
-            waveform: input.waveform.clone(),
+            window_scores,
+            raw_parts,
         }
     }
 }
+
+/// The least spread, in dB, an impulse scale is credited with: a scale that barely moved over a
+/// few clips must not turn a fraction of a decibel into an alarm (the band profiles' floor, too).
+const IMPULSIVENESS_STD_FLOOR_DB: f64 = 0.5;
 
 /// Fits the statistics of a profile; scales and thresholds come from [`calibrate_profile`].
 pub fn fit_statistics(
@@ -327,10 +367,13 @@ pub fn fit_statistics(
         .filter_map(Waveform::impulsiveness_db)
         .collect();
     // Impulsiveness is judged only where every normal clip had it (older callers measure none).
-    let impulsiveness = (measured.len() == normal.clips() && measured.len() >= 3)
+    let impulsiveness = (measured.len() == normal.clips() && measured.len() >= 2)
         .then(|| {
             (0..crate::features::IMPULSE_SCALES.len())
-                .map(|scale| TwoSided::fit(&measured.iter().map(|m| m[scale]).collect::<Vec<_>>()))
+                .map(|scale| {
+                    TwoSided::fit(&measured.iter().map(|m| m[scale]).collect::<Vec<_>>())
+                        .map(|fit| fit.with_floor(IMPULSIVENESS_STD_FLOOR_DB))
+                })
                 .collect::<Option<Vec<_>>>()
         })
         .flatten();
@@ -409,27 +452,23 @@ pub fn calibrate_profile(
             .unwrap_or(1.0)
             .max(1e-9)
     };
-    profile.window_scale = median(
-        normal
-            .iter()
-            .map(|c| c.window_scores.iter().sum::<f64>() / c.window_scores.len().max(1) as f64)
-            .collect(),
-    );
-    if let Some(clip_bands) = &profile.clip_bands {
-        profile.clip_bands_scale = median(
-            normal
-                .iter()
-                .map(|c| clip_bands.score(&c.clip_features))
-                .collect(),
-        );
+    // A part the held-out clips could not be scored on (their statistics had too few clips for
+    // it) has no calibration: judging by it would put clips on a scale their threshold never saw.
+    let scored = |part: usize| normal.iter().all(|c| c.raw_parts[part].is_some());
+    if !scored(1) {
+        profile.clip_bands = None;
+    }
+    if !scored(2) {
+        profile.impulsiveness = None;
+    }
+    let part_median =
+        |part: usize| -> f64 { median(normal.iter().filter_map(|c| c.raw_parts[part]).collect()) };
+    profile.window_scale = part_median(0);
+    if profile.clip_bands.is_some() {
+        profile.clip_bands_scale = part_median(1);
     }
     if profile.impulsiveness.is_some() {
-        profile.impulsiveness_scale = median(
-            normal
-                .iter()
-                .filter_map(|c| profile.impulsiveness_departure(&c.waveform))
-                .collect(),
-        );
+        profile.impulsiveness_scale = part_median(2);
     }
     let split = |values: &dyn Fn(&HeldOutClip) -> Vec<f64>| -> (Vec<f64>, Vec<f64>) {
         let (mut n, mut a) = (Vec::new(), Vec::new());
@@ -449,8 +488,7 @@ pub fn calibrate_profile(
         let auc_with = |weights: Vec<f64>| {
             let mut trial = profile.clone();
             trial.clip_weights = weights;
-            let (n, a) =
-                split(&|c| vec![trial.clip_score(&c.window_scores, &c.clip_features, &c.waveform)]);
+            let (n, a) = split(&|c| vec![trial.weigh(trial.scale(c.raw_parts))]);
             crate::metrics::auc(&n, &a).unwrap_or(0.5)
         };
         let all = auc_with(vec![1.0, 1.0, 1.0]);
@@ -467,8 +505,7 @@ pub fn calibrate_profile(
         }
     }
     let (normal_windows, anomaly_windows) = split(&|c| c.window_scores.clone());
-    let (normal_clips, anomaly_clips) =
-        split(&|c| vec![profile.clip_score(&c.window_scores, &c.clip_features, &c.waveform)]);
+    let (normal_clips, anomaly_clips) = split(&|c| vec![profile.weigh(profile.scale(c.raw_parts))]);
     let labelled = calibrate::max_f1_threshold(&normal_clips, &anomaly_clips).zip(
         calibrate::max_f1_threshold(&normal_windows, &anomaly_windows),
     );
@@ -546,4 +583,97 @@ pub fn window_pairs<'a>(
     embeddings
         .chunks_exact(embedding_dim.max(1))
         .zip(band_means.chunks_exact(BANDS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Six clips of a machine whose clicks vary in sharpness, as the network and the waveform
+    /// measure would see them.
+    fn normal_clips() -> NormalWindows {
+        let mut normal = NormalWindows::default();
+        for clip in 0..6_u16 {
+            let wobble = f32::from(clip) * 0.1;
+            let embeddings: Vec<f32> = (0..3 * 4)
+                .map(|i| ((i % 4) as f32 + 1.0) * (1.0 + wobble) + (i / 4) as f32 * 0.05)
+                .collect();
+            let band_means: Vec<f32> = (0..3 * BANDS)
+                .map(|i| -40.0 - (i % BANDS) as f32 * 0.3 + wobble)
+                .collect();
+            let band_peaks: Vec<f32> = band_means.iter().map(|m| m + 6.0 + wobble).collect();
+            let samples: Vec<f32> = (0..32_000)
+                .map(|i| {
+                    let hum = 0.05 * (std::f32::consts::TAU * 120.0 * i as f32 / 16_000.0).sin();
+                    if i % 8_000 < 20 {
+                        hum + 0.3 + 0.1 * f32::from(clip)
+                    } else {
+                        hum
+                    }
+                })
+                .collect();
+            normal.push_clip(&crate::inference::Inference {
+                windows: 3,
+                probabilities: Vec::new(),
+                embeddings,
+                band_means,
+                band_peaks,
+                waveform: Waveform::measure(&samples),
+            });
+        }
+        normal
+    }
+
+    #[test]
+    fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
+        let normal = normal_clips();
+        let key = MachineKey {
+            machine_type: "valve".into(),
+            machine_id: "v-1".into(),
+        };
+        let profile = enroll_profile(
+            Scope::Machine,
+            &key,
+            DetectorKind::Neighbours,
+            &normal,
+            4,
+            true,
+            99.0,
+        )
+        .expect("enrolled");
+        // Each clip scored by the statistics fitted without it.
+        let mut bands = Vec::new();
+        let mut impulsiveness = Vec::new();
+        for left_out in 0..normal.clips() {
+            let partial = fit_statistics(
+                Scope::Machine,
+                &key,
+                DetectorKind::Neighbours,
+                ProfileSource::Enrolled,
+                &normal.without(left_out),
+                4,
+                true,
+            )
+            .expect("partial");
+            let input = normal.clip(left_out);
+            let [_, b, i] = partial.raw_parts(
+                &[],
+                &partial.clip_features(input.band_means, input.band_peaks),
+                &input.waveform,
+            );
+            bands.push(b.expect("band part"));
+            impulsiveness.push(i.expect("impulsiveness part"));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        assert!((profile.clip_bands_scale - median(bands)).abs() < 1e-9);
+        assert!((profile.impulsiveness_scale - median(impulsiveness.clone())).abs() < 1e-9);
+        // In-sample, the same clips would have looked tamer: the held-out scale is the honest one.
+        let in_sample: Vec<f64> = (0..normal.clips())
+            .filter_map(|c| profile.impulsiveness_departure(&normal.clip(c).waveform))
+            .collect();
+        assert!(median(in_sample) < profile.impulsiveness_scale);
+    }
 }

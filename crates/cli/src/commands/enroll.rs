@@ -48,6 +48,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     detector
         .save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
+    for e in enrolled
+        .iter()
+        .filter(|e| e.clips < RELIABLE_ENROLMENT_CLIPS)
+    {
+        // On stderr, so the JSON on stdout stays one document.
+        eprintln!(
+            "warning: {} was enrolled from {} normal recordings: its threshold is set by clips each \
+             scored against statistics of the other {}, and is uncertain below {RELIABLE_ENROLMENT_CLIPS}; \
+             enrol again as more normal recordings arrive",
+            e.machine,
+            e.clips,
+            e.clips.saturating_sub(1)
+        );
+    }
     if args.json {
         let json: Vec<serde_json::Value> = enrolled
             .iter()
@@ -81,3 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Normal recordings below which an enrolled machine's threshold is flagged as uncertain: with
+/// fewer, leaving one out to score it leaves too little to say what normal spread is.
+const RELIABLE_ENROLMENT_CLIPS: usize = 10;

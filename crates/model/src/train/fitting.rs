@@ -191,12 +191,19 @@ pub(super) fn fit_profiles(
         if held_out.iter().filter(|c| !c.anomaly).count() >= 2 {
             profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile())?;
         } else {
-            // Too little held out for this machine: cross-fit on its training normals instead.
+            // Too little held out for this machine: cross-fit on every normal clip of it instead,
+            // training and validation alike (each is scored by statistics fitted without it).
+            let mut pooled = normal.clone();
+            for (clip, inference) in &validation {
+                if !clip.is_anomaly() && scopes(clip).iter().any(|(s, k)| s == scope && k == key) {
+                    pooled.push_clip(inference);
+                }
+            }
             let cross_fitted = profile::enroll_profile(
                 *scope,
                 key,
                 DetectorKind::Neighbours,
-                normal,
+                &pooled,
                 dim,
                 detector.info.relative_level,
                 config.threshold_percentile(),
