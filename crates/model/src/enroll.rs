@@ -67,6 +67,7 @@ pub fn enroll(
         pooled.embeddings.extend(normal.embeddings.iter().cloned());
         pooled.band_means.extend(normal.band_means.iter().cloned());
         pooled.band_peaks.extend(normal.band_peaks.iter().cloned());
+        pooled.waveforms.extend(normal.waveforms.iter().cloned());
         fitted.push(profile::enroll_profile(
             Scope::Machine,
             machine,

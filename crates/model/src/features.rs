@@ -33,11 +33,13 @@ pub fn mean_bands(rows: &[f32]) -> Vec<f32> {
 pub const PEAK_BLOCK: usize = 16_000;
 
 /// The time scales, in samples at 16 kHz, at which a waveform's loudest moment is measured: a
-/// single sample (the crest factor's peak), then 1.6, 6.25, 25 and 100 ms. A mechanical impact
-/// lasts from a fraction of a millisecond (a sharp click) to tens of milliseconds (a dull thud, a
-/// rattle), so how impulsive a machine sounds is a shape over scales, not one number: a valve
-/// whose click has gone dull keeps its 100 ms loudness but loses its sample peak. Each divides
-/// [`PEAK_BLOCK`], so frames never straddle blocks and a stream adds up to its clip exactly.
+/// single sample (the crest factor's peak), then 1.6, 6.25, 25 and 100 ms, in fixed frames from
+/// the start of each block (an impact straddling two frames reads up to 3 dB low at the longer
+/// scales). A mechanical impact lasts from a fraction of a millisecond (a sharp click) to tens of
+/// milliseconds (a dull thud, a rattle), so how impulsive a machine sounds is a shape over scales,
+/// not one number: a valve whose click has gone dull loses its sample peak but not its 25 ms
+/// loudness. Each divides [`PEAK_BLOCK`], so frames never straddle blocks, and a stream of
+/// one-second frames adds up to its clip exactly.
 pub const IMPULSE_SCALES: [usize; 5] = [1, 25, 100, 400, 1_600];
 
 /// What the waveform itself says, kept so that it can be added up over the frames of a stream:
@@ -104,6 +106,7 @@ impl Waveform {
         if self.samples == 0
             || self.peaks.is_empty()
             || !self.peaks.len().is_multiple_of(scales)
+            || !rms.is_finite()
             || rms <= 1e-9
         {
             return None;
@@ -153,8 +156,8 @@ pub struct ClipStatistics(pub [f64; 3]);
 
 impl ClipStatistics {
     /// From the waveform's measure and its absolute (not level-shifted) log-mel windows. The crest
-    /// factor is the model's own ([`Waveform::crest_db`]), so the baseline and the model's crest
-    /// part hear the same number.
+    /// factor is the first of the model's impulse scales ([`Waveform::crest_db`]), so the baseline
+    /// hears the same number the model's impulsiveness part starts from.
     pub fn measure(waveform: &Waveform, windows: &[f32], bands: &[BandRange]) -> Self {
         let floor = 1e-10;
         let rms = (waveform.energy / waveform.samples.max(1) as f64).sqrt();

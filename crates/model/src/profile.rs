@@ -452,8 +452,9 @@ pub fn calibrate_profile(
             .unwrap_or(1.0)
             .max(1e-9)
     };
-    // A part the held-out clips could not be scored on (their statistics had too few clips for
-    // it) has no calibration: judging by it would put clips on a scale their threshold never saw.
+    // A part some held-out normal clip could not be scored on (its statistics had too few clips
+    // for it, or the clip had no measure) has no calibration: judging by it would put clips on a
+    // scale their threshold never saw.
     let scored = |part: usize| normal.iter().all(|c| c.raw_parts[part].is_some());
     if !scored(1) {
         profile.clip_bands = None;
@@ -461,8 +462,23 @@ pub fn calibrate_profile(
     if !scored(2) {
         profile.impulsiveness = None;
     }
+    // Every held-out clip, faulty ones too, is judged only by the parts the profile keeps.
+    let kept = [
+        true,
+        profile.clip_bands.is_some(),
+        profile.impulsiveness.is_some(),
+    ];
+    let parts_of = |clip: &HeldOutClip| -> [Option<f64>; 3] {
+        let mut parts = clip.raw_parts;
+        for (part, keep) in parts.iter_mut().zip(kept) {
+            if !keep {
+                *part = None;
+            }
+        }
+        parts
+    };
     let part_median =
-        |part: usize| -> f64 { median(normal.iter().filter_map(|c| c.raw_parts[part]).collect()) };
+        |part: usize| -> f64 { median(normal.iter().filter_map(|c| parts_of(c)[part]).collect()) };
     profile.window_scale = part_median(0);
     if profile.clip_bands.is_some() {
         profile.clip_bands_scale = part_median(1);
@@ -488,7 +504,7 @@ pub fn calibrate_profile(
         let auc_with = |weights: Vec<f64>| {
             let mut trial = profile.clone();
             trial.clip_weights = weights;
-            let (n, a) = split(&|c| vec![trial.weigh(trial.scale(c.raw_parts))]);
+            let (n, a) = split(&|c| vec![trial.weigh(trial.scale(parts_of(c)))]);
             crate::metrics::auc(&n, &a).unwrap_or(0.5)
         };
         let all = auc_with(vec![1.0, 1.0, 1.0]);
@@ -505,7 +521,7 @@ pub fn calibrate_profile(
         }
     }
     let (normal_windows, anomaly_windows) = split(&|c| c.window_scores.clone());
-    let (normal_clips, anomaly_clips) = split(&|c| vec![profile.weigh(profile.scale(c.raw_parts))]);
+    let (normal_clips, anomaly_clips) = split(&|c| vec![profile.weigh(profile.scale(parts_of(c)))]);
     let labelled = calibrate::max_f1_threshold(&normal_clips, &anomaly_clips).zip(
         calibrate::max_f1_threshold(&normal_windows, &anomaly_windows),
     );

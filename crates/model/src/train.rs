@@ -368,7 +368,7 @@ pub fn train(
         training: TrainingRecord::default(),
     };
     let mut detector = Detector::new(info, network, device)?;
-    detector.info.profiles = fit_profiles(
+    let (profiles, pooled_validation) = fit_profiles(
         observer,
         &detector,
         &train_clips,
@@ -377,9 +377,12 @@ pub fn train(
         &fixed_validation,
         config,
     )?;
+    detector.info.profiles = profiles;
 
+    // Validation figures only on clips the statistics never contained.
     let judged: Vec<evaluate::Judged> = validation_clips
         .iter()
+        .filter(|c| !pooled_validation.contains(&c.machine()))
         .filter_map(|c| evaluate::judge(&detector, c).ok())
         .collect();
     let used: Vec<String> = train_clips

@@ -221,6 +221,15 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
     );
 
     let scope_for = |machine: MachineKey| detector.profile_for(&machine).map(|p| p.scope);
+    // A machine judged by its type's profile hears impulsiveness as its own machine's would.
+    for machine in [key("pump", "id_01"), key("pump", "id_02")] {
+        let profile = detector.profile_for(&machine).expect("profile");
+        assert_eq!(
+            profile.impulsiveness.as_ref().map(Vec::len),
+            Some(IMPULSE_SCALES.len()),
+            "{machine}"
+        );
+    }
     assert_eq!(scope_for(key("pump", "id_01")), Some(Scope::Machine));
     assert_eq!(scope_for(key("pump", "id_02")), Some(Scope::MachineType));
     assert_eq!(

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "waveform_summary",
         include_str!("../migrations/0010_waveform_summary.sql"),
     ),
+    (
+        11,
+        "impulse_scales",
+        include_str!("../migrations/0011_impulse_scales.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

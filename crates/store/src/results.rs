@@ -21,7 +21,8 @@ pub struct StreamSummary {
     pub mean_score: f64,
     pub band_means: Vec<f32>,
     pub band_peaks: Vec<f32>,
-    /// The frame's waveform: peak of each second, energy, samples (0 samples: not measured).
+    /// The frame's waveform: per second, the RMS of its loudest frame at each of the model's impulse
+    /// scales (the first is the largest absolute sample); energy; samples (0 samples: not measured).
     pub waveform_peaks: Vec<f32>,
     pub waveform_energy: f64,
     pub waveform_samples: i64,

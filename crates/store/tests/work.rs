@@ -509,7 +509,7 @@ async fn verdicts_are_stored_once_per_model_version_and_feed_the_next_frames_his
             summaries[0].waveform_samples
         ),
         (vec![0.5], 100.0, 16_000),
-        "the waveform comes back for the stream's crest factor"
+        "the waveform comes back for the stream's impulsiveness"
     );
 
     // The same verdict again (a retry after a lost commit acknowledgement) stores nothing new.

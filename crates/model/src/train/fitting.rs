@@ -1,7 +1,8 @@
 //! Judging a network on recordings it did not train on: the per-epoch validation score that drives
-//! early stopping, and the profiles fitted on training normals and calibrated on validation clips.
+//! early stopping, and the profiles fitted on training normals and calibrated on validation clips
+//! (or cross-fitted on all of a machine's normal clips where validation holds too few).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use auscult_signal::{Normalisation, WINDOW_VALUES};
 
@@ -117,9 +118,13 @@ pub(super) fn validate(
 }
 
 /// Fits the machine and machine-type profiles on training normals and calibrates each on the
-/// validation recordings it covers (cross-fitted training normals where there are none). There is
+/// validation recordings it covers; a profile with fewer than two validation normals is cross-fitted
+/// on all its normal clips instead, training and validation alike. There is
 /// no global profile: a machine of a type the model never heard is unknown until it is enrolled,
 /// never judged against another machine's normal.
+///
+/// Also returns the machines whose validation clips went into their statistics: figures on those
+/// clips would be in-sample.
 pub(super) fn fit_profiles(
     observer: &dyn TrainObserver,
     detector: &Detector,
@@ -128,8 +133,9 @@ pub(super) fn fit_profiles(
     validation_clips: &[&Clip],
     fixed_validation: &[Vec<f32>],
     config: &TrainConfig,
-) -> Result<Vec<MachineProfile>, ModelError> {
+) -> Result<(Vec<MachineProfile>, BTreeSet<MachineKey>), ModelError> {
     let dim = detector.info.network.embedding_size();
+    let mut pooled_validation = BTreeSet::new();
     let scopes = |clip: &Clip| -> [(Scope, MachineKey); 2] {
         [
             (Scope::Machine, clip.machine()),
@@ -218,8 +224,11 @@ pub(super) fn fit_profiles(
             };
             cross_fitted.source = ProfileSource::Trained;
             profile = cross_fitted;
+            if *scope == Scope::Machine {
+                pooled_validation.insert(key.clone());
+            }
         }
         profiles.push(profile);
     }
-    Ok(profiles)
+    Ok((profiles, pooled_validation))
 }
