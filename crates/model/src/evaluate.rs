@@ -91,13 +91,7 @@ impl Reference {
 
     /// The normal recordings among `clips` that `detector` learned from.
     pub fn learned(detector: &Detector, clips: &[Clip]) -> Self {
-        let learned: std::collections::BTreeSet<&str> = detector
-            .info
-            .training
-            .files
-            .iter()
-            .map(String::as_str)
-            .collect();
+        let learned = detector.info.training.learned();
         let mut reference = Self::default();
         for clip in clips
             .iter()

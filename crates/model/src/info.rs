@@ -74,6 +74,13 @@ pub struct TrainingRecord {
     pub seconds: f64,
 }
 
+impl TrainingRecord {
+    /// The content hashes of the recordings the model learned from, to look clips up in.
+    pub fn learned(&self) -> std::collections::BTreeSet<&str> {
+        self.files.iter().map(String::as_str).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,

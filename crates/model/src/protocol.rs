@@ -57,13 +57,7 @@ pub fn leave_one_pattern_out(
             let mut detector = train::train(&training, config, observer)?;
             let tested: Vec<&Clip> = clips.iter().filter(|c| held_out(c)).collect();
             let (enrolling, tested) = take_normals(tested, enroll_clips);
-            let learned: BTreeSet<&str> = detector
-                .info
-                .training
-                .files
-                .iter()
-                .map(String::as_str)
-                .collect();
+            let learned = detector.info.training.learned();
             let mut reference = Reference::learned(&detector, &training);
             if !enrolling.is_empty() {
                 // The machine's profile is refitted on what it was trained on plus the new

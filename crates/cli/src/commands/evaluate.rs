@@ -1,6 +1,5 @@
 //! `auscult evaluate`: the DCASE measures of a model on labelled recordings.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use auscult_audio::ChannelChoice;
@@ -171,13 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let listed = recordings::discover(&args.data)?;
     let clips = recordings::load(&listed, channel, rate, args.json)?;
-    let seen: HashSet<&str> = detector
-        .info
-        .training
-        .files
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let seen = detector.info.training.learned();
     let (judge_these, skipped): (Vec<_>, Vec<_>) = clips
         .iter()
         .partition(|c| args.include_training_files || !seen.contains(c.content_sha256.as_str()));
