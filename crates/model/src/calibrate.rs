@@ -26,6 +26,13 @@ pub enum ThresholdMethod {
         scale: f64,
         percentile: f64,
     },
+    /// A clip is out of range when one part of its score is beyond that part's normal range:
+    /// the `part_percentile` of a gamma fitted to the part's held-out normal scores, the target
+    /// `percentile`'s share of false alarms divided among the parts.
+    PartRanges {
+        percentile: f64,
+        part_percentile: f64,
+    },
 }
 
 /// The threshold maximising F1 of `score > threshold`; ties go to the middle of the best gap, so

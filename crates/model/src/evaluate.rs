@@ -24,10 +24,12 @@ pub struct Judged {
     pub relative_score: f64,
     pub verdict: Verdict,
     pub scope: Scope,
-    /// The clip score's parts: the embedding's (or band detector's) mean window score and the band
-    /// profile's, each in units of a typical normal clip.
+    /// The clip score's parts ([`crate::profile::ClipParts`]), each in units of normal: the
+    /// embedding's (or band detector's) mean window score, the band spectrum's departure, the band
+    /// peaks' and the impulsiveness's.
     pub windows_part: f64,
     pub bands_part: Option<f64>,
+    pub band_peaks_part: Option<f64>,
     pub impulsiveness_part: Option<f64>,
     pub statistics: ClipStatistics,
 }
@@ -45,7 +47,12 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let profile = detector
         .profile_for(&machine)
         .ok_or_else(|| crate::ModelError::UnknownMachine(machine.to_string()))?;
-    let [windows_part, bands_part, impulsiveness_part] = profile.clip_parts(
+    let [
+        windows_part,
+        bands_part,
+        band_peaks_part,
+        impulsiveness_part,
+    ] = profile.clip_parts(
         &assessment.window_scores,
         &profile.clip_features(&inference.band_means, &inference.band_peaks),
         &inference.waveform,
@@ -59,6 +66,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         scope: assessment.scope,
         windows_part: windows_part.unwrap_or(f64::NAN),
         bands_part,
+        band_peaks_part,
         impulsiveness_part,
         statistics,
     })
@@ -132,6 +140,7 @@ pub struct TypeReport {
     /// AUC of each part of the clip score alone.
     pub windows_part_auc: Option<Interval>,
     pub bands_part_auc: Option<Interval>,
+    pub band_peaks_part_auc: Option<Interval>,
     pub impulsiveness_part_auc: Option<Interval>,
     /// AUC of each single clip statistic, two-sided against the machine's reference normals.
     pub baselines: BTreeMap<ClipStatistic, Option<Interval>>,
@@ -245,6 +254,7 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
             .unwrap_or(Scope::Machine),
         windows_part_auc: auc_of(&|j| Some(j.windows_part), 5),
         bands_part_auc: auc_of(&|j| j.bands_part, 6),
+        band_peaks_part_auc: auc_of(&|j| j.band_peaks_part, 8),
         impulsiveness_part_auc: auc_of(&|j| j.impulsiveness_part, 7),
         baselines,
     }

@@ -44,6 +44,29 @@ fn one() -> f64 {
     1.0
 }
 
+/// How the parts of a clip's score make one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    /// Each part in units of a typical normal clip's (the median of held-out normal clips),
+    /// weighted and added. Profiles written before [`Fusion::Furthest`] are read as this, so a
+    /// model file keeps the verdicts it was calibrated for.
+    #[default]
+    Sum,
+    /// Each part in units of its own normal range — how far held-out normal clips reach at the
+    /// target false-alarm rate, shared among the parts — and the furthest of them counts. Added
+    /// up, a part that varies a lot between healthy clips (a fan's band peaks in a hall with
+    /// knocks in it) sets a threshold no departure of a steady part can reach (the fan's hum moved
+    /// by 10 dB); judged each against its own range, the steady part's departure stands out.
+    Furthest,
+}
+
+/// The parts of a clip's score, in this order: the mean window score (the embedding's, for an
+/// embedding profile), the departure of the clip's mean band spectrum, of its band peaks, and of
+/// its impulsiveness. A steady fault (a hum that moved) shows in the spectrum; a transient one (a
+/// click gone dull, a rattle) in the peaks and the impulsiveness.
+pub type ClipParts = [Option<f64>; 4];
+
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
 
@@ -65,10 +88,18 @@ pub struct MachineProfile {
     /// show only over seconds — a valve whose closing click has gone dull is normal in any second
     /// without a click — and the clip's peaks catch them.
     pub clip_bands: Option<BandGaussian>,
-    /// Typical (median) clip score of unseen normal recordings, per part of the clip score: the
-    /// parts are divided by these before they are added, so each counts in units of "normal".
+    /// How the parts of the clip score are put together; profiles from before [`Fusion::Furthest`]
+    /// added them.
+    #[serde(default)]
+    pub fusion: Fusion,
+    /// What each part of the clip score is divided by before the parts are put together, so each
+    /// counts in units of "normal": its normal range ([`Fusion::Furthest`]) or the typical
+    /// (median) score of unseen normal clips ([`Fusion::Sum`]). The band peaks have their own
+    /// only with [`Fusion::Furthest`]; before, the band spectrum and peaks were one part.
     pub window_scale: f64,
     pub clip_bands_scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band_peaks_scale: Option<f64>,
     /// How impulsive normal clips sound at each of [`crate::features::IMPULSE_SCALES`], judged
     /// scale by scale in either direction: faults that change a machine's impacts (a valve's click
     /// gone dull, a knock or a rattle appearing) show in it long before a spectrogram frame of
@@ -83,9 +114,9 @@ pub struct MachineProfile {
     pub legacy_crest: Option<TwoSided>,
     #[serde(default = "one", rename = "crest_scale")]
     pub legacy_crest_scale: f64,
-    /// Weights of the parts of the clip score (windows, band profile, impulsiveness). All count
-    /// alike unless labelled anomalies showed one of them to rank faults of this machine better on
-    /// its own.
+    /// Weights of the parts of the clip score, in [`ClipParts`] order (three in profiles from
+    /// before [`Fusion::Furthest`]: the band spectrum and peaks shared one). All count alike unless
+    /// labelled anomalies showed one of them to rank faults of this machine better on its own.
     pub clip_weights: Vec<f64>,
     /// For one window (a one-second frame).
     pub window_threshold: f64,
@@ -135,8 +166,9 @@ impl MachineProfile {
         }
     }
 
-    /// A clip's score: its parts ([`Self::clip_parts`]), each in units of a typical normal
-    /// clip's, weighted and added. A normal clip scores about the sum of the weights.
+    /// A clip's score: its parts ([`Self::clip_parts`]), each in units of normal, weighted and
+    /// put together as [`Self::fusion`] says. With [`Fusion::Furthest`] a clip scores above 1 when
+    /// one of its parts is beyond that part's normal range.
     pub fn clip_score(
         &self,
         window_scores: &[f64],
@@ -146,49 +178,69 @@ impl MachineProfile {
         self.weigh(self.clip_parts(window_scores, clip_features, waveform))
     }
 
-    /// Scaled parts, weighted and added.
-    fn weigh(&self, parts: [Option<f64>; 3]) -> f64 {
-        parts
+    /// Scaled parts, weighted and put together.
+    fn weigh(&self, parts: ClipParts) -> f64 {
+        let weighted = parts
             .iter()
-            .zip(&self.clip_weights)
-            .map(|(part, weight)| part.map_or(0.0, |p| p * weight))
-            .sum()
+            .zip(self.weights())
+            .filter_map(|(part, weight)| part.map(|p| p * weight));
+        match self.fusion {
+            Fusion::Sum => weighted.sum(),
+            Fusion::Furthest => weighted.fold(0.0, f64::max),
+        }
     }
 
-    /// The parts of [`Self::clip_score`] before they are weighted: the mean window score (the
-    /// embedding's, for an embedding profile), the band-profile score and the impulsiveness's
-    /// departure, each in units of a typical normal clip's; `None` where the profile or the sound
-    /// lacks one.
+    /// [`Self::clip_weights`] in [`ClipParts`] order, whichever way the profile stored them.
+    fn weights(&self) -> [f64; 4] {
+        match self.clip_weights[..] {
+            [windows, spectrum, peaks, impulsiveness] => [windows, spectrum, peaks, impulsiveness],
+            [windows, bands, impulsiveness] => [windows, bands, bands, impulsiveness],
+            _ => [1.0; 4],
+        }
+    }
+
+    /// The parts of [`Self::clip_score`] ([`ClipParts`]) before they are weighted, each in units
+    /// of normal; `None` where the profile or the sound lacks one.
     pub fn clip_parts(
         &self,
         window_scores: &[f64],
         clip_features: &[f32],
         waveform: &Waveform,
-    ) -> [Option<f64>; 3] {
+    ) -> ClipParts {
         self.scale(self.raw_parts(window_scores, clip_features, waveform))
     }
 
-    /// The parts as this profile's statistics measure them, before they are put in units of a
-    /// typical normal clip: the mean window score, the band profile's Σz², the impulsiveness's Σz².
+    /// The parts as this profile's statistics measure them, before they are put in units of
+    /// normal: the mean window score, Σz² of the band spectrum, of the band peaks and of the
+    /// impulsiveness.
     fn raw_parts(
         &self,
         window_scores: &[f64],
         clip_features: &[f32],
         waveform: &Waveform,
-    ) -> [Option<f64>; 3] {
+    ) -> ClipParts {
         let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
-        let bands = self
-            .clip_bands
-            .as_ref()
-            .map(|clip_bands| clip_bands.score(clip_features));
-        [Some(mean), bands, self.impulsiveness_departure(waveform)]
+        // The clip's features are its band means, then its band peaks (`clip_features`).
+        let squares = |z: &[f32]| -> f64 { z.iter().map(|z| f64::from(z * z)).sum() };
+        let (spectrum, peaks) = self.clip_bands.as_ref().map_or((None, None), |clip_bands| {
+            let z = clip_bands.z_scores(clip_features);
+            let (means, peaks) = z.split_at(BANDS.min(z.len()));
+            (Some(squares(means)), Some(squares(peaks)))
+        });
+        [
+            Some(mean),
+            spectrum,
+            peaks,
+            self.impulsiveness_departure(waveform),
+        ]
     }
 
-    /// Raw parts in units of a typical normal clip.
-    fn scale(&self, raw: [Option<f64>; 3]) -> [Option<f64>; 3] {
+    /// Raw parts in units of normal.
+    fn scale(&self, raw: ClipParts) -> ClipParts {
         let scales = [
             self.window_scale,
             self.clip_bands_scale,
+            self.band_peaks_scale.unwrap_or(self.clip_bands_scale),
             self.impulsiveness_scale,
         ];
         let mut scaled = raw;
@@ -294,7 +346,7 @@ pub struct HeldOutClip {
     pub anomaly: bool,
     pub window_scores: Vec<f64>,
     /// [`MachineProfile::raw_parts`] under that profile.
-    raw_parts: [Option<f64>; 3],
+    raw_parts: ClipParts,
 }
 
 impl HeldOutClip {
@@ -340,7 +392,7 @@ pub fn fit_statistics(
     if relative_level {
         relative_rows(&mut window_bands);
     }
-    let bands = BandGaussian::fit(&window_bands, BANDS)?;
+    let bands = BandGaussian::fit(&window_bands, BANDS, BANDS)?;
     let embedding = match detector {
         DetectorKind::Embedding => Some(Gaussian::fit(&flat(&normal.embeddings), embedding_dim)?),
         DetectorKind::Bands | DetectorKind::Neighbours => None,
@@ -360,7 +412,7 @@ pub fn fit_statistics(
         .zip(&normal.band_peaks)
         .flat_map(|(m, p)| level_features(clip_features(m, p), relative_level))
         .collect();
-    let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS).ok();
+    let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS, BANDS).ok();
     let measured: Vec<_> = normal
         .waveforms
         .iter()
@@ -390,13 +442,15 @@ pub fn fit_statistics(
         centres,
         bands,
         clip_bands,
+        fusion: Fusion::Furthest,
         window_scale: 1.0,
         clip_bands_scale: 1.0,
+        band_peaks_scale: Some(1.0),
         impulsiveness,
         impulsiveness_scale: 1.0,
         legacy_crest: None,
         legacy_crest_scale: 1.0,
-        clip_weights: vec![1.0, 1.0, 1.0],
+        clip_weights: vec![1.0; 4],
         window_threshold: f64::INFINITY,
         clip_threshold: f64::INFINITY,
         threshold_method: ThresholdMethod::Gamma {
@@ -430,8 +484,10 @@ fn level_features(mut features: Vec<f32>, relative: bool) -> Vec<f32> {
     features
 }
 
-/// Sets a profile's scales and thresholds from held-out clips: maximum F1 when anomalies are among
-/// them, otherwise the gamma `percentile` of the normal scores.
+/// Sets a profile's scales and thresholds from held-out clips. Each part's scale is its normal
+/// range: the point a gamma fitted to the held-out normal clips' values of that part puts at the
+/// target rate, the rate shared among the parts (a clip is flagged when any one is out of range).
+/// With anomalies among the clips, the clip threshold is the one of maximum F1 instead.
 pub fn calibrate_profile(
     profile: &mut MachineProfile,
     held_out: &[HeldOutClip],
@@ -444,31 +500,21 @@ pub fn calibrate_profile(
             normal.len()
         )));
     }
-    let median = |mut values: Vec<f64>| -> f64 {
-        values.sort_by(f64::total_cmp);
-        values
-            .get(values.len() / 2)
-            .copied()
-            .unwrap_or(1.0)
-            .max(1e-9)
-    };
     // A part some held-out normal clip could not be scored on (its statistics had too few clips
     // for it, or the clip had no measure) has no calibration: judging by it would put clips on a
     // scale their threshold never saw.
     let scored = |part: usize| normal.iter().all(|c| c.raw_parts[part].is_some());
-    if !scored(1) {
+    if !(scored(1) && scored(2)) {
         profile.clip_bands = None;
     }
-    if !scored(2) {
+    if !scored(3) {
         profile.impulsiveness = None;
+        profile.legacy_crest = None;
     }
     // Every held-out clip, faulty ones too, is judged only by the parts the profile keeps.
-    let kept = [
-        true,
-        profile.clip_bands.is_some(),
-        profile.impulsiveness.is_some(),
-    ];
-    let parts_of = |clip: &HeldOutClip| -> [Option<f64>; 3] {
+    let bands = profile.clip_bands.is_some();
+    let kept = [true, bands, bands, profile.impulsiveness.is_some()];
+    let parts_of = |clip: &HeldOutClip| -> ClipParts {
         let mut parts = clip.raw_parts;
         for (part, keep) in parts.iter_mut().zip(kept) {
             if !keep {
@@ -477,14 +523,25 @@ pub fn calibrate_profile(
         }
         parts
     };
-    let part_median =
-        |part: usize| -> f64 { median(normal.iter().filter_map(|c| parts_of(c)[part]).collect()) };
-    profile.window_scale = part_median(0);
-    if profile.clip_bands.is_some() {
-        profile.clip_bands_scale = part_median(1);
+    // Each part may flag its share of the healthy clips; parts move together more often than not,
+    // so together they flag fewer than the target.
+    let part_percentile = 100.0 - (100.0 - percentile) / kept.iter().filter(|k| **k).count() as f64;
+    let range = |part: usize| -> f64 {
+        let values: Vec<f64> = normal.iter().filter_map(|c| parts_of(c)[part]).collect();
+        calibrate::gamma_threshold(&values, part_percentile)
+            .map(|(range, _)| range)
+            // No spread to fit (fewer than two positive values): the furthest normal clip's.
+            .unwrap_or_else(|| values.iter().copied().fold(0.0, f64::max))
+            .max(1e-9)
+    };
+    profile.fusion = Fusion::Furthest;
+    profile.window_scale = range(0);
+    if bands {
+        profile.clip_bands_scale = range(1);
+        profile.band_peaks_scale = Some(range(2));
     }
     if profile.impulsiveness.is_some() {
-        profile.impulsiveness_scale = part_median(2);
+        profile.impulsiveness_scale = range(3);
     }
     let split = |values: &dyn Fn(&HeldOutClip) -> Vec<f64>| -> (Vec<f64>, Vec<f64>) {
         let (mut n, mut a) = (Vec::new(), Vec::new());
@@ -497,7 +554,7 @@ pub fn calibrate_profile(
         }
         (n, a)
     };
-    profile.clip_weights = vec![1.0, 1.0, 1.0];
+    profile.clip_weights = vec![1.0; 4];
     if held_out.iter().any(|c| c.anomaly) {
         // Labelled faults: keep the part of the clip score that ranks them best. A part must beat
         // all together by a clear margin to be used alone.
@@ -507,10 +564,11 @@ pub fn calibrate_profile(
             let (n, a) = split(&|c| vec![trial.weigh(trial.scale(parts_of(c)))]);
             crate::metrics::auc(&n, &a).unwrap_or(0.5)
         };
-        let all = auc_with(vec![1.0, 1.0, 1.0]);
-        let best = (0..3)
+        let all = auc_with(vec![1.0; 4]);
+        let best = (0..4)
+            .filter(|part| kept[*part])
             .map(|alone| {
-                let weights: Vec<f64> = (0..3).map(|i| f64::from(u8::from(i == alone))).collect();
+                let weights: Vec<f64> = (0..4).map(|i| f64::from(u8::from(i == alone))).collect();
                 (auc_with(weights.clone()), weights)
             })
             .max_by(|a, b| a.0.total_cmp(&b.0));
@@ -533,11 +591,13 @@ pub fn calibrate_profile(
     }
     let (window, _) = calibrate::gamma_threshold(&normal_windows, percentile)
         .ok_or_else(|| FitError("too few normal windows to fit a gamma".into()))?;
-    let (clip, method) = calibrate::gamma_threshold(&normal_clips, percentile)
-        .ok_or_else(|| FitError("too few normal clips to fit a gamma".into()))?;
     profile.window_threshold = window;
-    profile.clip_threshold = clip;
-    profile.threshold_method = method;
+    // Every part is in units of its own range: a clip is out of range when one part is beyond 1.
+    profile.clip_threshold = 1.0;
+    profile.threshold_method = ThresholdMethod::PartRanges {
+        percentile,
+        part_percentile,
+    };
     Ok(())
 }
 
@@ -658,8 +718,7 @@ mod tests {
         )
         .expect("enrolled");
         // Each clip scored by the statistics fitted without it.
-        let mut bands = Vec::new();
-        let mut impulsiveness = Vec::new();
+        let (mut spectrum, mut peaks, mut impulsiveness) = (Vec::new(), Vec::new(), Vec::new());
         for left_out in 0..normal.clips() {
             let partial = fit_statistics(
                 Scope::Machine,
@@ -672,24 +731,42 @@ mod tests {
             )
             .expect("partial");
             let input = normal.clip(left_out);
-            let [_, b, i] = partial.raw_parts(
+            let [_, s, p, i] = partial.raw_parts(
                 &[],
                 &partial.clip_features(input.band_means, input.band_peaks),
                 &input.waveform,
             );
-            bands.push(b.expect("band part"));
+            spectrum.push(s.expect("spectrum part"));
+            peaks.push(p.expect("band peaks part"));
             impulsiveness.push(i.expect("impulsiveness part"));
         }
-        let median = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+        // Four parts share the 1 % of healthy clips a threshold may flag.
+        let range = |values: &[f64]| {
+            calibrate::gamma_threshold(values, 99.75)
+                .expect("gamma fit")
+                .0
         };
-        assert!((profile.clip_bands_scale - median(bands)).abs() < 1e-9);
-        assert!((profile.impulsiveness_scale - median(impulsiveness.clone())).abs() < 1e-9);
-        // In-sample, the same clips would have looked tamer: the held-out scale is the honest one.
+        assert_eq!(profile.fusion, Fusion::Furthest);
+        assert!((profile.clip_bands_scale - range(&spectrum)).abs() < 1e-9);
+        assert_eq!(profile.band_peaks_scale, Some(range(&peaks)));
+        assert!((profile.impulsiveness_scale - range(&impulsiveness)).abs() < 1e-9);
+        assert_eq!(profile.clip_threshold, 1.0, "out of range is beyond 1");
+        // In-sample, the same clips would have looked tamer: the held-out range is the honest one.
         let in_sample: Vec<f64> = (0..normal.clips())
             .filter_map(|c| profile.impulsiveness_departure(&normal.clip(c).waveform))
             .collect();
-        assert!(median(in_sample) < profile.impulsiveness_scale);
+        assert!(range(&in_sample) < profile.impulsiveness_scale);
+        // Judged against its own range, a part that departs is heard however much another part
+        // varies among healthy clips.
+        let parts = |spectrum: f64, peaks: f64| {
+            [
+                Some(0.0),
+                Some(spectrum * profile.clip_bands_scale),
+                Some(peaks * profile.band_peaks_scale.unwrap_or(1.0)),
+                Some(0.0),
+            ]
+        };
+        assert!(profile.weigh(profile.scale(parts(1.5, 0.1))) > profile.clip_threshold);
+        assert!(profile.weigh(profile.scale(parts(0.9, 0.9))) < profile.clip_threshold);
     }
 }

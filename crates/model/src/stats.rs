@@ -218,6 +218,10 @@ fn closest(centres: &[Vec<f32>], p: &[f32]) -> (usize, f32) {
         )
 }
 
+/// How many samples' worth of evidence a group's typical band spread counts for in each band's
+/// spread ([`BandGaussian::fit`]).
+pub const POOLED_SPREAD_CLIPS: f64 = 4.0;
+
 /// Independent Gaussians over per-band mean energies (dB). The score is Σ zᵢ², which orders
 /// windows exactly as −log p(x) does, so `p(x) < ε` is `score > threshold`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -227,9 +231,14 @@ pub struct BandGaussian {
 }
 
 impl BandGaussian {
-    /// Fits per-band means (each `bands` values, concatenated). The standard deviation has a floor
-    /// of 0.5 dB: a band that never moved in a few clips must not turn a whisper into an alarm.
-    pub fn fit(samples: &[f32], bands: usize) -> Result<Self, FitError> {
+    /// Fits per-band means and spreads (each sample `bands` values, concatenated). A band's spread
+    /// is drawn towards the typical (median) spread of its group — `group` consecutive bands of one
+    /// measure — as if that typical spread had been seen in [`POOLED_SPREAD_CLIPS`] more samples:
+    /// from a handful of clips, a band's own spread is mostly luck, and a band that happened to
+    /// agree in four clips would call any fifth clip an outlier. With many samples the band's own
+    /// spread rules. The standard deviation also has a floor of 0.5 dB: a band that never moved
+    /// must not turn a whisper into an alarm.
+    pub fn fit(samples: &[f32], bands: usize, group: usize) -> Result<Self, FitError> {
         let n = samples.len() / bands.max(1);
         if bands == 0 || n < 2 {
             return Err(FitError(format!("{n} samples are too few")));
@@ -243,11 +252,21 @@ impl BandGaussian {
             }
         }
         let n = n as f64;
-        let std = mean
+        let variance: Vec<f64> = mean
             .iter()
             .zip(&sq)
-            .map(|(m, s)| ((s / n - (m / n).powi(2)).max(0.0).sqrt() as f32).max(0.5))
+            .map(|(m, s)| (s / n - (m / n).powi(2)).max(0.0))
             .collect();
+        let mut std = Vec::with_capacity(bands);
+        for group in variance.chunks(group.clamp(1, bands)) {
+            let mut sorted = group.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            let typical = sorted[sorted.len() / 2];
+            std.extend(group.iter().map(|v| {
+                let moderated = (n * v + POOLED_SPREAD_CLIPS * typical) / (n + POOLED_SPREAD_CLIPS);
+                (moderated.sqrt() as f32).max(0.5)
+            }));
+        }
         Ok(Self {
             mean: mean.iter().map(|m| (m / n) as f32).collect(),
             std,
@@ -349,9 +368,34 @@ mod tests {
         let samples: Vec<f32> = (0..100)
             .flat_map(|i| [-40.0 + (i % 5) as f32, -60.0])
             .collect();
-        let g = BandGaussian::fit(&samples, 2).expect("fit");
+        let g = BandGaussian::fit(&samples, 2, 2).expect("fit");
         assert_eq!(g.std[1], 0.5, "a constant band gets the floor");
         assert!(g.score(&[-38.0, -60.0]) < g.score(&[-38.0, -55.0]));
         assert!(g.z_scores(&[-38.0, -55.0])[1] > 9.0);
+    }
+
+    #[test]
+    fn a_band_that_agreed_by_luck_in_a_few_clips_borrows_its_groups_spread() {
+        // Band 0 barely moved (±0.6 dB) while its three neighbours moved ±3 dB; a fifth group of
+        // bands, of another measure, moved ±0.1 dB and must not be drawn towards the others.
+        let sample = |i: usize, bands: usize| -> Vec<f32> {
+            let sign = if i.is_multiple_of(2) { 1.0 } else { -1.0 };
+            let mut row = vec![sign * 0.6, sign * 3.0, -sign * 3.0, sign * 3.0];
+            row.extend(vec![sign * 0.1; bands - 4]);
+            row
+        };
+        let fit = |clips: usize| {
+            let samples: Vec<f32> = (0..clips).flat_map(|i| sample(i, 8)).collect();
+            BandGaussian::fit(&samples, 8, 4).expect("fit")
+        };
+        let few = fit(4);
+        assert!(few.std[0] > 1.5, "four clips: {:?}", few.std);
+        assert_eq!(
+            few.std[4], 0.5,
+            "the other group keeps its own spread (and the floor)"
+        );
+        let many = fit(400);
+        assert!((many.std[0] - 0.6).abs() < 0.1, "400 clips: {:?}", many.std);
+        assert!((many.std[1] - 3.0).abs() < 0.05);
     }
 }

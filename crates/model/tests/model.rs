@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest;
 use auscult_model::features::{IMPULSE_SCALES, Waveform};
-use auscult_model::profile::{DetectorKind, MachineProfile, Scope};
+use auscult_model::profile::{DetectorKind, Fusion, MachineProfile, Scope};
 use auscult_model::train::{Silent, TrainConfig};
 use auscult_model::{Clip, Detector, MachineKey, ModelError, Verdict, dataset, enroll, train};
 
@@ -112,11 +112,44 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     let legacy: MachineProfile = serde_json::from_value(legacy).expect("legacy profile");
     let waveform = Waveform::measure(&clips[0].samples);
     let crest = waveform.crest_db().expect("crest factor");
-    let [_, _, part] = legacy.clip_parts(&[1.0], &vec![0.0; 128], &waveform);
+    let [_, _, _, part] = legacy.clip_parts(&[1.0], &vec![0.0; 128], &waveform);
     let expected = ((crest - 20.0) / 2.0).powi(2) / 4.0;
     assert!(
         part.is_some_and(|p| (p - expected).abs() < 1e-9),
         "legacy crest part {part:?}, expected {expected}"
+    );
+    // A profile from before each part had its own range added its parts, the band spectrum and
+    // peaks as one, and still does.
+    let mut added = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");
+    let fields = added.as_object_mut().expect("a profile is an object");
+    fields.remove("fusion");
+    fields.remove("band_peaks_scale");
+    fields.insert("clip_weights".into(), serde_json::json!([1.0, 0.5, 2.0]));
+    let added: MachineProfile = serde_json::from_value(added).expect("profile that adds");
+    assert_eq!(added.fusion, Fusion::Sum);
+    let features = vec![1.0; 128];
+    let parts = added.clip_parts(&[3.0], &features, &waveform);
+    let [
+        Some(windows),
+        Some(spectrum),
+        Some(peaks),
+        Some(impulsiveness),
+    ] = parts
+    else {
+        panic!("every part present: {parts:?}");
+    };
+    let bands = added
+        .clip_bands
+        .as_ref()
+        .expect("clip bands")
+        .score(&features)
+        / added.clip_bands_scale;
+    assert!((spectrum + peaks - bands).abs() < 1e-9 * bands.max(1.0));
+    let score = added.clip_score(&[3.0], &features, &waveform);
+    let sum = windows + 0.5 * (spectrum + peaks) + 2.0 * impulsiveness;
+    assert!(
+        (score - sum).abs() < 1e-9 * sum.max(1.0),
+        "{score} vs {sum}"
     );
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -236,6 +236,7 @@ pub fn type_json(t: &TypeReport) -> serde_json::Value {
         "parts": {
             "windows_auc": interval(t.windows_part_auc),
             "bands_auc": interval(t.bands_part_auc),
+            "band_peaks_auc": interval(t.band_peaks_part_auc),
             "impulsiveness_auc": interval(t.impulsiveness_part_auc),
         },
         "baselines": t.baselines.iter().map(|(s, i)| (
