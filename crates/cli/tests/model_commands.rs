@@ -254,8 +254,9 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
     assert!(f1 >= 0.8, "valve F1 at the calibrated threshold {f1}");
     assert_eq!(figure("valve", "false_alarm_rate"), 0.0);
     // One normal and one faulty fan rank nothing. The fan's profile learned from five normal
-    // recordings, one with knocks from the hall: a threshold set honestly for 1 % false alarms from
-    // so few must allow for them, and it sits above this faulty fan (README, "Hearing faults").
+    // recordings, two of them far from the others: ranges set honestly for 1 % false alarms from
+    // so few must allow for them, and the README's figures ("Hearing faults") show this faulty fan
+    // within them.
     // What the model must still hear is the fault itself, by the fan's own profile: its hum has
     // moved, in one band, by many times that band's normal spread — a steady departure, where the
     // healthy fan's strongest is the knock in its peaks.

@@ -46,8 +46,9 @@ pub struct Assessment {
     /// never a condition (that is the verdict's).
     pub class: String,
     pub class_probability: f32,
-    /// For a clip, [`MachineProfile::clip_score`] (about the sum of the profile's clip weights for
-    /// typical normal sound); for shorter sound, the mean window score
+    /// For a clip, [`MachineProfile::clip_score`] (with [`crate::profile::Fusion::Furthest`], how
+    /// far its furthest part is in units of that part's normal range: above 1 is out of range);
+    /// for shorter sound, the mean window score
     /// ([`MachineProfile::score`]: the embedding's cosine distance to the nearest normal centre
     /// for a neighbours profile).
     pub anomaly_score: f64,

@@ -2,7 +2,8 @@
 //!
 //! With labelled anomalies the threshold maximises F1 on held-out recordings; without them a gamma
 //! distribution is fitted to held-out normal scores (squared distances are positive and
-//! right-skewed, which a gamma describes well) and the threshold is its chosen percentile.
+//! right-skewed, which a gamma describes well) and the threshold is its chosen percentile — for a
+//! clip, one gamma per part of its score, each part's range (`crate::profile::calibrate_profile`).
 
 use statrs::distribution::{ContinuousCDF, Gamma};
 use statrs::function::gamma::digamma;

@@ -55,9 +55,9 @@ pub enum Fusion {
     Sum,
     /// Each part in units of its own normal range — how far held-out normal clips reach at the
     /// target false-alarm rate, shared among the parts — and the furthest of them counts. Added
-    /// up, a part that varies a lot between healthy clips (a fan's band peaks in a hall with
-    /// knocks in it) sets a threshold no departure of a steady part can reach (the fan's hum moved
-    /// by 10 dB); judged each against its own range, the steady part's departure stands out.
+    /// up, a part that varies a lot between healthy clips (band peaks in a hall with knocks in it)
+    /// raises the one threshold for every part; judged each against its own range, a steady part's
+    /// departure (a hum moved by 10–15 dB) is weighed against that part's own spread only.
     Furthest,
 }
 
@@ -523,8 +523,8 @@ pub fn calibrate_profile(
         }
         parts
     };
-    // Each part may flag its share of the healthy clips; parts move together more often than not,
-    // so together they flag fewer than the target.
+    // Each part may flag its share of the healthy clips, so that together (a union bound) they
+    // flag no more than the target — as far as the fitted gammas describe unseen normal sound.
     let part_percentile = 100.0 - (100.0 - percentile) / kept.iter().filter(|k| **k).count() as f64;
     let range = |part: usize| -> f64 {
         let values: Vec<f64> = normal.iter().filter_map(|c| parts_of(c)[part]).collect();
@@ -698,6 +698,61 @@ mod tests {
             });
         }
         normal
+    }
+
+    #[test]
+    fn a_part_that_varies_among_healthy_clips_does_not_drown_a_steady_one() {
+        let key = MachineKey {
+            machine_type: "fan".into(),
+            machine_id: "f-1".into(),
+        };
+        let mut profile = fit_statistics(
+            Scope::Machine,
+            &key,
+            DetectorKind::Neighbours,
+            ProfileSource::Enrolled,
+            &normal_clips(),
+            4,
+            true,
+        )
+        .expect("fit");
+        // Five healthy clips as their own statistics never saw them: a steady band spectrum, and
+        // band peaks that a knock in the hall took far out in one of them.
+        let healthy = [
+            (0.020, 60.0, 50.0, 4.0),
+            (0.030, 45.0, 45.0, 6.0),
+            (0.025, 70.0, 60.0, 5.0),
+            (0.018, 52.0, 55.0, 3.0),
+            (0.022, 64.0, 900.0, 5.5),
+        ];
+        let held_out: Vec<HeldOutClip> = healthy
+            .iter()
+            .map(|&(windows, spectrum, peaks, impulsiveness)| HeldOutClip {
+                anomaly: false,
+                window_scores: vec![windows; 3],
+                raw_parts: [
+                    Some(windows),
+                    Some(spectrum),
+                    Some(peaks),
+                    Some(impulsiveness),
+                ],
+            })
+            .collect();
+        calibrate_profile(&mut profile, &held_out, 99.0).expect("calibrated");
+        let parts =
+            |spectrum: f64, peaks: f64| [Some(0.022), Some(spectrum), Some(peaks), Some(4.5)];
+        let score =
+            |spectrum: f64, peaks: f64| profile.weigh(profile.scale(parts(spectrum, peaks)));
+        // A hum that moved: the spectrum far beyond any healthy clip's, the peaks ordinary.
+        assert!(score(400.0, 60.0) > 1.0, "fault {}", score(400.0, 60.0));
+        // Another knock like the healthy one's, and a plain healthy clip: both in range.
+        assert!(score(55.0, 900.0) < 1.0, "knock {}", score(55.0, 900.0));
+        assert!(score(58.0, 52.0) < 1.0, "healthy {}", score(58.0, 52.0));
+        // Added up, the same parts would put the knock over the threshold.
+        let mut added = profile.clone();
+        added.fusion = Fusion::Sum;
+        let knock_added = added.weigh(added.scale(parts(55.0, 900.0)));
+        assert!(knock_added > 1.0, "knock added up {knock_added}");
     }
 
     #[test]

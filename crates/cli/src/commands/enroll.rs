@@ -81,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         for e in &enrolled {
             println!(
-                "enrolled {} ({:?}, {:?} detector) from {} recordings, {} windows: threshold {:.1} per clip, {:.1} per window",
+                "enrolled {} ({:?}, {:?} detector) from {} recordings, {} windows: threshold {:.3} per clip, {:.3} per window",
                 e.machine,
                 e.scope,
                 e.detector,

@@ -266,7 +266,7 @@ pub fn shown(i: Option<Interval>) -> String {
 
 pub fn print_types(report: &EvaluationReport) {
     println!(
-        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20}  best statistic (AUC)",
+        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
         "machine",
         "normal",
         "anomaly",
@@ -275,14 +275,16 @@ pub fn print_types(report: &EvaluationReport) {
         "F1",
         "false alarms",
         "windows part",
-        "bands part"
+        "spectrum part",
+        "band peaks part",
+        "impulsiveness part"
     );
     for t in &report.machine_types {
         let best = t
             .best_baseline()
             .map_or("n/a".to_owned(), |(s, auc)| format!("{s:?} {auc:.3}"));
         println!(
-            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20}  {best}",
+            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20} {:<20} {:<20}  {best}",
             t.machine_type,
             t.n_normal,
             t.n_anomaly,
@@ -292,6 +294,8 @@ pub fn print_types(report: &EvaluationReport) {
             shown(t.false_alarm_rate),
             shown(t.windows_part_auc),
             shown(t.bands_part_auc),
+            shown(t.band_peaks_part_auc),
+            shown(t.impulsiveness_part_auc),
         );
     }
 }

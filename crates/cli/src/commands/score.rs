@@ -159,7 +159,7 @@ fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Va
 
 fn print(path: &std::path::Path, a: &Assessment) {
     println!(
-        "{}: {:?} — score {:.1} vs threshold {:.1} ({} profile {}, {} windows); sounds like {} ({:.0} %)",
+        "{}: {:?} — score {:.3} vs threshold {:.3} ({} profile {}, {} windows); sounds like {} ({:.0} %)",
         recordings::shown(path),
         a.verdict,
         a.anomaly_score,
