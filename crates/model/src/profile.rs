@@ -190,12 +190,16 @@ impl MachineProfile {
         }
     }
 
-    /// [`Self::clip_weights`] in [`ClipParts`] order, whichever way the profile stored them.
+    /// [`Self::clip_weights`] in [`ClipParts`] order, whichever way the profile stored them. Older
+    /// profiles weighed the band spectrum and peaks as one part and may hold fewer weights than
+    /// parts (two, before the waveform's part): a part without a weight counted nothing, and
+    /// still does.
     fn weights(&self) -> [f64; 4] {
-        match self.clip_weights[..] {
-            [windows, spectrum, peaks, impulsiveness] => [windows, spectrum, peaks, impulsiveness],
-            [windows, bands, impulsiveness] => [windows, bands, bands, impulsiveness],
-            _ => [1.0; 4],
+        let stored = |part: usize| self.clip_weights.get(part).copied().unwrap_or(0.0);
+        if self.clip_weights.len() >= 4 {
+            [0, 1, 2, 3].map(stored)
+        } else {
+            [stored(0), stored(1), stored(1), stored(2)]
         }
     }
 
@@ -221,11 +225,9 @@ impl MachineProfile {
     ) -> ClipParts {
         let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
         // The clip's features are its band means, then its band peaks (`clip_features`).
-        let squares = |z: &[f32]| -> f64 { z.iter().map(|z| f64::from(z * z)).sum() };
         let (spectrum, peaks) = self.clip_bands.as_ref().map_or((None, None), |clip_bands| {
-            let z = clip_bands.z_scores(clip_features);
-            let (means, peaks) = z.split_at(BANDS.min(z.len()));
-            (Some(squares(means)), Some(squares(peaks)))
+            let groups = clip_bands.group_scores(clip_features, BANDS);
+            (groups.first().copied(), groups.get(1).copied())
         });
         [
             Some(mean),

@@ -283,7 +283,15 @@ impl BandGaussian {
     }
 
     pub fn score(&self, x: &[f32]) -> f64 {
-        self.z_scores(x).iter().map(|z| f64::from(z * z)).sum()
+        self.group_scores(x, self.mean.len()).iter().sum()
+    }
+
+    /// Σ zᵢ² over each run of `group` consecutive bands (the groups of [`Self::fit`]).
+    pub fn group_scores(&self, x: &[f32], group: usize) -> Vec<f64> {
+        self.z_scores(x)
+            .chunks(group.max(1))
+            .map(|z| z.iter().map(|z| f64::from(z * z)).sum())
+            .collect()
     }
 }
 

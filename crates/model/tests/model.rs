@@ -151,6 +151,15 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
         (score - sum).abs() < 1e-9 * sum.max(1.0),
         "{score} vs {sum}"
     );
+    // Before the waveform's part a profile held two weights; the part without one counts nothing.
+    let mut two = added.clone();
+    two.clip_weights = vec![1.0, 0.5];
+    let score = two.clip_score(&[3.0], &features, &waveform);
+    let sum = windows + 0.5 * (spectrum + peaks);
+    assert!(
+        (score - sum).abs() < 1e-9 * sum.max(1.0),
+        "two weights: {score} vs {sum}"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tiny.model");

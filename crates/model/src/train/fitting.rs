@@ -171,6 +171,7 @@ pub(super) fn fit_profiles(
         .collect();
     let mut profiles = Vec::new();
     for ((scope, key), normal) in &normals {
+        let covers = |clip: &Clip| scopes(clip).iter().any(|(s, k)| s == scope && k == key);
         let mut profile = profile::fit_statistics(
             *scope,
             key,
@@ -183,7 +184,7 @@ pub(super) fn fit_profiles(
         let held_out: Vec<HeldOutClip> = validation
             .iter()
             .filter(|(clip, _)| config.fault_labels || !clip.is_anomaly())
-            .filter(|(clip, _)| scopes(clip).iter().any(|(s, k)| s == scope && k == key))
+            .filter(|(clip, _)| covers(clip))
             .map(|(clip, inference)| {
                 let input = HeldOutInput {
                     embeddings: &inference.embeddings,
@@ -201,7 +202,7 @@ pub(super) fn fit_profiles(
             // training and validation alike (each is scored by statistics fitted without it).
             let mut pooled = normal.clone();
             for (clip, inference) in &validation {
-                if !clip.is_anomaly() && scopes(clip).iter().any(|(s, k)| s == scope && k == key) {
+                if !clip.is_anomaly() && covers(clip) {
                     pooled.push_clip(inference);
                 }
             }
