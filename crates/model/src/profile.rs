@@ -61,6 +61,70 @@ pub enum Fusion {
     Furthest,
 }
 
+/// How a clip's band spectrum is compared with its normal one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "form", rename_all = "snake_case")]
+pub enum SpectrumForm {
+    /// Each band's mean energy as it is (relative to the clip's level with
+    /// [`MachineProfile::relative_level`]). Profiles written before [`SpectrumForm::Contour`]
+    /// are read as this, so a model file keeps the verdicts it was calibrated for.
+    #[default]
+    Level,
+    /// Each band's mean energy above its envelope, the straight line fitted through the bands
+    /// within `half_width` of it (at the edges, through the bands there are): the spectrum's
+    /// contour, its tones and notches, without the smooth envelope that a microphone's response,
+    /// its distance from the machine and the hall's broadband noise change. A fault that moves a
+    /// hum or adds a whine shows in the contour. One of the fan's healthy recordings sits up to
+    /// 10 dB higher over the top bands than the others (broadband noise from the hall): by level it
+    /// is as far out as the faulty fans, by contour it is not.
+    Contour { half_width: usize },
+}
+
+/// The half width, in mel bands, of the envelope a [`SpectrumForm::Contour`] is taken against:
+/// nine bands, about 400 Hz wide at the bottom of the mel scale and 2.5 kHz at the top — wide
+/// enough that a tone stands above it, narrow enough to follow a hall's broadband noise.
+pub const CONTOUR_HALF_WIDTH: usize = 4;
+
+impl SpectrumForm {
+    /// The band means (64 values) in this form, in place.
+    fn apply(self, means: &mut [f32]) {
+        let Self::Contour { half_width } = self else {
+            return;
+        };
+        if means.is_empty() {
+            return;
+        }
+        let level: Vec<f64> = means.iter().map(|&m| f64::from(m)).collect();
+        for (band, mean) in means.iter_mut().enumerate() {
+            let first = band.saturating_sub(half_width);
+            let last = (band + half_width).min(level.len() - 1);
+            *mean = (level[band] - local_line(&level[first..=last], band - first)) as f32;
+        }
+    }
+}
+
+/// The least-squares line through `values` (at positions 0, 1, …), evaluated at `at`. In the
+/// middle of the spectrum, where the bands lie evenly on both sides, that is their mean; at the
+/// edges it follows the envelope's slope instead of bending towards the inner bands.
+fn local_line(values: &[f64], at: usize) -> f64 {
+    let n = values.len() as f64;
+    let centre = (n - 1.0) / 2.0;
+    let mean = values.iter().sum::<f64>() / n;
+    let (covariance, variance) = values
+        .iter()
+        .enumerate()
+        .fold((0.0, 0.0), |(c, v), (x, y)| {
+            let dx = x as f64 - centre;
+            (c + dx * (y - mean), v + dx * dx)
+        });
+    let slope = if variance > 0.0 {
+        covariance / variance
+    } else {
+        0.0
+    };
+    mean + slope * (at as f64 - centre)
+}
+
 /// The parts of a clip's score, in this order: the mean window score (the embedding's, for an
 /// embedding profile), the departure of the clip's mean band spectrum, of its band peaks, and of
 /// its impulsiveness. A steady fault (a hum that moved) shows in the spectrum; a transient one (a
@@ -132,6 +196,9 @@ pub struct MachineProfile {
     /// this existed judged absolute levels.
     #[serde(default)]
     pub relative_level: bool,
+    /// How the clip's band spectrum is judged: by level, or by contour.
+    #[serde(default)]
+    pub spectrum: SpectrumForm,
 }
 
 impl MachineProfile {
@@ -152,9 +219,9 @@ impl MachineProfile {
     }
 
     /// A clip's band profile ([`clip_features`]) as this profile judges it: relative to the clip's
-    /// mean level, when the profile is level-invariant.
+    /// mean level when the profile is level-invariant, its spectrum in [`Self::spectrum`]'s form.
     pub fn clip_features(&self, band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
-        level_features(clip_features(band_means, band_peaks), self.relative_level)
+        clip_profile(band_means, band_peaks, self.relative_level, self.spectrum)
     }
 
     /// The anomaly score of one window from its embedding and band means.
@@ -408,11 +475,14 @@ pub fn fit_statistics(
         )?),
         DetectorKind::Bands | DetectorKind::Embedding => None,
     };
+    let spectrum = SpectrumForm::Contour {
+        half_width: CONTOUR_HALF_WIDTH,
+    };
     let clip_profiles: Vec<f32> = normal
         .band_means
         .iter()
         .zip(&normal.band_peaks)
-        .flat_map(|(m, p)| level_features(clip_features(m, p), relative_level))
+        .flat_map(|(m, p)| clip_profile(m, p, relative_level, spectrum))
         .collect();
     let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS, BANDS).ok();
     let measured: Vec<_> = normal
@@ -466,6 +536,7 @@ pub fn fit_statistics(
             .get(sorted.len() / 2)
             .map_or(2, |median| (median / 2).max(2)),
         relative_level,
+        spectrum,
     })
 }
 
@@ -477,12 +548,20 @@ fn relative_rows(rows: &mut [f32]) {
     }
 }
 
-/// `[means; peaks]` shifted by the clip's level (the mean of its band means) when `relative`.
-fn level_features(mut features: Vec<f32>, relative: bool) -> Vec<f32> {
+/// A clip's `[means; peaks]`, shifted by the clip's level (the mean of its band means) when
+/// `relative`, the means then in the `spectrum` form.
+fn clip_profile(
+    band_means: &[f32],
+    band_peaks: &[f32],
+    relative: bool,
+    spectrum: SpectrumForm,
+) -> Vec<f32> {
+    let mut features = clip_features(band_means, band_peaks);
     if relative {
-        let level = features[..BANDS.min(features.len())].iter().sum::<f32>() / BANDS as f32;
+        let level = features[..BANDS].iter().sum::<f32>() / BANDS as f32;
         features.iter_mut().for_each(|v| *v -= level);
     }
+    spectrum.apply(&mut features[..BANDS]);
     features
 }
 
@@ -673,33 +752,129 @@ mod tests {
         let mut normal = NormalWindows::default();
         for clip in 0..6_u16 {
             let wobble = f32::from(clip) * 0.1;
-            let embeddings: Vec<f32> = (0..3 * 4)
-                .map(|i| ((i % 4) as f32 + 1.0) * (1.0 + wobble) + (i / 4) as f32 * 0.05)
+            let spectrum: Vec<f32> = (0..BANDS)
+                .map(|band| -40.0 - band as f32 * 0.3 + wobble)
                 .collect();
-            let band_means: Vec<f32> = (0..3 * BANDS)
-                .map(|i| -40.0 - (i % BANDS) as f32 * 0.3 + wobble)
-                .collect();
-            let band_peaks: Vec<f32> = band_means.iter().map(|m| m + 6.0 + wobble).collect();
-            let samples: Vec<f32> = (0..32_000)
-                .map(|i| {
-                    let hum = 0.05 * (std::f32::consts::TAU * 120.0 * i as f32 / 16_000.0).sin();
-                    if i % 8_000 < 20 {
-                        hum + 0.3 + 0.1 * f32::from(clip)
-                    } else {
-                        hum
-                    }
-                })
-                .collect();
-            normal.push_clip(&crate::inference::Inference {
-                windows: 3,
-                probabilities: Vec::new(),
-                embeddings,
-                band_means,
-                band_peaks,
-                waveform: Waveform::measure(&samples),
-            });
+            normal.push_clip(&heard_clip(clip, &spectrum));
         }
         normal
+    }
+
+    /// Clip number `clip` of a machine as the detector hears it: three windows whose band means
+    /// are `spectrum`, an embedding and clicks that vary a little with the clip's number.
+    fn heard_clip(clip: u16, spectrum: &[f32]) -> crate::inference::Inference {
+        let wobble = f32::from(clip) * 0.1;
+        let embeddings: Vec<f32> = (0..3 * 4)
+            .map(|i| ((i % 4) as f32 + 1.0) * (1.0 + wobble) + (i / 4) as f32 * 0.05)
+            .collect();
+        let band_means: Vec<f32> = (0..3).flat_map(|_| spectrum.iter().copied()).collect();
+        let band_peaks: Vec<f32> = band_means.iter().map(|m| m + 6.0 + wobble).collect();
+        let samples: Vec<f32> = (0..32_000)
+            .map(|i| {
+                let hum = 0.05 * (std::f32::consts::TAU * 120.0 * i as f32 / 16_000.0).sin();
+                if i % 8_000 < 20 {
+                    hum + 0.3 + 0.1 * f32::from(clip)
+                } else {
+                    hum
+                }
+            })
+            .collect();
+        crate::inference::Inference {
+            windows: 3,
+            probabilities: Vec::new(),
+            embeddings,
+            band_means,
+            band_peaks,
+            waveform: Waveform::measure(&samples),
+        }
+    }
+
+    #[test]
+    fn a_contour_keeps_tones_and_drops_the_envelope() {
+        let contour = SpectrumForm::Contour { half_width: 4 };
+        // A tilted envelope, edges included, is all envelope.
+        let mut tilt: Vec<f32> = (0..BANDS).map(|band| -30.0 - 0.5 * band as f32).collect();
+        contour.apply(&mut tilt);
+        assert!(tilt.iter().all(|v| v.abs() < 1e-3), "{tilt:?}");
+        // A 9 dB tone on it stands 8 dB above the line through its nine bands; its neighbours
+        // sit a little below theirs.
+        let mut toned: Vec<f32> = (0..BANDS).map(|band| -30.0 - 0.5 * band as f32).collect();
+        toned[30] += 9.0;
+        contour.apply(&mut toned);
+        assert!((toned[30] - 8.0).abs() < 1e-3, "{}", toned[30]);
+        assert!(toned[29] < 0.0 && toned[31] < 0.0 && toned[40].abs() < 1e-3);
+        // By level, nothing moves.
+        let mut level = vec![-30.0_f32; BANDS];
+        level[30] += 9.0;
+        let before = level.clone();
+        SpectrumForm::Level.apply(&mut level);
+        assert_eq!(level, before);
+    }
+
+    #[test]
+    fn a_healthy_clip_with_a_new_envelope_is_in_range_and_a_moved_tone_is_not() {
+        // A fan's spectrum: a hum at band 20 on a falling slope, bands wobbling by a few tenths
+        // of a dB from clip to clip, and broadband noise from the hall over the top bands that
+        // varies between 0 and 3 dB among the healthy clips.
+        let spectrum = |clip: u16, hall_db: f32, hum_band: usize| -> Vec<f32> {
+            (0..BANDS)
+                .map(|band| {
+                    let hum = if band == hum_band { 8.0 } else { 0.0 };
+                    let hall = hall_db * (-((band as f32 - 52.0) / 10.0).powi(2)).exp();
+                    let wobble = 0.3 * ((f32::from(clip) * 7.3 + band as f32 * 1.7).sin());
+                    -40.0 - 0.3 * band as f32 + hum + hall + wobble
+                })
+                .collect()
+        };
+        let mut normal = NormalWindows::default();
+        for clip in 0..8_u16 {
+            normal.push_clip(&heard_clip(
+                clip,
+                &spectrum(clip, f32::from(clip) * 0.4, 20),
+            ));
+        }
+        let key = MachineKey {
+            machine_type: "fan".into(),
+            machine_id: "f-2".into(),
+        };
+        let profile = enroll_profile(
+            Scope::Machine,
+            &key,
+            DetectorKind::Neighbours,
+            &normal,
+            4,
+            true,
+            99.0,
+        )
+        .expect("enrolled");
+        assert_eq!(
+            profile.spectrum,
+            SpectrumForm::Contour {
+                half_width: CONTOUR_HALF_WIDTH
+            }
+        );
+        let spectrum_part = |clip: &crate::inference::Inference| {
+            profile.clip_parts(
+                &[],
+                &profile.clip_features(&clip.band_means, &clip.band_peaks),
+                &clip.waveform,
+            )[1]
+            .expect("spectrum part")
+        };
+        // The hall 10 dB louder over the top bands, more than any healthy clip had: in range.
+        let noisy_hall = heard_clip(3, &spectrum(11, 10.0, 20));
+        assert!(
+            spectrum_part(&noisy_hall) < 1.0,
+            "{}",
+            spectrum_part(&noisy_hall)
+        );
+        // The hum moved by two bands, the hall as quiet as ever: out of range.
+        let moved_hum = heard_clip(3, &spectrum(11, 1.0, 22));
+        assert!(
+            spectrum_part(&moved_hum) > 1.0,
+            "{}",
+            spectrum_part(&moved_hum)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest;
 use auscult_model::features::{IMPULSE_SCALES, Waveform};
-use auscult_model::profile::{DetectorKind, Fusion, MachineProfile, Scope};
+use auscult_model::profile::{DetectorKind, Fusion, MachineProfile, Scope, SpectrumForm};
 use auscult_model::train::{Silent, TrainConfig};
 use auscult_model::{Clip, Detector, MachineKey, ModelError, Verdict, dataset, enroll, train};
 
@@ -159,6 +159,35 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     assert!(
         (score - sum).abs() < 1e-9 * sum.max(1.0),
         "two weights: {score} vs {sum}"
+    );
+
+    // A profile from before contours judged the band spectrum by level, and still does; a new one
+    // judges each band against the line through its neighbours, so a tilt counts nothing.
+    let mut by_level = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");
+    let removed = by_level
+        .as_object_mut()
+        .expect("a profile is an object")
+        .remove("spectrum");
+    assert!(removed.is_some(), "new profiles store their spectrum form");
+    let by_level: MachineProfile = serde_json::from_value(by_level).expect("profile by level");
+    assert_eq!(by_level.spectrum, SpectrumForm::Level);
+    let tilted: Vec<f32> = (0..64)
+        .map(|band| -40.0 - 0.5 * band as f32 + if band == 20 { 6.0 } else { 0.0 })
+        .collect();
+    let clip_level = tilted.iter().sum::<f32>() / 64.0;
+    let level = by_level.clip_features(&tilted, &tilted);
+    assert!(
+        level[..64]
+            .iter()
+            .zip(&tilted)
+            .all(|(judged, mean)| (judged - (mean - clip_level)).abs() < 1e-4)
+    );
+    let contour = info.profiles[0].clip_features(&tilted, &tilted);
+    assert!(contour[50].abs() < 1e-3 && contour[20] > 5.0, "{contour:?}");
+    assert_eq!(
+        contour[64..],
+        level[64..],
+        "the peaks are judged by level either way"
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
