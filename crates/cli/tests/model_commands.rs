@@ -163,6 +163,19 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     assert!(first["anomaly_score"].as_f64().is_some_and(f64::is_finite));
     assert!(first["threshold"].as_f64().is_some_and(f64::is_finite));
     assert_eq!(first["machine"], "valve/section_00");
+    // A clip's score is its furthest part, each part in units of its own normal range.
+    let parts: Vec<f64> = ["windows", "band_spectrum", "band_peaks", "impulsiveness"]
+        .iter()
+        .map(|name| first["parts"][name].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    assert!(parts.iter().all(|p| p.is_finite() && *p >= 0.0), "{first}");
+    let furthest = parts.iter().copied().fold(0.0, f64::max);
+    assert!(
+        first["anomaly_score"]
+            .as_f64()
+            .is_some_and(|score| (score - furthest).abs() < 2e-3),
+        "{first}"
+    );
     let bands = first["top_bands"].as_array().expect("top_bands");
     assert_eq!(bands.len(), 3);
     for band in bands {
@@ -282,6 +295,19 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
         "the faulty fan departs by {faulty_z} σ"
     );
     assert_eq!(strongest(1).0, "peak", "the healthy fan's knock: {scored}");
+    // The part that flags the faulty fan is the band spectrum, and `score` says so.
+    let spectrum = scored[0]["parts"]["band_spectrum"].as_f64().unwrap_or(0.0);
+    assert!(
+        spectrum > 1.0 && scored[0]["anomaly_score"].as_f64() == Some(spectrum),
+        "the moved hum is out of the spectrum's range: {scored}"
+    );
+    let text =
+        String::from_utf8_lossy(&auscult(&["score", path(&fan_samples[0])]).stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|line| line.trim_start().starts_with("parts:") && line.contains("band spectrum")),
+        "{text}"
+    );
     let fan = report["machine_types"]
         .as_array()
         .and_then(|a| a.iter().find(|t| t["machine_type"] == "fan"))

@@ -7,7 +7,7 @@ use crate::ModelError;
 use crate::dataset::MachineKey;
 use crate::detector::Detector;
 use crate::inference::Inference;
-use crate::profile::{MachineProfile, Scope};
+use crate::profile::{MachineProfile, PartScores, Scope};
 use crate::stats::BandGaussian;
 use crate::stream::{StreamWindows, WindowSummary};
 
@@ -65,6 +65,9 @@ pub struct Assessment {
     /// Judged over a clip's length (against the clip threshold), not as a lone window or two.
     #[serde(default)]
     pub as_clip: bool,
+    /// For a clip, the parts its score was put together from: which of them flagged it.
+    #[serde(default)]
+    pub parts: Option<PartScores>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,19 +154,18 @@ impl Detector {
         // A clip long enough to show its peaks is judged as a clip; anything shorter (a live
         // frame without history, a few seconds) by its mean window score against the window threshold.
         let as_clip = stream.scores.len() >= profile.min_clip_windows;
-        let (anomaly_score, threshold) = if as_clip {
-            (
-                profile.clip_score(
-                    &stream.scores,
-                    &stream.clip_features(profile),
-                    &stream.waveform,
-                ),
-                profile.clip_threshold,
-            )
+        let (anomaly_score, threshold, parts) = if as_clip {
+            let (score, parts) = profile.clip_score_parts(
+                &stream.scores,
+                &stream.clip_features(profile),
+                &stream.waveform,
+            );
+            (score, profile.clip_threshold, Some(parts))
         } else {
             (
                 window_scores.iter().sum::<f64>() / window_scores.len() as f64,
                 profile.window_threshold,
+                None,
             )
         };
         let (class, class_probability) =
@@ -190,6 +192,7 @@ impl Detector {
             top_bands,
             history_windows: stream.scores.len() - inference.windows,
             as_clip,
+            parts,
         })
     }
 

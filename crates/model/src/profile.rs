@@ -131,6 +131,18 @@ fn local_line(values: &[f64], at: usize) -> f64 {
 /// click gone dull, a rattle) in the peaks and the impulsiveness.
 pub type ClipParts = [Option<f64>; 4];
 
+/// A clip's parts, each weighted and in units of its normal range (with [`Fusion::Furthest`]:
+/// above 1 is out of range), named: what an operator reads to see which of them flagged a clip.
+/// `None` where the profile does not judge that part.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PartScores {
+    /// The mean window score: the embedding's, for a network profile.
+    pub windows: Option<f64>,
+    pub band_spectrum: Option<f64>,
+    pub band_peaks: Option<f64>,
+    pub impulsiveness: Option<f64>,
+}
+
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
 
@@ -245,15 +257,42 @@ impl MachineProfile {
         self.weigh(self.clip_parts(window_scores, clip_features, waveform))
     }
 
+    /// [`Self::clip_score`] and the weighted parts it was put together from.
+    pub fn clip_score_parts(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+        waveform: &Waveform,
+    ) -> (f64, PartScores) {
+        let weighted = self.weighted(self.clip_parts(window_scores, clip_features, waveform));
+        let [windows, band_spectrum, band_peaks, impulsiveness] = weighted;
+        let parts = PartScores {
+            windows,
+            band_spectrum,
+            band_peaks,
+            impulsiveness,
+        };
+        (self.fuse(weighted), parts)
+    }
+
     /// Scaled parts, weighted and put together.
     fn weigh(&self, parts: ClipParts) -> f64 {
-        let weighted = parts
-            .iter()
-            .zip(self.weights())
-            .filter_map(|(part, weight)| part.map(|p| p * weight));
+        self.fuse(self.weighted(parts))
+    }
+
+    fn weighted(&self, parts: ClipParts) -> ClipParts {
+        let mut weighted = parts;
+        for (part, weight) in weighted.iter_mut().zip(self.weights()) {
+            *part = part.map(|p| p * weight);
+        }
+        weighted
+    }
+
+    fn fuse(&self, weighted: ClipParts) -> f64 {
+        let present = weighted.into_iter().flatten();
         match self.fusion {
-            Fusion::Sum => weighted.sum(),
-            Fusion::Furthest => weighted.fold(0.0, f64::max),
+            Fusion::Sum => present.sum(),
+            Fusion::Furthest => present.fold(0.0, f64::max),
         }
     }
 

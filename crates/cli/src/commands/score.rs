@@ -146,6 +146,12 @@ fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Va
         "profile_scope": a.scope,
         "detector": a.detector,
         "windows": a.window_scores.len(),
+        "parts": a.parts.map(|p| serde_json::json!({
+            "windows": p.windows.map(|v| round(v, 3)),
+            "band_spectrum": p.band_spectrum.map(|v| round(v, 3)),
+            "band_peaks": p.band_peaks.map(|v| round(v, 3)),
+            "impulsiveness": p.impulsiveness.map(|v| round(v, 3)),
+        })),
         "top_bands": a.top_bands.iter().map(|b| serde_json::json!({
             "low_hz": b.low_hz.round(),
             "high_hz": b.high_hz.round(),
@@ -174,6 +180,19 @@ fn print(path: &std::path::Path, a: &Assessment) {
         a.class,
         a.class_probability * 100.0
     );
+    if let Some(parts) = a.parts {
+        let named = [
+            ("windows", parts.windows),
+            ("band spectrum", parts.band_spectrum),
+            ("band peaks", parts.band_peaks),
+            ("impulsiveness", parts.impulsiveness),
+        ];
+        let shown: Vec<String> = named
+            .iter()
+            .filter_map(|(name, part)| part.map(|p| format!("{name} {p:.3}")))
+            .collect();
+        println!("    parts: {}", shown.join(", "));
+    }
     for band in &a.top_bands {
         println!(
             "    {:>5.0}–{:<5.0} Hz  {} {:+.1} dB ({:+.1} σ)",
