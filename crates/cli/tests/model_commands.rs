@@ -303,11 +303,16 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
     );
     let text =
         String::from_utf8_lossy(&auscult(&["score", path(&fan_samples[0])]).stdout).into_owned();
-    assert!(
-        text.lines()
-            .any(|line| line.trim_start().starts_with("parts:") && line.contains("band spectrum")),
-        "{text}"
-    );
+    let printed = text
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix("parts:"))
+        .and_then(|parts| {
+            parts
+                .split(',')
+                .find_map(|part| part.trim().strip_prefix("band spectrum "))
+        })
+        .and_then(|value| value.parse::<f64>().ok());
+    assert_eq!(printed, Some(spectrum), "{text}");
     let fan = report["machine_types"]
         .as_array()
         .and_then(|a| a.iter().find(|t| t["machine_type"] == "fan"))

@@ -24,7 +24,9 @@ pub struct BandDeparture {
     pub low_hz: f32,
     pub high_hz: f32,
     pub measure: Measure,
-    /// Energy above (+) or below (−) the machine's normal mean, in dB.
+    /// Energy above (+) or below (−) the machine's normal mean, in dB. For a band mean judged by
+    /// contour ([`crate::profile::SpectrumForm::Contour`]), how much further the band stands above
+    /// the line through its neighbours than it does in normal sound.
     pub departure_db: f32,
     /// The same in standard deviations of the machine's normal windows.
     pub z: f32,

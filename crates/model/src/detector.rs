@@ -17,7 +17,7 @@ use crate::file;
 use crate::inference::{INFERENCE_BATCH, Inference, forward};
 use crate::info::ModelInfo;
 use crate::network::Network;
-use crate::profile::{ANY, MachineProfile};
+use crate::profile::{ANY, MachineProfile, SpectrumForm};
 
 /// A model in memory.
 #[derive(Debug)]
@@ -225,6 +225,15 @@ fn check(info: &ModelInfo) -> Result<(), ModelError> {
             return bad(format!(
                 "profile {} does not fit the network",
                 profile.key()
+            ));
+        }
+        if let SpectrumForm::Contour { half_width } = profile.spectrum
+            && !(1..BANDS).contains(&half_width)
+        {
+            return bad(format!(
+                "profile {}: spectrum contour half width {half_width} is not 1 to {}",
+                profile.key(),
+                BANDS - 1
             ));
         }
     }

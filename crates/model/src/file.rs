@@ -10,8 +10,13 @@ use crate::ModelError;
 pub use crate::info::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 
 const MAGIC: &[u8; 8] = b"AUSCULTM";
-/// Bumped when an older reader could not understand the file.
-pub const FORMAT: u32 = 1;
+/// Bumped when an older reader could not understand the file. Format 2: profiles may judge the
+/// clip spectrum by its contour (`SpectrumForm::Contour`); a format-1 reader would ignore that and
+/// compare level spectra with contour statistics, so it must refuse the file rather than misjudge.
+pub const FORMAT: u32 = 2;
+/// The oldest format this build still reads: every field added since has a default that keeps an
+/// older file's verdicts.
+const OLDEST_FORMAT: u32 = 1;
 /// A model file larger than this is not one of ours.
 const MAX_SECTION: u64 = 512 << 20;
 
@@ -36,9 +41,9 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), ModelError> {
         .ok_or_else(|| ModelError::Format("not an auscult model file (bad magic)".into()))?;
     let (format, rest) = take(rest, 4, "format number")?;
     let format = u32::from_le_bytes(format.try_into().unwrap_or_default());
-    if format != FORMAT {
+    if !(OLDEST_FORMAT..=FORMAT).contains(&format) {
         return Err(ModelError::Format(format!(
-            "model file format {format}; this build reads format {FORMAT}"
+            "model file format {format}; this build reads formats {OLDEST_FORMAT} to {FORMAT}"
         )));
     }
     let (json, rest) = section(rest, "metadata")?;

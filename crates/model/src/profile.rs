@@ -97,7 +97,7 @@ impl SpectrumForm {
         let level: Vec<f64> = means.iter().map(|&m| f64::from(m)).collect();
         for (band, mean) in means.iter_mut().enumerate() {
             let first = band.saturating_sub(half_width);
-            let last = (band + half_width).min(level.len() - 1);
+            let last = band.saturating_add(half_width).min(level.len() - 1);
             *mean = (level[band] - local_line(&level[first..=last], band - first)) as f32;
         }
     }
@@ -160,9 +160,9 @@ pub struct MachineProfile {
     pub centres: Option<Centres>,
     /// Per-window mean band energies; the explanations compare against it too.
     pub bands: BandGaussian,
-    /// Per-clip band profile: each band's mean energy over the clip, then its peak. Some faults
-    /// show only over seconds — a valve whose closing click has gone dull is normal in any second
-    /// without a click — and the clip's peaks catch them.
+    /// Per-clip band profile: each band's mean energy over the clip (in [`Self::spectrum`]'s form),
+    /// then its peak. Some faults show only over seconds — a valve whose closing click has gone
+    /// dull is normal in any second without a click — and the clip's peaks catch them.
     pub clip_bands: Option<BandGaussian>,
     /// How the parts of the clip score are put together; profiles from before [`Fusion::Furthest`]
     /// added them.
@@ -791,8 +791,13 @@ mod tests {
         let mut normal = NormalWindows::default();
         for clip in 0..6_u16 {
             let wobble = f32::from(clip) * 0.1;
+            // A slope, and a ripple that differs a little from clip to clip: the spectrum's contour
+            // has a spread to fit.
             let spectrum: Vec<f32> = (0..BANDS)
-                .map(|band| -40.0 - band as f32 * 0.3 + wobble)
+                .map(|band| {
+                    let ripple = 0.5 * (band as f32 * 0.7 + f32::from(clip) * 0.4).sin();
+                    -40.0 - band as f32 * 0.3 + wobble + ripple
+                })
                 .collect();
             normal.push_clip(&heard_clip(clip, &spectrum));
         }

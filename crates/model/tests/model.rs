@@ -244,10 +244,30 @@ fn damaged_model_files_are_refused_with_a_reason() {
     fewer_classes.classes.pop();
     let forged = auscult_model::file::encode(&fewer_classes, weights).expect("encode");
     assert!(reason(&forged).contains("class labels"));
-    let mut bad_hop = info;
+    let mut bad_hop = info.clone();
     bad_hop.window_hop = 0;
     let forged = auscult_model::file::encode(&bad_hop, weights).expect("encode");
     assert!(reason(&forged).contains("hop"));
+    for half_width in [0, 64, usize::MAX] {
+        let mut bad_contour = info.clone();
+        bad_contour.profiles[0].spectrum = SpectrumForm::Contour { half_width };
+        let forged = auscult_model::file::encode(&bad_contour, weights).expect("encode");
+        assert!(
+            reason(&forged).contains("contour half width"),
+            "{half_width}"
+        );
+    }
+
+    // A file from a newer build is refused by name, not misread; the format before contours
+    // (format 1, whose profiles all judge by level) is still read.
+    let format_at = 8;
+    let mut newer = bytes.clone();
+    newer[format_at..format_at + 4]
+        .copy_from_slice(&(auscult_model::file::FORMAT + 1).to_le_bytes());
+    assert!(reason(&newer).contains("this build reads formats"));
+    let mut older = bytes.clone();
+    older[format_at..format_at + 4].copy_from_slice(&1_u32.to_le_bytes());
+    assert!(Detector::from_bytes(&older, &device).is_ok());
 }
 
 #[test]
