@@ -833,6 +833,25 @@ mod tests {
         }
     }
 
+    /// A machine of `machine_type` enrolled from `normal` with a 1 % false-alarm target.
+    fn enrolled(machine_type: &str, normal: &NormalWindows) -> (MachineKey, MachineProfile) {
+        let key = MachineKey {
+            machine_type: machine_type.into(),
+            machine_id: "m-1".into(),
+        };
+        let profile = enroll_profile(
+            Scope::Machine,
+            &key,
+            DetectorKind::Neighbours,
+            normal,
+            4,
+            true,
+            99.0,
+        )
+        .expect("enrolled");
+        (key, profile)
+    }
+
     #[test]
     fn a_contour_keeps_tones_and_drops_the_envelope() {
         let contour = SpectrumForm::Contour { half_width: 4 };
@@ -877,20 +896,7 @@ mod tests {
                 &spectrum(clip, f32::from(clip) * 0.4, 20),
             ));
         }
-        let key = MachineKey {
-            machine_type: "fan".into(),
-            machine_id: "f-2".into(),
-        };
-        let profile = enroll_profile(
-            Scope::Machine,
-            &key,
-            DetectorKind::Neighbours,
-            &normal,
-            4,
-            true,
-            99.0,
-        )
-        .expect("enrolled");
+        let (_, profile) = enrolled("fan", &normal);
         assert_eq!(
             profile.spectrum,
             SpectrumForm::Contour {
@@ -979,20 +985,7 @@ mod tests {
     #[test]
     fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
         let normal = normal_clips();
-        let key = MachineKey {
-            machine_type: "valve".into(),
-            machine_id: "v-1".into(),
-        };
-        let profile = enroll_profile(
-            Scope::Machine,
-            &key,
-            DetectorKind::Neighbours,
-            &normal,
-            4,
-            true,
-            99.0,
-        )
-        .expect("enrolled");
+        let (key, profile) = enrolled("valve", &normal);
         // Each clip scored by the statistics fitted without it.
         let (mut spectrum, mut peaks, mut impulsiveness) = (Vec::new(), Vec::new(), Vec::new());
         for left_out in 0..normal.clips() {
