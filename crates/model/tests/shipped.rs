@@ -1,5 +1,5 @@
 //! What the default model promises on recordings it never heard (`tests/data`, cut from its test
-//! split): verdicts that a microphone's gain cannot change, machines it does not know said to be
+//! split): verdicts that a microphone's gain cannot change, a band spectrum its treble cannot move, machines it does not know said to be
 //! unknown, and a class that never contradicts the verdict.
 
 use std::path::PathBuf;
@@ -84,6 +84,63 @@ fn six_decibels_of_gain_either_way_change_no_verdict_on_a_healthy_machine() {
         types_checked, known,
         "every machine type the model knows has a held-out normal recording here"
     );
+}
+
+/// `sound` through a first-order high shelf: unchanged at low frequencies, `gain_db` louder (or
+/// quieter) well above 2 kHz, as another microphone capsule or mounting would hear it.
+fn through_a_treble_shelf(sound: &[f32], gain_db: f64) -> Vec<f32> {
+    let gain = 10_f64.powf(gain_db / 20.0);
+    let k = (std::f64::consts::PI * 2_000.0 / 16_000.0).tan();
+    let (b0, b1, a1) = (
+        (gain + k) / (1.0 + k),
+        (k - gain) / (1.0 + k),
+        (k - 1.0) / (1.0 + k),
+    );
+    let (mut x1, mut y1) = (0.0_f64, 0.0_f64);
+    sound
+        .iter()
+        .map(|&s| {
+            let x = f64::from(s);
+            let y = b0 * x + b1 * x1 - a1 * y1;
+            (x1, y1) = (x, y);
+            y as f32
+        })
+        .collect()
+}
+
+#[test]
+fn a_microphone_that_hears_treble_differently_leaves_the_band_spectrum_part_where_it_was() {
+    let detector = shipped();
+    let mut judged = 0;
+    for recording in recordings() {
+        let sound = samples(&recording);
+        if sound.len() < 16_000 * 5 {
+            continue;
+        }
+        let machine = machine(&recording);
+        let spectrum_part = |sound: &[f32]| {
+            let assessment = detector
+                .assess(&detector.hear(sound), Some(&machine))
+                .expect("assessed");
+            assessment
+                .parts
+                .and_then(|p| p.band_spectrum)
+                .expect("a clip's band spectrum part")
+        };
+        let as_recorded = spectrum_part(&sound);
+        for gain_db in [-4.0, 4.0] {
+            let shelved = spectrum_part(&through_a_treble_shelf(&sound, gain_db));
+            // The shelf moves the spectrum's envelope by up to 4 dB; its contour, what the part
+            // judges, hardly at all.
+            assert!(
+                (shelved - as_recorded).abs() < 0.02,
+                "{}: a {gain_db:+} dB treble shelf moved the band spectrum part from {as_recorded:.3} to {shelved:.3}",
+                recording.path.display()
+            );
+        }
+        judged += 1;
+    }
+    assert!(judged >= 14, "{judged} recordings judged");
 }
 
 #[test]
