@@ -254,7 +254,8 @@ impl MachineProfile {
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> f64 {
-        self.weigh(self.clip_parts(window_scores, clip_features, waveform))
+        self.clip_score_parts(window_scores, clip_features, waveform)
+            .0
     }
 
     /// [`Self::clip_score`] and the weighted parts it was put together from.
