@@ -292,6 +292,8 @@ async fn load_active(
     if Some(version.as_str()) == current {
         return Ok(None);
     }
+    // Said before the load, so that a replica stuck loading shows where it is.
+    info!(%version, bytes = file.len(), "loading the active model");
     let model = tokio::task::spawn_blocking(move || {
         auscult_model::Detector::from_bytes(&file, &auscult_model::default_device())
     })

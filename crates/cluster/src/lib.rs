@@ -627,6 +627,28 @@ impl Cluster {
         })
     }
 
+    /// Whether `program` (`ingest`, `analysis`, `listener`) still runs on `node`, with the end of its log:
+    /// a replica that never became ready must say why, before the cluster's directory is cleared.
+    fn why_not_serving(&self, node: &Node, program: &str) -> String {
+        let comm: String = format!("auscult-{program}").chars().take(15).collect();
+        let running = match processes_in(&node.namespace) {
+            Ok(processes) => {
+                if processes.iter().any(|p| p.comm == comm) {
+                    "still running"
+                } else {
+                    "not running (exited)"
+                }
+            }
+            Err(_) => "in an unknown state",
+        };
+        format!(
+            "{} on {} is {running}{}",
+            program,
+            node.name,
+            self.log_tail_of(node, program, 30)
+        )
+    }
+
     /// The last `lines` lines of each node's `what` log, for an error that must say why.
     pub fn log_tails(&self, what: &str, lines: usize) -> String {
         self.nodes
@@ -858,9 +880,13 @@ impl Cluster {
     /// Waits until every node's ingest and analysis report SERVING.
     pub async fn wait_services(&self, timeout: Duration) -> Result<(), ClusterError> {
         for node in &self.nodes {
-            for (endpoint, service) in [
-                (node.ingest_endpoint(), "auscult.ingest.v1.Ingest"),
-                (node.analysis_endpoint(), "auscult.analysis.v1.Analysis"),
+            for (endpoint, service, program) in [
+                (node.ingest_endpoint(), "auscult.ingest.v1.Ingest", "ingest"),
+                (
+                    node.analysis_endpoint(),
+                    "auscult.analysis.v1.Analysis",
+                    "analysis",
+                ),
             ] {
                 let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
                     .map_err(|e| ClusterError::Command(e.to_string()))?;
@@ -868,7 +894,7 @@ impl Cluster {
                     return Err(ClusterError::NotReady {
                         what: endpoint,
                         waited: timeout,
-                        detail: format!("see the logs in {}", node.dir.display()),
+                        detail: self.why_not_serving(node, program),
                     });
                 }
             }

@@ -201,18 +201,12 @@ impl Detector {
     /// What a stream should remember of this frame to judge the frames after it.
     pub fn summarise(&self, inference: &Inference, assessment: &Assessment) -> WindowSummary {
         let windows = inference.windows.max(1);
-        let mut band_peaks = vec![-100.0_f32; BANDS];
-        for row in inference.band_peaks.chunks_exact(BANDS) {
-            for (p, v) in band_peaks.iter_mut().zip(row) {
-                *p = p.max(*v);
-            }
-        }
         WindowSummary {
             model_version: self.info.version.clone(),
             windows: inference.windows,
             mean_score: assessment.window_scores.iter().sum::<f64>() / windows as f64,
             band_means: crate::features::mean_bands(&inference.band_means),
-            band_peaks,
+            band_peaks: crate::features::peak_bands(&inference.band_peaks),
             waveform: inference.waveform.clone(),
         }
     }

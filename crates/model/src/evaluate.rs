@@ -47,6 +47,8 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let profile = detector
         .profile_for(&machine)
         .ok_or_else(|| crate::ModelError::UnknownMachine(machine.to_string()))?;
+    // The assessment's parts are weighted; each part's own AUC needs it unweighted, even where fault
+    // labels weighted it at zero.
     let [
         windows_part,
         bands_part,

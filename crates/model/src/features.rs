@@ -6,14 +6,20 @@ use auscult_signal::{BANDS, BandRange};
 /// A clip's band profile from its windows' band means and peaks: `[mean of means; peak of peaks]`.
 pub fn clip_features(band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
     let mut features = mean_bands(band_means);
+    features.extend(peak_bands(band_peaks));
+    features
+}
+
+/// The loudest over windows of per-window band peaks (`windows × 64` → 64); −100 dB where there
+/// are no windows.
+pub fn peak_bands(rows: &[f32]) -> Vec<f32> {
     let mut peaks = vec![-100.0_f32; BANDS];
-    for row in band_peaks.chunks_exact(BANDS) {
+    for row in rows.chunks_exact(BANDS) {
         for (p, v) in peaks.iter_mut().zip(row) {
             *p = p.max(*v);
         }
     }
-    features.extend(peaks);
-    features
+    peaks
 }
 
 /// The mean over windows of per-window band values (`windows × 64` → 64).
