@@ -103,6 +103,12 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
         for part in ["windows_auc", "bands_auc", "impulsiveness_auc"] {
             assert!(t["parts"][part]["value"].is_number(), "{part} in {t}");
         }
+        // The network has a class for the valve: the share of its clips it names as the valve.
+        let accuracy = t["class_accuracy"].as_f64();
+        assert!(
+            accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)),
+            "class_accuracy in {t}"
+        );
         for statistic in ["crest_factor", "rms_level", "spectral_centroid"] {
             assert!(
                 t["baselines"][statistic]["auc"]["value"].is_number(),

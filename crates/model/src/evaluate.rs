@@ -32,6 +32,9 @@ pub struct Judged {
     pub band_peaks_part: Option<f64>,
     pub impulsiveness_part: Option<f64>,
     pub statistics: ClipStatistics,
+    /// Whether the network's class names the clip's own machine; `None` where the network has no
+    /// class for it (a machine enrolled from its normal sound alone).
+    pub heard_as_itself: Option<bool>,
 }
 
 /// Scores a clip against its own machine's profile (the manifest names the machine).
@@ -59,6 +62,9 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         &profile.clip_features(&inference.band_means, &inference.band_peaks),
         &inference.waveform,
     );
+    let knows_machine = detector.info.classes.iter().any(|c| c.machine() == machine);
+    let heard_as_itself =
+        knows_machine.then(|| detector.predicted_machine(&inference).as_ref() == Some(&machine));
     Ok(Judged {
         machine,
         attribute: clip.recording.attribute.clone(),
@@ -71,6 +77,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         band_peaks_part,
         impulsiveness_part,
         statistics,
+        heard_as_itself,
     })
 }
 
@@ -146,6 +153,9 @@ pub struct TypeReport {
     pub impulsiveness_part_auc: Option<Interval>,
     /// AUC of each single clip statistic, two-sided against the machine's reference normals.
     pub baselines: BTreeMap<ClipStatistic, Option<Interval>>,
+    /// Share of the clips, normal and faulty, whose class the network names as their own machine
+    /// (any operating state); `None` where the network has no class for the machine.
+    pub class_accuracy: Option<f64>,
 }
 
 impl TypeReport {
@@ -259,5 +269,12 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
         band_peaks_part_auc: auc_of(&|j| j.band_peaks_part, 8),
         impulsiveness_part_auc: auc_of(&|j| j.impulsiveness_part, 7),
         baselines,
+        class_accuracy: share(items.iter().filter_map(|j| j.heard_as_itself)),
     }
+}
+
+/// The share of `true` among the answers; `None` without any.
+fn share(answers: impl Iterator<Item = bool>) -> Option<f64> {
+    let (yes, all) = answers.fold((0_usize, 0_usize), |(y, a), b| (y + usize::from(b), a + 1));
+    (all > 0).then(|| yes as f64 / all as f64)
 }

@@ -67,6 +67,9 @@ pub struct TrainingRecord {
     /// them every fault in the data is unseen.
     #[serde(default)]
     pub fault_labels: bool,
+    /// Whether each class's windows were weighted inversely to their number in the loss.
+    #[serde(default)]
+    pub balanced_classes: bool,
     pub epochs: Vec<EpochRecord>,
     pub best_epoch: usize,
     /// Validation figures of the final model, per machine type.

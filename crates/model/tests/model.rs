@@ -44,6 +44,10 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
         "valve × 2 patterns and fan, from normal sound alone"
     );
     assert!(info.relative_level && !info.training.fault_labels);
+    assert!(
+        info.training.balanced_classes,
+        "the record says the classes were weighted"
+    );
     let normal: Vec<&Clip> = clips.iter().filter(|c| !c.is_anomaly()).collect();
     let training = &info.training;
     assert_eq!(

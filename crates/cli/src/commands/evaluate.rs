@@ -233,6 +233,7 @@ pub fn type_json(t: &TypeReport) -> serde_json::Value {
         "f1": interval(t.f1),
         "false_alarm_rate": interval(t.false_alarm_rate),
         "profile_scope": t.profile_scope,
+        "class_accuracy": t.class_accuracy.map(|v| round(v, 4)),
         "parts": {
             "windows_auc": interval(t.windows_part_auc),
             "bands_auc": interval(t.bands_part_auc),
@@ -266,7 +267,7 @@ pub fn shown(i: Option<Interval>) -> String {
 
 pub fn print_types(report: &EvaluationReport) {
     println!(
-        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
+        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20} {:>6}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
         "machine",
         "normal",
         "anomaly",
@@ -274,6 +275,7 @@ pub fn print_types(report: &EvaluationReport) {
         "pAUC",
         "F1",
         "false alarms",
+        "class",
         "windows part",
         "spectrum part",
         "band peaks part",
@@ -284,7 +286,7 @@ pub fn print_types(report: &EvaluationReport) {
             .best_baseline()
             .map_or("n/a".to_owned(), |(s, auc)| format!("{s:?} {auc:.3}"));
         println!(
-            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:<20} {:<20} {:<20} {:<20}  {best}",
+            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20} {:>6}  {:<20} {:<20} {:<20} {:<20}  {best}",
             t.machine_type,
             t.n_normal,
             t.n_anomaly,
@@ -292,6 +294,8 @@ pub fn print_types(report: &EvaluationReport) {
             shown(t.pauc),
             shown(t.f1),
             shown(t.false_alarm_rate),
+            t.class_accuracy
+                .map_or("n/a".to_owned(), |v| format!("{:.0} %", 100.0 * v)),
             shown(t.windows_part_auc),
             shown(t.bands_part_auc),
             shown(t.band_peaks_part_auc),

@@ -117,6 +117,11 @@ pub(super) fn validate(
     }
 }
 
+/// Held-out normal clips a range is calibrated on, at the least: a range set on fewer is uncertain
+/// (`auscult enroll` warns below the same number), so a profile with fewer validation normals is
+/// cross-fitted on all its normal clips instead, which gives every one of them a held-out score.
+const MIN_CALIBRATION_CLIPS: usize = 10;
+
 /// Fits the machine and machine-type profiles on training normals and calibrates each on the
 /// validation recordings it covers; a profile with fewer than two validation normals is cross-fitted
 /// on all its normal clips instead, training and validation alike. There is
@@ -195,7 +200,7 @@ pub(super) fn fit_profiles(
                 HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
             })
             .collect();
-        if held_out.iter().filter(|c| !c.anomaly).count() >= 2 {
+        if held_out.iter().filter(|c| !c.anomaly).count() >= MIN_CALIBRATION_CLIPS {
             profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile())?;
         } else {
             // Too little held out for this machine: cross-fit on every normal clip of it instead,
