@@ -521,8 +521,7 @@ impl Cluster {
         binary: &str,
         signal: Signal,
     ) -> Result<(), ClusterError> {
-        // The kernel keeps 15 bytes of a program's name.
-        let comm: String = binary.chars().take(15).collect();
+        let comm = comm_of(binary);
         let pids: Vec<u32> = processes_in(&node.namespace)?
             .iter()
             .filter(|p| p.comm == comm)
@@ -627,26 +626,17 @@ impl Cluster {
         })
     }
 
-    /// Whether `program` (`ingest`, `analysis`, `listener`) still runs on `node`, with the end of its log:
-    /// a replica that never became ready must say why, before the cluster's directory is cleared.
+    /// Whether `program` (`ingest` or `analysis`) still runs on `node`, with the end of its log: a
+    /// replica that never became ready must say why, before the cluster's directory is cleared.
     fn why_not_serving(&self, node: &Node, program: &str) -> String {
-        let comm: String = format!("auscult-{program}").chars().take(15).collect();
+        let comm = comm_of(&format!("auscult-{program}"));
         let running = match processes_in(&node.namespace) {
-            Ok(processes) => {
-                if processes.iter().any(|p| p.comm == comm) {
-                    "still running"
-                } else {
-                    "not running (exited)"
-                }
-            }
-            Err(_) => "in an unknown state",
+            Ok(processes) if processes.iter().any(|p| p.comm == comm) => "still running".to_owned(),
+            Ok(_) => "not running (exited)".to_owned(),
+            Err(e) => format!("in an unknown state ({e})"),
         };
-        format!(
-            "{} on {} is {running}{}",
-            program,
-            node.name,
-            self.log_tail_of(node, program, 30)
-        )
+        let log = self.log_tail_of(node, program, 30);
+        format!("{program} on {} is {running}{log}", node.name)
     }
 
     /// The last `lines` lines of each node's `what` log, for an error that must say why.
@@ -865,8 +855,7 @@ impl Cluster {
             }),
         ];
         for (binary, log, env) in services {
-            // The kernel keeps 15 bytes of a program's name.
-            let comm: String = binary.chars().take(15).collect();
+            let comm = comm_of(binary);
             if running.iter().any(|p| p.comm == comm) {
                 continue;
             }
@@ -956,6 +945,12 @@ pub fn describe_members(members: &[Member]) -> String {
         .map(|m| format!("{} {} {}", m.name, m.role, m.state))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The name the kernel keeps for a program (`/proc/PID/status`), by which a namespace's processes
+/// are told apart: its first 15 bytes.
+fn comm_of(program: &str) -> String {
+    program.chars().take(15).collect()
 }
 
 fn which(tool: &str) -> Result<String, ClusterError> {

@@ -154,7 +154,8 @@ pub struct TypeReport {
     /// AUC of each single clip statistic, two-sided against the machine's reference normals.
     pub baselines: BTreeMap<ClipStatistic, Option<Interval>>,
     /// Share of the clips, normal and faulty, whose class the network names as their own machine
-    /// (any operating state); `None` where the network has no class for the machine.
+    /// (any operating state), over the type's machines the network has a class for; `None` when it
+    /// has none (machines enrolled from their normal sound alone).
     pub class_accuracy: Option<f64>,
 }
 

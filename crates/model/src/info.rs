@@ -67,7 +67,8 @@ pub struct TrainingRecord {
     /// them every fault in the data is unseen.
     #[serde(default)]
     pub fault_labels: bool,
-    /// Whether each class's windows were weighted inversely to their number in the loss.
+    /// Whether each class was weighted in the loss by the square root of its rarity, so that a
+    /// file says which recipe made it; files written before the weights read as `false`.
     #[serde(default)]
     pub balanced_classes: bool,
     pub epochs: Vec<EpochRecord>,

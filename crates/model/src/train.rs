@@ -425,16 +425,15 @@ pub fn train(
     Ok(detector)
 }
 
-/// Per class, the square root of the mean class size over this class's size: a class with a tenth
-/// of another's windows then counts a third as much in the loss, not a tenth. Unweighted, the
-/// network named a fan a slider (five fan recordings against forty-five); weighted fully, so that
-/// every class counts alike, it trained on the rare classes for longer and placed operating
-/// patterns it never heard further from normal (over three seeds, mean AUC 0.72 against 0.81 with
-/// the square root, with `pat_00` left out). A class without windows gets 1: it never appears, and
-/// the loss needs every weight positive.
+/// Per class, the square root of the mean class size (over the classes with windows) over this
+/// class's size: a class with a ninth of another's windows then counts a third as much in the loss,
+/// not a ninth. Unweighted, the network named a fan a slider (four fan recordings against
+/// forty-five); weighted fully, so that every class counts alike, it trained on the rare classes
+/// for longer and placed operating patterns it never heard further from normal. A class without
+/// windows gets 1: it never appears, and the loss needs every weight positive.
 fn balanced_weights(windows: &[usize]) -> Vec<f32> {
-    let total: usize = windows.iter().sum();
-    let mean = total as f64 / windows.len().max(1) as f64;
+    let present: Vec<usize> = windows.iter().copied().filter(|&n| n > 0).collect();
+    let mean = present.iter().sum::<usize>() as f64 / present.len().max(1) as f64;
     windows
         .iter()
         .map(|&n| {
@@ -475,6 +474,11 @@ mod tests {
             "{weights:?}"
         );
         assert_eq!(weights[3], 1.0);
+        assert_eq!(
+            weights[..3],
+            balanced_weights(&windows[..3]),
+            "a class without windows changes no other class's weight"
+        );
         assert!(weights.iter().all(|w| *w > 0.0 && w.is_finite()));
     }
 }

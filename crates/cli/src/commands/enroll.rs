@@ -96,6 +96,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Normal recordings below which an enrolled machine's threshold is flagged as uncertain: with
-/// fewer, leaving one out to score it leaves too little to say what normal spread is.
-const RELIABLE_ENROLMENT_CLIPS: usize = 10;
+/// Normal recordings below which an enrolled machine's threshold is flagged as uncertain.
+const RELIABLE_ENROLMENT_CLIPS: usize = auscult_model::profile::RELIABLE_RANGE_CLIPS;

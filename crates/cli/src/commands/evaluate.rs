@@ -267,7 +267,7 @@ pub fn shown(i: Option<Interval>) -> String {
 
 pub fn print_types(report: &EvaluationReport) {
     println!(
-        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20} {:>6}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
+        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:>9}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
         "machine",
         "normal",
         "anomaly",
@@ -275,7 +275,7 @@ pub fn print_types(report: &EvaluationReport) {
         "pAUC",
         "F1",
         "false alarms",
-        "class",
+        "own class",
         "windows part",
         "spectrum part",
         "band peaks part",
@@ -286,7 +286,7 @@ pub fn print_types(report: &EvaluationReport) {
             .best_baseline()
             .map_or("n/a".to_owned(), |(s, auc)| format!("{s:?} {auc:.3}"));
         println!(
-            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20} {:>6}  {:<20} {:<20} {:<20} {:<20}  {best}",
+            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:>9}  {:<20} {:<20} {:<20} {:<20}  {best}",
             t.machine_type,
             t.n_normal,
             t.n_anomaly,

@@ -84,6 +84,8 @@ pub(super) fn validate(
             continue;
         }
         let (probabilities, embeddings) = embed(windows);
+        // Unweighted, unlike the training loss: the rare classes have one or two validation clips,
+        // and weighted up they would let one recording pick the epoch.
         if let Some(&label) = class_index.get(&class_of(clip)) {
             for row in probabilities.chunks_exact(classes) {
                 loss_sum -= f64::from(row[label].max(1e-7)).ln();
@@ -117,14 +119,11 @@ pub(super) fn validate(
     }
 }
 
-/// Held-out normal clips a range is calibrated on, at the least: a range set on fewer is uncertain
-/// (`auscult enroll` warns below the same number), so a profile with fewer validation normals is
-/// cross-fitted on all its normal clips instead, which gives every one of them a held-out score.
-const MIN_CALIBRATION_CLIPS: usize = 10;
-
 /// Fits the machine and machine-type profiles on training normals and calibrates each on the
-/// validation recordings it covers; a profile with fewer than two validation normals is cross-fitted
-/// on all its normal clips instead, training and validation alike. There is
+/// validation recordings it covers; a profile with fewer than [`profile::RELIABLE_RANGE_CLIPS`]
+/// validation normals is cross-fitted on all its normal clips instead, training and validation
+/// alike, which gives every one of them a held-out score (a supervised model keeps its validation
+/// clips while they hold a fault and two normals: its threshold is set by F1 on them). There is
 /// no global profile: a machine of a type the model never heard is unknown until it is enrolled,
 /// never judged against another machine's normal.
 ///
@@ -200,7 +199,9 @@ pub(super) fn fit_profiles(
                 HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
             })
             .collect();
-        if held_out.iter().filter(|c| !c.anomaly).count() >= MIN_CALIBRATION_CLIPS {
+        let held_out_normals = held_out.iter().filter(|c| !c.anomaly).count();
+        let by_f1 = config.fault_labels && held_out.iter().any(|c| c.anomaly);
+        if held_out_normals >= profile::RELIABLE_RANGE_CLIPS || (by_f1 && held_out_normals >= 2) {
             profile::calibrate_profile(&mut profile, &held_out, config.threshold_percentile())?;
         } else {
             // Too little held out for this machine: cross-fit on every normal clip of it instead,
@@ -230,8 +231,13 @@ pub(super) fn fit_profiles(
             };
             cross_fitted.source = ProfileSource::Trained;
             profile = cross_fitted;
-            if *scope == Scope::Machine {
-                pooled_validation.insert(key.clone());
+            // Validation clips are now inside this profile's statistics, and inside the figures
+            // of every machine it may judge: its own, or, for a machine-type profile, any machine
+            // of the type that has no profile of its own.
+            for (clip, _) in &validation {
+                if covers(clip) {
+                    pooled_validation.insert(clip.machine());
+                }
             }
         }
         profiles.push(profile);
