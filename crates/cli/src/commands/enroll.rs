@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use auscult_audio::ChannelChoice;
+use auscult_model::profile::RELIABLE_RANGE_CLIPS;
 
 use crate::commands::recordings::{self, ModelArg, round};
 
@@ -48,14 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     detector
         .save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    for e in enrolled
-        .iter()
-        .filter(|e| e.clips < RELIABLE_ENROLMENT_CLIPS)
-    {
+    for e in enrolled.iter().filter(|e| e.clips < RELIABLE_RANGE_CLIPS) {
         // On stderr, so the JSON on stdout stays one document.
         eprintln!(
             "warning: {} was enrolled from {} normal recordings: its threshold is set by clips each \
-             scored against statistics of the other {}, and is uncertain below {RELIABLE_ENROLMENT_CLIPS}; \
+             scored against statistics of the other {}, and is uncertain below {RELIABLE_RANGE_CLIPS}; \
              enrol again as more normal recordings arrive",
             e.machine,
             e.clips,
@@ -95,6 +93,3 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// Normal recordings below which an enrolled machine's threshold is flagged as uncertain.
-const RELIABLE_ENROLMENT_CLIPS: usize = auscult_model::profile::RELIABLE_RANGE_CLIPS;
