@@ -206,7 +206,12 @@ impl Detector {
             windows: inference.windows,
             mean_score: assessment.window_scores.iter().sum::<f64>() / windows as f64,
             band_means: crate::features::mean_bands(&inference.band_means),
-            band_peaks: crate::features::peak_bands(&inference.band_peaks),
+            // A frame's loudest window: a one-second frame holds one window, so the stream keeps
+            // every window's peaks and a profile draws its statistic from them.
+            band_peaks: crate::features::peak_bands(
+                &inference.band_peaks,
+                crate::features::PeakStatistic::Loudest,
+            ),
             waveform: inference.waveform.clone(),
         }
     }

@@ -3,23 +3,58 @@
 
 use auscult_signal::{BANDS, BandRange};
 
-/// A clip's band profile from its windows' band means and peaks: `[mean of means; peak of peaks]`.
-pub fn clip_features(band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
+/// A clip's band profile from its windows' band means and peaks: `[mean of means; peaks]`, the
+/// peaks drawn from the windows' as `peaks` says.
+pub fn clip_features(band_means: &[f32], band_peaks: &[f32], peaks: PeakStatistic) -> Vec<f32> {
     let mut features = mean_bands(band_means);
-    features.extend(peak_bands(band_peaks));
+    features.extend(peak_bands(band_peaks, peaks));
     features
 }
 
-/// The loudest over windows of per-window band peaks (`windows × 64` → 64); −100 dB where there
-/// are no windows.
-pub fn peak_bands(rows: &[f32]) -> Vec<f32> {
-    let mut peaks = vec![-100.0_f32; BANDS];
-    for row in rows.chunks_exact(BANDS) {
-        for (p, v) in peaks.iter_mut().zip(row) {
-            *p = p.max(*v);
-        }
+/// How a clip's band peaks are drawn from its windows' (each window's loudest frame in each band).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakStatistic {
+    /// The loudest window's: a single event decides it — one knock in the hall, or a sound that
+    /// an operating pattern never heard in training makes once. Profiles written before
+    /// [`Self::UpperQuartile`] are read as this, so a model file keeps the verdicts it was
+    /// calibrated for.
+    #[default]
+    Loudest,
+    /// The upper quartile over windows: what a quarter of the clip's seconds reach, the loud
+    /// moments that recur — a valve's click, a slider's stroke, a fan's beat. A fault that changes
+    /// them moves it; a one-off event does not (the impulsiveness judges those, scale by scale).
+    /// Measured on the valve with one operating pattern left out of training, judging the loudest
+    /// window flagged 13 to 17 of 25 healthy clips of the unheard pattern (its band-peak part alone
+    /// ranked that pattern's faults at AUC 0.56 and 0.77); the upper quartile ranks them at 0.98
+    /// where the pattern's faults are subtle.
+    UpperQuartile,
+}
+
+/// Per band, over windows of per-window band peaks (`windows × 64` → 64), the loudest or the upper
+/// quartile (linearly interpolated between the two nearest windows); −100 dB where there are no
+/// windows.
+pub fn peak_bands(rows: &[f32], statistic: PeakStatistic) -> Vec<f32> {
+    let windows = rows.len() / BANDS;
+    if windows == 0 {
+        return vec![-100.0_f32; BANDS];
     }
-    peaks
+    (0..BANDS)
+        .map(|band| {
+            let mut column: Vec<f32> = rows.chunks_exact(BANDS).map(|row| row[band]).collect();
+            column.sort_by(f32::total_cmp);
+            match statistic {
+                PeakStatistic::Loudest => column[windows - 1],
+                PeakStatistic::UpperQuartile => {
+                    let at = 0.75 * (windows - 1) as f32;
+                    let below = at.floor() as usize;
+                    let above = (below + 1).min(windows - 1);
+                    let share = at - below as f32;
+                    column[below] + share * (column[above] - column[below])
+                }
+            }
+        })
+        .collect()
 }
 
 /// The mean over windows of per-window band values (`windows × 64` → 64).
@@ -363,6 +398,48 @@ mod tests {
         for (a, b) in louder.iter().zip(sharp) {
             assert!((a - b).abs() < 1e-4, "{louder:?} vs {sharp:?}");
         }
+    }
+
+    /// Eight windows' peaks: a click at 40 dB in band 10 in every other window, and in one window
+    /// a knock at 70 dB in band 50.
+    fn clicks_and_one_knock() -> Vec<f32> {
+        let mut rows = vec![0.0_f32; 8 * BANDS];
+        for (window, row) in rows.chunks_exact_mut(BANDS).enumerate() {
+            if window % 2 == 0 {
+                row[10] = 40.0;
+            }
+            if window == 5 {
+                row[50] = 70.0;
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn the_upper_quartile_keeps_recurring_peaks_and_drops_a_one_off_knock() {
+        let rows = clicks_and_one_knock();
+        let loudest = peak_bands(&rows, PeakStatistic::Loudest);
+        assert_eq!((loudest[10], loudest[50]), (40.0, 70.0));
+        let quartile = peak_bands(&rows, PeakStatistic::UpperQuartile);
+        assert_eq!(quartile[10], 40.0, "a click in half the windows stays");
+        assert_eq!(
+            quartile[50], 0.0,
+            "one knock in eight windows is not a recurring peak"
+        );
+        // Between windows, the quartile is interpolated: 0.75 × 7 = 5.25 of the sorted 0, 0, …,
+        // 10, 20, 30 lies a quarter of the way from the sixth value to the seventh.
+        let mut rising = vec![0.0_f32; 8 * BANDS];
+        for (window, row) in rising.chunks_exact_mut(BANDS).enumerate() {
+            row[0] = 10.0 * window.saturating_sub(4) as f32;
+        }
+        assert_eq!(peak_bands(&rising, PeakStatistic::UpperQuartile)[0], 12.5);
+        // One window is its own peak either way; none is silence.
+        let one = &rows[..BANDS];
+        assert_eq!(peak_bands(one, PeakStatistic::UpperQuartile), one.to_vec());
+        assert_eq!(
+            peak_bands(&[], PeakStatistic::UpperQuartile),
+            vec![-100.0; BANDS]
+        );
     }
 
     #[test]

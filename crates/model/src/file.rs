@@ -10,10 +10,13 @@ use crate::ModelError;
 pub use crate::info::{ClassLabel, EpochRecord, ModelInfo, TrainingRecord};
 
 const MAGIC: &[u8; 8] = b"AUSCULTM";
-/// Bumped when an older reader could not understand the file. Format 2: profiles may judge the
-/// clip spectrum by its contour (`SpectrumForm::Contour`); a format-1 reader would ignore that and
-/// compare level spectra with contour statistics, so it must refuse the file rather than misjudge.
-pub const FORMAT: u32 = 2;
+/// Bumped when an older reader could not understand the file, which it must refuse rather than
+/// misjudge. Format 2: profiles may judge the clip spectrum by its contour
+/// (`SpectrumForm::Contour`); a format-1 reader would ignore that and compare level spectra with
+/// contour statistics. Format 3: profiles may draw a clip's band peaks as the upper quartile over
+/// its windows (`PeakStatistic::UpperQuartile`); a format-2 reader would compare the loudest
+/// window's peaks with statistics of the quartile.
+pub const FORMAT: u32 = 3;
 /// The oldest format this build still reads: every field added since has a default that keeps an
 /// older file's verdicts.
 const OLDEST_FORMAT: u32 = 1;

@@ -4,7 +4,7 @@
 
 use crate::calibrate::{self, ThresholdMethod};
 use crate::dataset::MachineKey;
-use crate::features::{TwoSided, Waveform, clip_features};
+use crate::features::{PeakStatistic, TwoSided, Waveform, clip_features};
 use crate::stats::{BandGaussian, Centres, FitError, Gaussian};
 use auscult_signal::BANDS;
 
@@ -167,8 +167,9 @@ pub struct MachineProfile {
     /// Per-window mean band energies; the explanations compare against it too.
     pub bands: BandGaussian,
     /// Per-clip band profile: each band's mean energy over the clip (in [`Self::spectrum`]'s form),
-    /// then its peak. Some faults show only over seconds — a valve whose closing click has gone
-    /// dull is normal in any second without a click — and the clip's peaks catch them.
+    /// then its peak (drawn from the windows' as [`Self::peaks`] says). Some faults show only over
+    /// seconds — a valve whose closing click has gone dull is normal in any second without a
+    /// click — and the clip's peaks catch them.
     pub clip_bands: Option<BandGaussian>,
     /// How the parts of the clip score are put together; profiles from before [`Fusion::Furthest`]
     /// added them.
@@ -217,6 +218,9 @@ pub struct MachineProfile {
     /// How the clip's band spectrum is judged: by level, or by contour.
     #[serde(default)]
     pub spectrum: SpectrumForm,
+    /// How the clip's band peaks are drawn from its windows'.
+    #[serde(default)]
+    pub peaks: PeakStatistic,
 }
 
 impl MachineProfile {
@@ -239,7 +243,13 @@ impl MachineProfile {
     /// A clip's band profile ([`clip_features`]) as this profile judges it: relative to the clip's
     /// mean level when the profile is level-invariant, its spectrum in [`Self::spectrum`]'s form.
     pub fn clip_features(&self, band_means: &[f32], band_peaks: &[f32]) -> Vec<f32> {
-        clip_profile(band_means, band_peaks, self.relative_level, self.spectrum)
+        clip_profile(
+            band_means,
+            band_peaks,
+            self.relative_level,
+            self.spectrum,
+            self.peaks,
+        )
     }
 
     /// The anomaly score of one window from its embedding and band means.
@@ -524,11 +534,12 @@ pub fn fit_statistics(
     let spectrum = SpectrumForm::Contour {
         half_width: CONTOUR_HALF_WIDTH,
     };
+    let peaks = PeakStatistic::UpperQuartile;
     let clip_profiles: Vec<f32> = normal
         .band_means
         .iter()
         .zip(&normal.band_peaks)
-        .flat_map(|(m, p)| clip_profile(m, p, relative_level, spectrum))
+        .flat_map(|(m, p)| clip_profile(m, p, relative_level, spectrum, peaks))
         .collect();
     let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS, BANDS).ok();
     let measured: Vec<_> = normal
@@ -583,6 +594,7 @@ pub fn fit_statistics(
             .map_or(2, |median| (median / 2).max(2)),
         relative_level,
         spectrum,
+        peaks,
     })
 }
 
@@ -594,15 +606,17 @@ fn relative_rows(rows: &mut [f32]) {
     }
 }
 
-/// A clip's `[means; peaks]`, shifted by the clip's level (the mean of its band means) when
-/// `relative`, the means then in the `spectrum` form.
+/// A clip's `[means; peaks]`, the peaks drawn from its windows' as `peaks` says, shifted by the
+/// clip's level (the mean of its band means) when `relative`, the means then in the `spectrum`
+/// form.
 fn clip_profile(
     band_means: &[f32],
     band_peaks: &[f32],
     relative: bool,
     spectrum: SpectrumForm,
+    peaks: PeakStatistic,
 ) -> Vec<f32> {
-    let mut features = clip_features(band_means, band_peaks);
+    let mut features = clip_features(band_means, band_peaks, peaks);
     if relative {
         let level = features[..BANDS].iter().sum::<f32>() / BANDS as f32;
         features.iter_mut().for_each(|v| *v -= level);

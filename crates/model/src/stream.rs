@@ -18,7 +18,9 @@ pub struct WindowSummary {
     pub mean_score: f64,
     /// Mean energy of each of the 64 bands over the frame's windows, in dB.
     pub band_means: Vec<f32>,
-    /// Loudest moment of each band over the frame's windows, in dB.
+    /// Loudest moment of each band over the frame's windows, in dB: a one-second frame holds one
+    /// window, so this is its window's, and a profile judging the stream draws its peaks
+    /// ([`crate::features::PeakStatistic`]) from every window of it.
     pub band_peaks: Vec<f32>,
     /// The frame's waveform statistics (summaries from before they were kept have none).
     #[serde(default)]

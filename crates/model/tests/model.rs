@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest;
-use auscult_model::features::{IMPULSE_SCALES, Waveform};
+use auscult_model::features::{IMPULSE_SCALES, PeakStatistic, Waveform};
 use auscult_model::profile::{DetectorKind, Fusion, MachineProfile, Scope, SpectrumForm};
 use auscult_model::train::{Silent, TrainConfig};
 use auscult_model::{Clip, Detector, MachineKey, ModelError, Verdict, dataset, enroll, train};
@@ -215,6 +215,35 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
         level[64..],
         "the peaks are judged by level either way"
     );
+
+    // A profile from before the upper quartile took a clip's band peaks from its loudest window,
+    // and still does; a new one from what a quarter of its windows reach, so one window 30 dB
+    // louder than four others moves the old one by 30 dB and the new one not at all.
+    let mut by_loudest = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");
+    let removed = by_loudest
+        .as_object_mut()
+        .expect("a profile is an object")
+        .remove("peaks");
+    assert!(removed.is_some(), "new profiles store how they draw peaks");
+    let by_loudest: MachineProfile =
+        serde_json::from_value(by_loudest).expect("profile by loudest");
+    assert_eq!(by_loudest.peaks, PeakStatistic::Loudest);
+    assert_eq!(info.profiles[0].peaks, PeakStatistic::UpperQuartile);
+    let means = vec![-50.0_f32; 5 * 64];
+    let mut peaks = vec![-40.0_f32; 5 * 64];
+    peaks[3 * 64..4 * 64].fill(-10.0);
+    let loudest = by_loudest.clip_features(&means, &peaks);
+    let quartile = info.profiles[0].clip_features(&means, &peaks);
+    for band in 64..128 {
+        assert!(
+            (loudest[band] - quartile[band] - 30.0).abs() < 1e-4,
+            "band {band}"
+        );
+        assert!(
+            (quartile[band] - 10.0).abs() < 1e-4,
+            "10 dB above the clip's level"
+        );
+    }
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("tiny.model");
