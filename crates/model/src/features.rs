@@ -24,10 +24,9 @@ pub enum PeakStatistic {
     /// The upper quartile over windows: what a quarter of the clip's seconds reach, the loud
     /// moments that recur — a valve's click, a slider's stroke, a fan's beat. A fault that changes
     /// them moves it; a one-off event does not (the impulsiveness judges those, scale by scale).
-    /// Measured on the valve with one operating pattern left out of training, judging the loudest
-    /// window flagged 13 to 17 of 25 healthy clips of the unheard pattern (its band-peak part alone
-    /// ranked that pattern's faults at AUC 0.56 and 0.77); the upper quartile ranks them at 0.98
-    /// where the pattern's faults are subtle.
+    /// On the valve with an operating pattern left out of training, the band peaks alone ranked
+    /// that pattern's subtle faults at AUC 0.57 by the loudest window and 0.98 by the upper
+    /// quartile, and the clip's F1 rose from 0.65 to 0.94.
     UpperQuartile,
 }
 
