@@ -206,12 +206,7 @@ impl Detector {
             windows: inference.windows,
             mean_score: assessment.window_scores.iter().sum::<f64>() / windows as f64,
             band_means: crate::features::mean_bands(&inference.band_means),
-            // A frame's loudest window: a one-second frame holds one window, so the stream keeps
-            // every window's peaks and a profile draws its statistic from them.
-            band_peaks: crate::features::peak_bands(
-                &inference.band_peaks,
-                crate::features::PeakStatistic::Loudest,
-            ),
+            band_peaks: inference.band_peaks.clone(),
             waveform: inference.waveform.clone(),
         }
     }

@@ -21,7 +21,7 @@ pub enum PeakStatistic {
     /// calibrated for.
     #[default]
     Loudest,
-    /// The upper quartile over windows: what a quarter of the clip's seconds reach, the loud
+    /// The upper quartile over windows: what a quarter of the clip's windows reach, the loud
     /// moments that recur — a valve's click, a slider's stroke, a fan's beat. A fault that changes
     /// them moves it; a one-off event does not (the impulsiveness judges those, scale by scale).
     /// On the valve with an operating pattern left out of training, the band peaks alone ranked
@@ -31,25 +31,34 @@ pub enum PeakStatistic {
 }
 
 /// Per band, over windows of per-window band peaks (`windows × 64` → 64), the loudest or the upper
-/// quartile (linearly interpolated between the two nearest windows); −100 dB where there are no
-/// windows.
+/// quartile (linearly interpolated between the two nearest windows); −100 dB where a band has no
+/// window with a number in it.
 pub fn peak_bands(rows: &[f32], statistic: PeakStatistic) -> Vec<f32> {
-    let windows = rows.len() / BANDS;
-    if windows == 0 {
-        return vec![-100.0_f32; BANDS];
-    }
     (0..BANDS)
         .map(|band| {
-            let mut column: Vec<f32> = rows.chunks_exact(BANDS).map(|row| row[band]).collect();
+            let mut column: Vec<f32> = rows
+                .chunks_exact(BANDS)
+                .map(|row| row[band])
+                .filter(|value| !value.is_nan())
+                .collect();
             column.sort_by(f32::total_cmp);
+            let Some(&loudest) = column.last() else {
+                return -100.0;
+            };
             match statistic {
-                PeakStatistic::Loudest => column[windows - 1],
+                PeakStatistic::Loudest => loudest,
                 PeakStatistic::UpperQuartile => {
-                    let at = 0.75 * (windows - 1) as f32;
+                    let at = 0.75 * (column.len() - 1) as f32;
                     let below = at.floor() as usize;
-                    let above = (below + 1).min(windows - 1);
                     let share = at - below as f32;
-                    column[below] + share * (column[above] - column[below])
+                    match column.get(below + 1) {
+                        // Interpolated only where it must be: an infinite neighbour would make
+                        // a NaN of `share × ∞` even with nothing to share.
+                        Some(&above) if share > 0.0 => {
+                            column[below] + share * (above - column[below])
+                        }
+                        _ => column[below],
+                    }
                 }
             }
         })
@@ -439,6 +448,17 @@ mod tests {
             peak_bands(&[], PeakStatistic::UpperQuartile),
             vec![-100.0; BANDS]
         );
+        // An infinite value is the loudest, which the quartile of five windows does not reach
+        // (0, 0, 0, 3, ∞: the fourth exactly); a value that is not a number counts as no window
+        // (0, 0, 0, 2: a quarter of the way from the third to the fourth).
+        let mut odd = vec![0.0_f32; 5 * BANDS];
+        odd[0] = 3.0;
+        odd[4 * BANDS] = f32::INFINITY;
+        odd[1] = f32::NAN;
+        odd[BANDS + 1] = 2.0;
+        let quartile = peak_bands(&odd, PeakStatistic::UpperQuartile);
+        assert_eq!((quartile[0], quartile[1]), (3.0, 0.5));
+        assert_eq!(peak_bands(&odd, PeakStatistic::Loudest)[1], 2.0);
     }
 
     #[test]

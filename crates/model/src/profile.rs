@@ -167,7 +167,7 @@ pub struct MachineProfile {
     /// Per-window mean band energies; the explanations compare against it too.
     pub bands: BandGaussian,
     /// Per-clip band profile: each band's mean energy over the clip (in [`Self::spectrum`]'s form),
-    /// then its peak (drawn from the windows' as [`Self::peaks`] says). Some faults show only over
+    /// then its peak (drawn from the windows' as [`Self::peak_statistic`] says). Some faults show only over
     /// seconds — a valve whose closing click has gone dull is normal in any second without a
     /// click — and the clip's peaks catch them.
     pub clip_bands: Option<BandGaussian>,
@@ -219,8 +219,8 @@ pub struct MachineProfile {
     #[serde(default)]
     pub spectrum: SpectrumForm,
     /// How the clip's band peaks are drawn from its windows'.
-    #[serde(default)]
-    pub peaks: PeakStatistic,
+    #[serde(default, rename = "peaks")]
+    pub peak_statistic: PeakStatistic,
 }
 
 impl MachineProfile {
@@ -248,7 +248,7 @@ impl MachineProfile {
             band_peaks,
             self.relative_level,
             self.spectrum,
-            self.peaks,
+            self.peak_statistic,
         )
     }
 
@@ -534,12 +534,12 @@ pub fn fit_statistics(
     let spectrum = SpectrumForm::Contour {
         half_width: CONTOUR_HALF_WIDTH,
     };
-    let peaks = PeakStatistic::UpperQuartile;
+    let peak_statistic = PeakStatistic::UpperQuartile;
     let clip_profiles: Vec<f32> = normal
         .band_means
         .iter()
         .zip(&normal.band_peaks)
-        .flat_map(|(m, p)| clip_profile(m, p, relative_level, spectrum, peaks))
+        .flat_map(|(m, p)| clip_profile(m, p, relative_level, spectrum, peak_statistic))
         .collect();
     let clip_bands = BandGaussian::fit(&clip_profiles, 2 * BANDS, BANDS).ok();
     let measured: Vec<_> = normal
@@ -594,7 +594,7 @@ pub fn fit_statistics(
             .map_or(2, |median| (median / 2).max(2)),
         relative_level,
         spectrum,
-        peaks,
+        peak_statistic,
     })
 }
 

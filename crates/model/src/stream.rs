@@ -18,9 +18,10 @@ pub struct WindowSummary {
     pub mean_score: f64,
     /// Mean energy of each of the 64 bands over the frame's windows, in dB.
     pub band_means: Vec<f32>,
-    /// Loudest moment of each band over the frame's windows, in dB: a one-second frame holds one
-    /// window, so this is its window's, and a profile judging the stream draws its peaks
-    /// ([`crate::features::PeakStatistic`]) from every window of it.
+    /// Each window's loudest moment in each band, in dB (`windows × 64`, window by window), so
+    /// that a profile judging the stream draws its peaks ([`crate::features::PeakStatistic`])
+    /// from every window, as it does from a clip's. Summaries kept before held one row, the
+    /// loudest of the frame's windows.
     pub band_peaks: Vec<f32>,
     /// The frame's waveform statistics (summaries from before they were kept have none).
     #[serde(default)]
@@ -55,12 +56,15 @@ impl StreamWindows {
             h.model_version == version
                 && h.windows > 0
                 && h.band_means.len() == BANDS
-                && h.band_peaks.len() == BANDS
+                && !h.band_peaks.is_empty()
+                && h.band_peaks.len().is_multiple_of(BANDS)
+                && h.band_peaks.len() <= h.windows.saturating_mul(BANDS)
                 && h.mean_score.is_finite()
         });
         for summary in usable {
             // A summary stands for its windows: its mean repeated keeps the clip's means weighted
-            // by duration, and its peak row carries the loudest moment.
+            // by duration, and its peak rows are its windows' (one row for all of them in a
+            // summary kept before every window's were).
             for _ in 0..summary.windows {
                 stream.scores.push(summary.mean_score);
                 stream.band_means.extend_from_slice(&summary.band_means);
@@ -81,5 +85,54 @@ impl StreamWindows {
 
     pub(crate) fn clip_features(&self, profile: &MachineProfile) -> Vec<f32> {
         profile.clip_features(&self.band_means, &self.band_peaks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of `windows` windows whose peaks in band 0 are `peak`, window after window.
+    fn frame(windows: usize, peak: f32) -> Inference {
+        let mut band_peaks = vec![0.0_f32; windows * BANDS];
+        for row in band_peaks.chunks_exact_mut(BANDS) {
+            row[0] = peak;
+        }
+        Inference {
+            windows,
+            probabilities: Vec::new(),
+            embeddings: Vec::new(),
+            band_means: vec![-50.0; windows * BANDS],
+            band_peaks,
+            waveform: Waveform::default(),
+        }
+    }
+
+    fn summary(windows: usize, peak_rows: usize) -> WindowSummary {
+        WindowSummary {
+            model_version: "v".into(),
+            windows,
+            mean_score: 0.1,
+            band_means: vec![-50.0; BANDS],
+            band_peaks: vec![1.0; peak_rows * BANDS],
+            waveform: Waveform::default(),
+        }
+    }
+
+    #[test]
+    fn a_stream_keeps_every_remembered_window_s_peaks() {
+        let history = [summary(3, 3), summary(3, 1), summary(2, 3)];
+        let stream = StreamWindows::new(&frame(2, 9.0), &[0.2, 0.3], &history, "v");
+        // Three windows' rows, a summary kept before every window's were (one row for three
+        // windows), then the frame's own two; a summary with more rows than windows is left out.
+        assert_eq!(stream.band_peaks.len(), (3 + 1 + 2) * BANDS);
+        assert_eq!(stream.scores.len(), 3 + 3 + 2);
+        assert_eq!(stream.band_means.len(), stream.scores.len() * BANDS);
+        let band_0: Vec<f32> = stream
+            .band_peaks
+            .chunks_exact(BANDS)
+            .map(|r| r[0])
+            .collect();
+        assert_eq!(band_0, [1.0, 1.0, 1.0, 1.0, 9.0, 9.0]);
     }
 }

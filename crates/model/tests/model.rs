@@ -227,8 +227,11 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     assert!(removed.is_some(), "new profiles store how they draw peaks");
     let by_loudest: MachineProfile =
         serde_json::from_value(by_loudest).expect("profile by loudest");
-    assert_eq!(by_loudest.peaks, PeakStatistic::Loudest);
-    assert_eq!(info.profiles[0].peaks, PeakStatistic::UpperQuartile);
+    assert_eq!(by_loudest.peak_statistic, PeakStatistic::Loudest);
+    assert_eq!(
+        info.profiles[0].peak_statistic,
+        PeakStatistic::UpperQuartile
+    );
     let means = vec![-50.0_f32; 5 * 64];
     let mut peaks = vec![-40.0_f32; 5 * 64];
     peaks[3 * 64..4 * 64].fill(-10.0);
