@@ -4,10 +4,14 @@
 use auscult_signal::{BANDS, BandRange};
 
 /// A clip's band profile from its windows' band means and peaks: `[mean of means; peaks]`, the
-/// peaks drawn from the windows' as `peaks` says.
-pub fn clip_features(band_means: &[f32], band_peaks: &[f32], peaks: PeakStatistic) -> Vec<f32> {
+/// peaks drawn from the windows' as `peak_statistic` says.
+pub fn clip_features(
+    band_means: &[f32],
+    band_peaks: &[f32],
+    peak_statistic: PeakStatistic,
+) -> Vec<f32> {
     let mut features = mean_bands(band_means);
-    features.extend(peak_bands(band_peaks, peaks));
+    features.extend(peak_bands(band_peaks, peak_statistic));
     features
 }
 

@@ -167,9 +167,9 @@ pub struct MachineProfile {
     /// Per-window mean band energies; the explanations compare against it too.
     pub bands: BandGaussian,
     /// Per-clip band profile: each band's mean energy over the clip (in [`Self::spectrum`]'s form),
-    /// then its peak (drawn from the windows' as [`Self::peak_statistic`] says). Some faults show only over
-    /// seconds — a valve whose closing click has gone dull is normal in any second without a
-    /// click — and the clip's peaks catch them.
+    /// then its peak (drawn from the windows' as [`Self::peak_statistic`] says). Some faults show
+    /// only over seconds — a valve whose closing click has gone dull is normal in any second
+    /// without a click — and the clip's peaks catch them.
     pub clip_bands: Option<BandGaussian>,
     /// How the parts of the clip score are put together; profiles from before [`Fusion::Furthest`]
     /// added them.
@@ -606,17 +606,17 @@ fn relative_rows(rows: &mut [f32]) {
     }
 }
 
-/// A clip's `[means; peaks]`, the peaks drawn from its windows' as `peaks` says, shifted by the
-/// clip's level (the mean of its band means) when `relative`, the means then in the `spectrum`
-/// form.
+/// A clip's `[means; peaks]`, the peaks drawn from its windows' as `peak_statistic` says, shifted
+/// by the clip's level (the mean of its band means) when `relative`, the means then in the
+/// `spectrum` form.
 fn clip_profile(
     band_means: &[f32],
     band_peaks: &[f32],
     relative: bool,
     spectrum: SpectrumForm,
-    peaks: PeakStatistic,
+    peak_statistic: PeakStatistic,
 ) -> Vec<f32> {
-    let mut features = clip_features(band_means, band_peaks, peaks);
+    let mut features = clip_features(band_means, band_peaks, peak_statistic);
     if relative {
         let level = features[..BANDS].iter().sum::<f32>() / BANDS as f32;
         features.iter_mut().for_each(|v| *v -= level);
