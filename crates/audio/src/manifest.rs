@@ -88,6 +88,33 @@ pub fn discover(dir: &Path) -> Result<Vec<Recording>, ManifestError> {
     Ok(recordings)
 }
 
+/// The row that lists `recording` in the nearest manifest in its folder or a folder above it:
+/// datasets keep one manifest at their root and recordings in subfolders (`valve/test/…`), so a
+/// file's own folder often has none. A manifest that does not list the file is passed over; one
+/// that cannot be read is an error, named, since it may be the one meant to list it.
+pub fn listing_of(recording: &Path) -> Result<Option<Recording>, ManifestError> {
+    let file = recording
+        .canonicalize()
+        .map_err(|source| ManifestError::Read {
+            path: recording.to_owned(),
+            source,
+        })?;
+    for folder in file.ancestors().skip(1) {
+        let manifest = folder.join(MANIFEST);
+        if !manifest.is_file() {
+            continue;
+        }
+        let listed = read(&manifest)?.into_iter().find(|row| {
+            row.path.file_name() == file.file_name()
+                && (row.path == file || row.path.canonicalize().is_ok_and(|p| p == file))
+        });
+        if listed.is_some() {
+            return Ok(listed);
+        }
+    }
+    Ok(None)
+}
+
 /// Reads one manifest; paths in it become paths relative to the current directory.
 pub fn read(manifest: &Path) -> Result<Vec<Recording>, ManifestError> {
     let base = manifest.parent().unwrap_or(Path::new("."));
@@ -213,6 +240,58 @@ mod tests {
         let all = discover(root.path()).expect("folder of datasets");
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].machine_type, "fan", "folders are read in name order");
+    }
+
+    #[test]
+    fn a_recording_is_listed_by_the_nearest_manifest_above_it_that_names_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let valve = dataset(
+            root.path(),
+            "valve",
+            "test/a.wav,valve,s00,,pat_00,anomaly,x\ntrain/a.wav,valve,s00,,pat_02,normal,y\n",
+        );
+        for folder in ["test", "train", "other"] {
+            std::fs::create_dir_all(valve.join(folder)).expect("mkdir");
+            std::fs::write(valve.join(folder).join("a.wav"), b"RIFF").expect("write");
+        }
+        // Same file name in two folders: the row is the one whose path is this file.
+        let test = listing_of(&valve.join("test/a.wav"))
+            .expect("readable")
+            .expect("listed");
+        assert_eq!(
+            (test.label, test.attribute.as_str()),
+            (Label::Anomaly, "pat_00")
+        );
+        let train = listing_of(&valve.join("test/../train/a.wav"))
+            .expect("readable")
+            .expect("listed");
+        assert_eq!(train.label, Label::Normal);
+        assert_eq!(
+            listing_of(&valve.join("other/a.wav")).expect("readable"),
+            None,
+            "a manifest that does not list the file says nothing about it"
+        );
+        // A nearer manifest that lists other files is passed over.
+        std::fs::write(
+            valve.join("test").join(MANIFEST),
+            "path,machine_type,machine_id,label\nb.wav,fan,id_00,normal\n",
+        )
+        .expect("write");
+        let test = listing_of(&valve.join("test/a.wav"))
+            .expect("readable")
+            .expect("listed above");
+        assert_eq!(test.machine_type, "valve");
+        // An unreadable manifest on the way is named, not skipped.
+        std::fs::write(
+            valve.join("test").join(MANIFEST),
+            "path,label\na.wav,normal\n",
+        )
+        .expect("write");
+        let error = listing_of(&valve.join("test/a.wav"))
+            .expect_err("broken manifest")
+            .to_string();
+        assert!(error.contains("missing column `machine_type`"), "{error}");
+        assert!(listing_of(&valve.join("missing.wav")).is_err());
     }
 
     #[test]

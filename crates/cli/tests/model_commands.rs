@@ -244,6 +244,33 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
         "--json",
     ]));
     assert_eq!(scored[0]["profile_scope"], "machine");
+
+    // Without --machine, the machine is the one the dataset's root manifest lists the file as.
+    let plant = dir.path().join("plant");
+    std::fs::create_dir_all(plant.join("hall_a")).expect("mkdir");
+    let copied = plant.join("hall_a").join("recording.wav");
+    std::fs::copy(&file, &copied).expect("copy");
+    std::fs::write(
+        plant.join("manifest.csv"),
+        "path,machine_type,machine_id,label\nhall_a/recording.wav,pump,id_01,normal\n",
+    )
+    .expect("write manifest");
+    let scored = json(&auscult(&[
+        "score",
+        path(&copied),
+        "--model",
+        path(&enrolled_model),
+        "--json",
+    ]));
+    assert_eq!(scored[0]["machine"], "pump/id_01", "{scored}");
+    let unlisted = plant.join("hall_a").join("unlisted.wav");
+    std::fs::copy(&file, &unlisted).expect("copy");
+    let refused = auscult(&["score", path(&unlisted), "--model", path(&enrolled_model)]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("which machine is this?"),
+        "a file no manifest lists gets no verdict"
+    );
 }
 
 #[test]

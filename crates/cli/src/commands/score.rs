@@ -14,9 +14,9 @@ pub struct Args {
     files: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArg,
-    /// The machine that was recorded, as TYPE/ID (default: the one a `manifest.csv` beside the file
-    /// names; without either there is no verdict: a verdict against the wrong machine's normal is
-    /// worse than none).
+    /// The machine that was recorded, as TYPE/ID (default: the one named by the nearest
+    /// `manifest.csv` that lists the file, in its folder or above; without either there is no
+    /// verdict: a verdict against the wrong machine's normal is worse than none).
     #[arg(long, value_parser = machine)]
     machine: Option<MachineKey>,
     /// Recorded channel to listen to (default: the model's).
@@ -95,28 +95,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The machine a `manifest.csv` in the file's folder names for it, if there is one.
+/// The machine the nearest `manifest.csv` listing the file names for it: in the file's folder or
+/// any folder above it, as datasets keep one manifest at their root.
 fn listed_machine(path: &std::path::Path) -> anyhow::Result<Option<MachineKey>> {
-    let Some(dir) = path.parent() else {
-        return Ok(None);
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        std::path::Path::new(".")
-    } else {
-        dir
-    };
-    if !dir.join("manifest.csv").is_file() {
-        return Ok(None);
-    }
-    let listed = auscult_audio::manifest::discover(dir)?;
-    let file = path.file_name();
-    Ok(listed
-        .iter()
-        .find(|r| r.path.file_name() == file)
-        .map(|r| MachineKey {
-            machine_type: r.machine_type.clone(),
-            machine_id: r.machine_id.clone(),
-        }))
+    Ok(
+        auscult_audio::manifest::listing_of(path)?.map(|row| MachineKey {
+            machine_type: row.machine_type,
+            machine_id: row.machine_id,
+        }),
+    )
 }
 
 fn known_machines(detector: &auscult_model::Detector) -> String {
