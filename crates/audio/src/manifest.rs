@@ -93,20 +93,26 @@ pub fn discover(dir: &Path) -> Result<Vec<Recording>, ManifestError> {
 /// file's own folder often has none. A manifest that does not list the file is passed over; one
 /// that cannot be read is an error, named, since it may be the one meant to list it.
 pub fn listing_of(recording: &Path) -> Result<Option<Recording>, ManifestError> {
-    let file = recording
-        .canonicalize()
-        .map_err(|source| ManifestError::Read {
-            path: recording.to_owned(),
-            source,
-        })?;
-    for folder in file.ancestors().skip(1) {
+    let unreadable = |source| ManifestError::Read {
+        path: recording.to_owned(),
+        source,
+    };
+    // Folders are walked up from where the file is named (a dataset may link its recordings in
+    // from elsewhere); rows are compared with the file it really is.
+    let named = std::path::absolute(recording).map_err(unreadable)?;
+    let file = recording.canonicalize().map_err(unreadable)?;
+    let names = [named.file_name(), file.file_name()];
+    for folder in named.ancestors().skip(1) {
         let manifest = folder.join(MANIFEST);
         if !manifest.is_file() {
             continue;
         }
         let listed = read(&manifest)?.into_iter().find(|row| {
-            row.path.file_name() == file.file_name()
-                && (row.path == file || row.path.canonicalize().is_ok_and(|p| p == file))
+            names.contains(&row.path.file_name())
+                && row
+                    .path
+                    .canonicalize()
+                    .is_ok_and(|row_file| row_file == file)
         });
         if listed.is_some() {
             return Ok(listed);
@@ -292,6 +298,20 @@ mod tests {
             .to_string();
         assert!(error.contains("missing column `machine_type`"), "{error}");
         assert!(listing_of(&valve.join("missing.wav")).is_err());
+        // A dataset that links its recordings in from elsewhere is still the one that lists them.
+        let linked = dataset(root.path(), "linked", "clip.wav,fan,id_06,,,anomaly,z\n");
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(valve.join("other/a.wav"), linked.join("clip.wav"))
+                .expect("symlink");
+            let row = listing_of(&linked.join("clip.wav"))
+                .expect("readable")
+                .expect("listed where it is linked");
+            assert_eq!(
+                (row.machine_id.as_str(), row.label),
+                ("id_06", Label::Anomaly)
+            );
+        }
     }
 
     #[test]
