@@ -234,6 +234,38 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
         .expect("pump/id_01 enrolled");
     assert_eq!(machine["detector"], "bands");
     assert_eq!(machine["clips"], 6);
+    assert_eq!(machine["earlier_clips"], 0);
+
+    // Enrolling a known machine again adds to the recordings its profile kept, unless told to
+    // replace them.
+    let again = |extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join("again.model");
+        let mut args = vec![
+            "enroll",
+            "--data",
+            path(&pumps),
+            "--model",
+            path(&enrolled_model),
+            "--out",
+            path(&out),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let report = json(&auscult(&args));
+        report
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["machine"] == "pump/id_01").cloned())
+            .expect("pump/id_01 enrolled again")
+    };
+    let added = again(&[]);
+    assert_eq!(
+        (&added["clips"], &added["earlier_clips"]),
+        (&6.into(), &6.into())
+    );
+    assert_eq!(added["replaced"], false);
+    let replaced = again(&["--replace"]);
+    assert_eq!(replaced["earlier_clips"], 0);
+    assert_eq!(replaced["replaced"], true);
     let scored = json(&auscult(&[
         "score",
         path(&file),

@@ -6,7 +6,8 @@
 //! - [`stats`], [`profile`], [`calibrate`]: what normal sounds like, per machine, and where the
 //!   threshold lies — fitted on normal sound only, sharpened by labelled faults where present;
 //! - [`detector`]: a loaded model that turns windows into verdicts with explanations;
-//! - [`evaluate`]: the DCASE measures on labelled recordings; [`enroll`]: onboarding machines;
+//! - [`evaluate`]: the DCASE measures on labelled recordings; [`enroll`]: onboarding machines, and
+//!   [`kept`]: the normal recordings a profile keeps so that enrolling more refits on all of them;
 //! - [`dataset`]: clips in memory and content-based splits; [`file`]: the model file.
 
 pub mod assessment;
@@ -20,6 +21,7 @@ pub mod features;
 pub mod file;
 pub mod inference;
 pub mod info;
+pub mod kept;
 pub mod metrics;
 pub mod network;
 pub mod profile;

@@ -5,6 +5,7 @@
 use crate::calibrate::{self, ThresholdMethod};
 use crate::dataset::MachineKey;
 use crate::features::{PeakStatistic, TwoSided, Waveform, clip_features};
+use crate::kept::{KeptClip, KeptRecordings, MAX_KEPT_CLIPS};
 use crate::stats::{BandGaussian, Centres, FitError, Gaussian};
 use auscult_signal::BANDS;
 
@@ -221,6 +222,11 @@ pub struct MachineProfile {
     /// How the clip's band peaks are drawn from its windows'.
     #[serde(default, rename = "peaks")]
     pub peak_statistic: PeakStatistic,
+    /// The normal recordings a machine's own profile was fitted from, so that enrolling more of
+    /// them refits on all ([`crate::kept`]). Machine-type profiles keep none: their machines' own
+    /// profiles hold the same clips. Profiles from before it kept none, and enrolling replaces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<KeptRecordings>,
 }
 
 impl MachineProfile {
@@ -420,6 +426,43 @@ impl NormalWindows {
         self.embeddings.len()
     }
 
+    /// The clips as a profile keeps them: the latest [`MAX_KEPT_CLIPS`] if there are more, at the
+    /// precision the model file stores them in.
+    pub fn keep(&self) -> KeptRecordings {
+        let clips = (self.clips().saturating_sub(MAX_KEPT_CLIPS)..self.clips())
+            .map(|i| {
+                KeptClip {
+                    embeddings: self.embeddings[i].clone(),
+                    band_means: self.band_means[i].clone(),
+                    band_peaks: self.band_peaks[i].clone(),
+                    waveform: self.waveforms.get(i).cloned().unwrap_or_default(),
+                }
+                .as_stored()
+            })
+            .collect();
+        KeptRecordings { clips }
+    }
+
+    /// Kept clips back in the shape profiles are fitted from.
+    pub fn from_kept(kept: &KeptRecordings) -> Self {
+        let mut normal = Self::default();
+        for clip in &kept.clips {
+            normal.embeddings.push(clip.embeddings.clone());
+            normal.band_means.push(clip.band_means.clone());
+            normal.band_peaks.push(clip.band_peaks.clone());
+            normal.waveforms.push(clip.waveform.clone());
+        }
+        normal
+    }
+
+    /// These clips, then `other`'s.
+    pub fn extend(&mut self, other: &Self) {
+        self.embeddings.extend(other.embeddings.iter().cloned());
+        self.band_means.extend(other.band_means.iter().cloned());
+        self.band_peaks.extend(other.band_peaks.iter().cloned());
+        self.waveforms.extend(other.waveforms.iter().cloned());
+    }
+
     fn without(&self, left_out: usize) -> Self {
         let keep = |parts: &[Vec<f32>]| -> Vec<Vec<f32>> {
             parts
@@ -595,6 +638,7 @@ pub fn fit_statistics(
         relative_level,
         spectrum,
         peak_statistic,
+        kept: None,
     })
 }
 
@@ -788,6 +832,9 @@ pub fn enroll_profile(
         relative_level,
     )?;
     calibrate_profile(&mut profile, &held_out, percentile)?;
+    if scope == Scope::Machine {
+        profile.kept = Some(normal.keep());
+    }
     Ok(profile)
 }
 

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ModelError;
 use crate::dataset::Clip;
+use crate::enroll::Enrolment;
 use crate::evaluate::{self, EvaluationReport, Reference};
 use crate::train::{self, TrainConfig, TrainObserver};
 
@@ -57,23 +58,13 @@ pub fn leave_one_pattern_out(
             let mut detector = train::train(&training, config, observer)?;
             let tested: Vec<&Clip> = clips.iter().filter(|c| held_out(c)).collect();
             let (enrolling, tested) = take_normals(tested, enroll_clips);
-            let learned = detector.info.training.learned();
             let mut reference = Reference::learned(&detector, &training);
             if !enrolling.is_empty() {
-                // The machine's profile is refitted on what it was trained on plus the new
-                // pattern's clips, as `auscult enroll` would with both.
-                let mut normal: Vec<Clip> = training
-                    .iter()
-                    .filter(|c| {
-                        !c.is_anomaly()
-                            && c.recording.machine_type == machine_type
-                            && learned.contains(c.content_sha256.as_str())
-                    })
-                    .cloned()
-                    .collect();
-                normal.extend(enrolling.iter().map(|c| (*c).clone()));
+                // As `auscult enroll` does: the machine's profile is refitted on the recordings it
+                // kept from training and the new pattern's clips together.
+                let normal: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
                 let percentile = detector.info.threshold_percentile;
-                crate::enroll::enroll(&mut detector, &normal, percentile)?;
+                crate::enroll::enroll(&mut detector, &normal, percentile, Enrolment::Add)?;
                 for clip in &enrolling {
                     reference.add(&detector, clip);
                 }
@@ -124,7 +115,7 @@ pub fn onboarding(
         }
         let enrolled: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
         let percentile = detector.info.threshold_percentile;
-        crate::enroll::enroll(&mut detector, &enrolled, percentile)?;
+        crate::enroll::enroll(&mut detector, &enrolled, percentile, Enrolment::Add)?;
         let mut reference = Reference::default();
         for clip in &enrolled {
             reference.add(&detector, clip);

@@ -351,7 +351,8 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
             c
         })
         .collect();
-    let report = enroll::enroll(&mut detector, &pumps, 90.0).expect("enroll");
+    let report =
+        enroll::enroll(&mut detector, &pumps, 90.0, enroll::Enrolment::Add).expect("enroll");
     let machine = report
         .iter()
         .find(|e| e.scope == Scope::Machine)
@@ -405,6 +406,129 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
         .count();
     assert!(flagged >= 5, "{flagged} of 6 anomalous recordings flagged");
 
-    let too_few = enroll::enroll(&mut detector, &pumps[..1], 90.0);
-    assert!(too_few.is_err(), "one recording is not a normal profile");
+    let one: Vec<Clip> = pumps
+        .iter()
+        .filter(|c| !c.is_anomaly())
+        .take(1)
+        .cloned()
+        .collect();
+    let one_more = enroll::enroll(&mut detector, &one, 90.0, enroll::Enrolment::Add)
+        .expect("one more recording joins the six the profile kept");
+    assert!(
+        one_more
+            .iter()
+            .any(|e| e.machine == key("pump", "id_01") && (e.clips, e.earlier_clips) == (1, 6))
+    );
+    let too_few = enroll::enroll(&mut detector, &one, 90.0, enroll::Enrolment::Replace);
+    assert!(
+        too_few.is_err_and(|e| e.to_string().contains("at least three")),
+        "one recording alone is not a normal profile"
+    );
+}
+
+#[test]
+fn enrolling_a_known_machine_adds_to_the_recordings_its_profile_kept() {
+    let (new_pattern, known): (Vec<Clip>, Vec<Clip>) = samples()
+        .into_iter()
+        .partition(|c| c.recording.attribute == "pat_02");
+    let trained = train::train(
+        &known,
+        &TrainConfig {
+            max_epochs: 1,
+            ..tiny()
+        },
+        &Silent,
+    )
+    .expect("train");
+    let valve = key("valve", "section_00");
+    let own_profile = |detector: &Detector| -> MachineProfile {
+        detector
+            .info
+            .profiles
+            .iter()
+            .find(|p| p.scope == Scope::Machine && p.key() == valve)
+            .cloned()
+            .expect("the valve's own profile")
+    };
+    let trained_normals = known
+        .iter()
+        .filter(|c| c.machine() == valve && !c.is_anomaly())
+        .count();
+    let kept = own_profile(&trained).kept.map_or(0, |k| k.len());
+    assert_eq!(
+        kept, trained_normals,
+        "a trained profile keeps its machine's normal recordings, training and validation alike"
+    );
+    assert!(
+        trained
+            .info
+            .profiles
+            .iter()
+            .filter(|p| p.scope == Scope::MachineType)
+            .all(|p| p.kept.is_none()),
+        "a machine type's profile keeps nothing its machines' profiles do not"
+    );
+    // What a profile keeps survives the model file, and is what enrolling adds to.
+    let bytes = trained.to_bytes().expect("bytes");
+    let reload = || Detector::from_bytes(&bytes, trained.device()).expect("reload");
+    assert_eq!(own_profile(&reload()).kept.map_or(0, |k| k.len()), kept);
+    let new_normals: Vec<Clip> = new_pattern
+        .iter()
+        .filter(|c| !c.is_anomaly())
+        .cloned()
+        .collect();
+
+    let mut added = reload();
+    let report = enroll::enroll(&mut added, &new_normals, 90.0, enroll::Enrolment::Add)
+        .expect("add a pattern");
+    let machine = report
+        .iter()
+        .find(|e| e.scope == Scope::Machine)
+        .expect("machine");
+    assert_eq!(
+        (machine.clips, machine.earlier_clips, machine.replaced),
+        (new_normals.len(), kept, false)
+    );
+    let profile = own_profile(&added);
+    assert_eq!(profile.normal_clips, kept + new_normals.len());
+    assert_eq!(
+        profile.kept.map(|k| k.len()),
+        Some(kept + new_normals.len())
+    );
+    let machine_type = report
+        .iter()
+        .find(|e| e.scope == Scope::MachineType)
+        .expect("the valve type's profile is refitted with the new pattern");
+    assert_eq!(
+        (machine_type.clips, machine_type.earlier_clips),
+        (new_normals.len(), kept)
+    );
+
+    let mut replaced = reload();
+    let report = enroll::enroll(
+        &mut replaced,
+        &new_normals,
+        90.0,
+        enroll::Enrolment::Replace,
+    )
+    .expect("replace");
+    assert_eq!(
+        report.len(),
+        1,
+        "the type's profile is left as it was: {report:?}"
+    );
+    assert_eq!((report[0].earlier_clips, report[0].replaced), (0, true));
+    assert_eq!(own_profile(&replaced).normal_clips, new_normals.len());
+
+    // A profile from before profiles kept their recordings can only be replaced, and says so.
+    let mut older = reload();
+    older.info.profiles.iter_mut().for_each(|p| p.kept = None);
+    let report = enroll::enroll(&mut older, &new_normals, 90.0, enroll::Enrolment::Add)
+        .expect("enrol into an older model");
+    let machine = report
+        .iter()
+        .find(|e| e.scope == Scope::Machine)
+        .expect("machine");
+    assert_eq!((machine.earlier_clips, machine.replaced), (0, true));
+    assert_eq!(own_profile(&older).normal_clips, new_normals.len());
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use auscult_audio::ChannelChoice;
+use auscult_model::enroll::Enrolment;
 use auscult_model::profile::RELIABLE_RANGE_CLIPS;
 
 use crate::commands::recordings::{self, ModelArg, round};
@@ -25,6 +26,12 @@ pub struct Args {
     /// Recorded channel to listen to (default: the model's).
     #[arg(long)]
     channel: Option<ChannelChoice>,
+    /// Fit each machine's profile on these recordings alone, forgetting those it was fitted from
+    /// (a machine rebuilt, a microphone changed or moved). Without it, a machine already known is
+    /// refitted on the recordings its profile kept and these together: a new operating pattern
+    /// joins the ones it had.
+    #[arg(long)]
+    replace: bool,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -45,20 +52,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map_or(detector.info.threshold_percentile, |rate| {
             100.0 * (1.0 - rate)
         });
-    let enrolled = auscult_model::enroll::enroll(&mut detector, &clips, percentile)?;
+    let enrolment = if args.replace {
+        Enrolment::Replace
+    } else {
+        Enrolment::Add
+    };
+    let enrolled = auscult_model::enroll::enroll(&mut detector, &clips, percentile, enrolment)?;
     detector
         .save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    for e in enrolled.iter().filter(|e| e.clips < RELIABLE_RANGE_CLIPS) {
-        // On stderr, so the JSON on stdout stays one document.
-        eprintln!(
-            "warning: {} was enrolled from {} normal recordings: its threshold is set by clips each \
-             scored against statistics of the other {}, and is uncertain below {RELIABLE_RANGE_CLIPS}; \
-             enrol again as more normal recordings arrive",
-            e.machine,
-            e.clips,
-            e.clips.saturating_sub(1)
-        );
+    // On stderr, so the JSON on stdout stays one document.
+    for e in &enrolled {
+        let fitted_on = e.clips + e.earlier_clips;
+        if fitted_on < RELIABLE_RANGE_CLIPS {
+            eprintln!(
+                "warning: {} was enrolled from {fitted_on} normal recordings: its threshold is set by \
+                 clips each scored against statistics of the other {}, and is uncertain below \
+                 {RELIABLE_RANGE_CLIPS}; enrol again as more normal recordings arrive",
+                e.machine,
+                fitted_on.saturating_sub(1)
+            );
+        }
+        if e.replaced && !args.replace {
+            eprintln!(
+                "warning: {}'s earlier profile kept none of the recordings it was fitted from (a model \
+                 written before profiles kept them), so it is now fitted on these {} alone: enrol \
+                 its earlier recordings together with these to keep what it knew",
+                e.machine, e.clips
+            );
+        }
     }
     if args.json {
         let json: Vec<serde_json::Value> = enrolled
@@ -69,6 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "scope": e.scope,
                     "detector": e.detector,
                     "clips": e.clips,
+                    "earlier_clips": e.earlier_clips,
+                    "replaced": e.replaced,
                     "windows": e.windows,
                     "window_threshold": round(e.window_threshold, 3),
                     "clip_threshold": round(e.clip_threshold, 3),
@@ -78,8 +102,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         for e in &enrolled {
+            let earlier = if e.earlier_clips > 0 {
+                format!(" and {} it already knew", e.earlier_clips)
+            } else {
+                String::new()
+            };
             println!(
-                "enrolled {} ({:?}, {:?} detector) from {} recordings, {} windows: threshold {:.3} per clip, {:.3} per window",
+                "enrolled {} ({:?}, {:?} detector) from {} new recordings{earlier}, {} windows: threshold {:.3} per clip, {:.3} per window",
                 e.machine,
                 e.scope,
                 e.detector,

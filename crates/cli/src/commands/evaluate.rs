@@ -160,7 +160,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let enrolling = recordings::discover(&args.enroll)?;
         enrolled_clips = recordings::load(&enrolling, channel, rate, args.json)?;
         let percentile = detector.info.threshold_percentile;
-        for enrolled in auscult_model::enroll::enroll(&mut detector, &enrolled_clips, percentile)? {
+        for enrolled in auscult_model::enroll::enroll(
+            &mut detector,
+            &enrolled_clips,
+            percentile,
+            auscult_model::enroll::Enrolment::Add,
+        )? {
             eprintln!(
                 "enrolled {} from {} normal recordings ({:?} detector)",
                 enrolled.machine, enrolled.clips, enrolled.detector

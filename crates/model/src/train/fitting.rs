@@ -199,6 +199,14 @@ pub(super) fn fit_profiles(
                 HeldOutClip::new(&profile, input, clip.is_anomaly(), dim)
             })
             .collect();
+        // Every normal clip of the machine, training and validation alike: what cross-fitting
+        // uses when too little is held out, and what the profile keeps for later enrolling.
+        let mut known = normal.clone();
+        for (clip, inference) in &validation {
+            if !clip.is_anomaly() && covers(clip) {
+                known.push_clip(inference);
+            }
+        }
         let held_out_normals = held_out.iter().filter(|c| !c.anomaly).count();
         let by_f1 = config.fault_labels && held_out.iter().any(|c| c.anomaly);
         if held_out_normals >= profile::RELIABLE_RANGE_CLIPS || (by_f1 && held_out_normals >= 2) {
@@ -206,17 +214,11 @@ pub(super) fn fit_profiles(
         } else {
             // Too little held out for this machine: cross-fit on every normal clip of it instead,
             // training and validation alike (each is scored by statistics fitted without it).
-            let mut pooled = normal.clone();
-            for (clip, inference) in &validation {
-                if !clip.is_anomaly() && covers(clip) {
-                    pooled.push_clip(inference);
-                }
-            }
             let cross_fitted = profile::enroll_profile(
                 *scope,
                 key,
                 DetectorKind::Neighbours,
-                &pooled,
+                &known,
                 dim,
                 detector.info.relative_level,
                 config.threshold_percentile(),
@@ -239,6 +241,9 @@ pub(super) fn fit_profiles(
                     pooled_validation.insert(clip.machine());
                 }
             }
+        }
+        if *scope == Scope::Machine {
+            profile.kept = Some(known.keep());
         }
         profiles.push(profile);
     }
