@@ -1051,6 +1051,27 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_keeps_its_latest_clips_up_to_the_limit() {
+        let mut normal = NormalWindows::default();
+        for clip in 0..MAX_KEPT_CLIPS + 5 {
+            normal.embeddings.push(vec![clip as f32]);
+            normal.band_means.push(vec![-40.0]);
+            normal.band_peaks.push(vec![-30.0]);
+            normal.waveforms.push(Waveform::default());
+        }
+        let kept = normal.keep();
+        assert_eq!(kept.len(), MAX_KEPT_CLIPS);
+        assert_eq!(
+            kept.clips[0].embeddings,
+            vec![5.0],
+            "the oldest five are dropped"
+        );
+        let back = NormalWindows::from_kept(&kept);
+        assert_eq!(back.clips(), MAX_KEPT_CLIPS);
+        assert_eq!(back.band_means[0], vec![-40.0]);
+    }
+
+    #[test]
     fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
         let normal = normal_clips();
         let (key, profile) = enrolled("valve", &normal);
