@@ -93,32 +93,67 @@ pub fn discover(dir: &Path) -> Result<Vec<Recording>, ManifestError> {
 /// file's own folder often has none. A manifest that does not list the file is passed over; one
 /// that cannot be read is an error, named, since it may be the one meant to list it.
 pub fn listing_of(recording: &Path) -> Result<Option<Recording>, ManifestError> {
-    let unreadable = |source| ManifestError::Read {
-        path: recording.to_owned(),
-        source,
-    };
-    // Folders are walked up from where the file is named (a dataset may link its recordings in
-    // from elsewhere); rows are compared with the file it really is.
-    let named = std::path::absolute(recording).map_err(unreadable)?;
-    let file = recording.canonicalize().map_err(unreadable)?;
-    let names = [named.file_name(), file.file_name()];
-    for folder in named.ancestors().skip(1) {
-        let manifest = folder.join(MANIFEST);
-        if !manifest.is_file() {
-            continue;
+    Listings::default().listing_of(recording)
+}
+
+/// [`listing_of`] for many recordings, each manifest read once.
+#[derive(Debug, Default)]
+pub struct Listings {
+    manifests: std::collections::HashMap<PathBuf, Vec<Recording>>,
+}
+
+impl Listings {
+    pub fn listing_of(&mut self, recording: &Path) -> Result<Option<Recording>, ManifestError> {
+        let unreadable = |source| ManifestError::Read {
+            path: recording.to_owned(),
+            source,
+        };
+        // Folders are walked up from where the file is named (a dataset may link its recordings
+        // in from elsewhere), `..` resolved first so that only folders above it are walked; rows
+        // are compared with the file it really is.
+        let named = lexically_normal(&std::path::absolute(recording).map_err(unreadable)?);
+        let file = recording.canonicalize().map_err(unreadable)?;
+        let names = [named.file_name(), file.file_name()];
+        for folder in named.ancestors().skip(1) {
+            let manifest = folder.join(MANIFEST);
+            if !manifest.is_file() {
+                continue;
+            }
+            let rows = match self.manifests.entry(manifest) {
+                std::collections::hash_map::Entry::Occupied(rows) => rows.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let rows = read(entry.key())?;
+                    entry.insert(rows)
+                }
+            };
+            let listed = rows.iter().find(|row| {
+                names.contains(&row.path.file_name())
+                    && row
+                        .path
+                        .canonicalize()
+                        .is_ok_and(|row_file| row_file == file)
+            });
+            if listed.is_some() {
+                return Ok(listed.cloned());
+            }
         }
-        let listed = read(&manifest)?.into_iter().find(|row| {
-            names.contains(&row.path.file_name())
-                && row
-                    .path
-                    .canonicalize()
-                    .is_ok_and(|row_file| row_file == file)
-        });
-        if listed.is_some() {
-            return Ok(listed);
+        Ok(None)
+    }
+}
+
+/// `path` with `.` and `..` resolved by its components alone, links left as they are.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
         }
     }
-    Ok(None)
+    normal
 }
 
 /// Reads one manifest; paths in it become paths relative to the current directory.
@@ -272,6 +307,17 @@ mod tests {
             .expect("readable")
             .expect("listed");
         assert_eq!(train.label, Label::Normal);
+        // `test/..` is not above the file: a broken manifest there is not read.
+        std::fs::write(valve.join("test").join(MANIFEST), "not,a\nmanifest\n").expect("write");
+        let mut listings = Listings::default();
+        for _ in 0..2 {
+            let train = listings
+                .listing_of(&valve.join("test/../train/a.wav"))
+                .expect("readable")
+                .expect("listed");
+            assert_eq!(train.label, Label::Normal);
+        }
+        std::fs::remove_file(valve.join("test").join(MANIFEST)).expect("remove");
         assert_eq!(
             listing_of(&valve.join("other/a.wav")).expect("readable"),
             None,

@@ -257,14 +257,22 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
             .and_then(|a| a.iter().find(|e| e["machine"] == "pump/id_01").cloned())
             .expect("pump/id_01 enrolled again")
     };
-    let added = again(&[]);
+    // The same six recordings again: already in the profile, counted once.
+    let same = again(&[]);
     assert_eq!(
-        (&added["clips"], &added["earlier_clips"]),
-        (&6.into(), &6.into())
+        (
+            &same["clips"],
+            &same["earlier_clips"],
+            &same["already_known"]
+        ),
+        (&0.into(), &6.into(), &6.into())
     );
-    assert_eq!(added["replaced"], false);
+    assert_eq!(same["replaced"], false);
     let replaced = again(&["--replace"]);
-    assert_eq!(replaced["earlier_clips"], 0);
+    assert_eq!(
+        (&replaced["clips"], &replaced["earlier_clips"]),
+        (&6.into(), &0.into())
+    );
     assert_eq!(replaced["replaced"], true);
     let scored = json(&auscult(&[
         "score",

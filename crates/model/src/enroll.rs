@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::ModelError;
 use crate::dataset::{Clip, MachineKey};
 use crate::detector::Detector;
+use crate::kept::KeptRecordings;
 use crate::profile::{self, ANY, DetectorKind, MachineProfile, NormalWindows, Scope};
+use crate::stats::FitError;
 
 /// Whether enrolling adds to what a machine's profile already knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +37,8 @@ pub struct Enrolled {
     pub clips: usize,
     /// Recordings the earlier profile kept, refitted together with the new ones.
     pub earlier_clips: usize,
+    /// Recordings given that the profile already held: counted once, not twice.
+    pub already_known: usize,
     /// An earlier profile of this machine was replaced rather than added to: asked for, or it
     /// kept none of its recordings (a model file from before profiles kept them).
     pub replaced: bool,
@@ -46,9 +50,10 @@ pub struct Enrolled {
 /// Fits profiles for every machine among the normal `clips` (anomalous ones are ignored) and
 /// stores them in the detector. With [`Enrolment::Add`], a machine whose profile keeps the
 /// recordings it was fitted from is refitted on those and the new ones together; otherwise its
-/// profile is replaced. A machine type's profile is refitted on every clip its machines' profiles
-/// keep (a new machine of a known type widens it), or fitted from the new clips when the type has
-/// none; it is left as it is when one of its machines keeps nothing or was just replaced.
+/// profile is replaced; recordings it already holds count once. A machine type's profile is
+/// refitted on every clip its machines' profiles keep (a new machine of a known type widens it)
+/// while they hold every clip it was fitted from, and fitted from them, or from the new clips,
+/// when the type has none.
 pub fn enroll(
     detector: &mut Detector,
     clips: &[Clip],
@@ -70,6 +75,8 @@ pub fn enroll(
             DetectorKind::Bands
         }
     };
+    let dim = detector.info.network.embedding_size();
+    let relative_level = detector.info.relative_level;
     let mut by_machine: BTreeMap<MachineKey, NormalWindows> = BTreeMap::new();
     for clip in clips.iter().filter(|c| !c.is_anomaly()) {
         let inference = detector.hear(&clip.samples);
@@ -79,33 +86,49 @@ pub fn enroll(
         by_machine
             .entry(clip.machine())
             .or_default()
-            .push_clip(&inference);
+            .push_clip(&inference, &clip.content_sha256);
     }
     if by_machine.is_empty() {
         return Err(ModelError::Training(
             "no normal recordings to enroll".into(),
         ));
     }
-    let dim = detector.info.network.embedding_size();
-    let relative_level = detector.info.relative_level;
     let mut report = Vec::new();
+    let mut new_by_type: BTreeMap<String, NormalWindows> = BTreeMap::new();
     // Machines first: what their profiles keep is what their types' profiles are refitted on.
-    for (machine, new) in &by_machine {
+    for (machine, given) in &by_machine {
         let existing = detector
             .info
             .profiles
             .iter()
             .find(|p| p.scope == Scope::Machine && p.key() == *machine);
-        let earlier = match enrolment {
-            Enrolment::Add => existing
-                .and_then(|p| p.kept.as_ref())
-                .map(NormalWindows::from_kept),
-            Enrolment::Replace => None,
+        let earlier = match (enrolment, existing.and_then(|p| p.kept.as_ref())) {
+            (Enrolment::Add, Some(kept)) => Some(
+                NormalWindows::from_kept(kept, dim)
+                    .map_err(|e| FitError(format!("{machine}: {}", e.0)))?,
+            ),
+            _ => None,
         };
         let replaced = existing.is_some() && earlier.is_none();
+        // A recording the profile already holds is not counted twice: that would put an exact twin
+        // of each left-out clip into the statistics it is scored against.
+        let held: BTreeSet<String> = earlier
+            .as_ref()
+            .map(NormalWindows::known_sources)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let new = given.excluding(&held);
+        let already_known = given.clips() - new.clips();
         let earlier_clips = earlier.as_ref().map_or(0, NormalWindows::clips);
+        if new.clips() == 0 {
+            if let Some(profile) = existing {
+                report.push(enrolled(profile, 0, earlier_clips, already_known, false));
+            }
+            continue;
+        }
         let mut normal = earlier.unwrap_or_default();
-        normal.extend(new);
+        normal.extend(&new);
         let profile = profile::enroll_profile(
             Scope::Machine,
             machine,
@@ -115,50 +138,51 @@ pub fn enroll(
             relative_level,
             percentile,
         )?;
-        report.push(enrolled(&profile, new.clips(), earlier_clips, replaced));
+        report.push(enrolled(
+            &profile,
+            new.clips(),
+            earlier_clips,
+            already_known,
+            replaced,
+        ));
         store(detector, profile);
+        new_by_type
+            .entry(machine.machine_type.clone())
+            .or_default()
+            .extend(&new);
     }
-    let types: BTreeSet<&str> = by_machine.keys().map(|m| m.machine_type.as_str()).collect();
-    for machine_type in types {
-        let has_type_profile = detector
+    for (machine_type, new) in &new_by_type {
+        let type_profile = detector
             .info
             .profiles
             .iter()
-            .any(|p| p.machine_type == machine_type && p.machine_id == ANY);
-        let machines: Vec<&MachineProfile> = detector
+            .find(|p| p.machine_type == *machine_type && p.machine_id == ANY);
+        let kept: Option<Vec<&KeptRecordings>> = detector
             .info
             .profiles
             .iter()
-            .filter(|p| p.scope == Scope::Machine && p.machine_type == machine_type)
+            .filter(|p| p.scope == Scope::Machine && p.machine_type == *machine_type)
+            .map(|p| p.kept.as_ref())
             .collect();
-        let all_kept = machines.iter().all(|p| p.kept.is_some());
-        let new_clips: usize = by_machine
-            .iter()
-            .filter(|(m, _)| m.machine_type == machine_type)
-            .map(|(_, n)| n.clips())
-            .sum();
-        // A machine that lost its earlier recordings must not take them from its type's profile too.
-        let replaced = report
-            .iter()
-            .any(|e| e.replaced && e.machine.machine_type == machine_type);
-        if has_type_profile && (replaced || !all_kept) {
-            continue;
-        }
-        let mut pooled = NormalWindows::default();
-        if all_kept {
-            for kept in machines.iter().filter_map(|p| p.kept.as_ref()) {
-                pooled.extend(&NormalWindows::from_kept(kept));
+        let pooled = match (type_profile, kept) {
+            (Some(type_profile), Some(kept)) => {
+                let pooled = pooled_kept(&kept, dim)?;
+                // Refitted only while its machines hold every clip it was fitted from: a machine
+                // with no profile of its own, or one just replaced, would otherwise drop out of it.
+                let holds: BTreeSet<String> = pooled.known_sources().into_iter().collect();
+                if type_profile.fitted_from.is_empty()
+                    || !type_profile.fitted_from.iter().all(|h| holds.contains(h))
+                {
+                    continue;
+                }
+                pooled
             }
-        } else {
-            for (_, normal) in by_machine
-                .iter()
-                .filter(|(m, _)| m.machine_type == machine_type)
-            {
-                pooled.extend(normal);
-            }
-        }
+            (Some(_), None) => continue,
+            (None, Some(kept)) => pooled_kept(&kept, dim)?,
+            (None, None) => new.clone(),
+        };
         let key = MachineKey {
-            machine_type: machine_type.to_owned(),
+            machine_type: machine_type.clone(),
             machine_id: ANY.into(),
         };
         let profile = profile::enroll_profile(
@@ -170,17 +194,27 @@ pub fn enroll(
             relative_level,
             percentile,
         )?;
-        let earlier_clips = pooled.clips().saturating_sub(new_clips);
-        report.push(enrolled(&profile, new_clips, earlier_clips, false));
+        let earlier_clips = pooled.clips().saturating_sub(new.clips());
+        report.push(enrolled(&profile, new.clips(), earlier_clips, 0, false));
         store(detector, profile);
     }
     Ok(report)
+}
+
+/// Every clip the profiles keep, one after another.
+fn pooled_kept(kept: &[&KeptRecordings], dim: usize) -> Result<NormalWindows, FitError> {
+    let mut pooled = NormalWindows::default();
+    for recordings in kept {
+        pooled.extend(&NormalWindows::from_kept(recordings, dim)?);
+    }
+    Ok(pooled)
 }
 
 fn enrolled(
     profile: &MachineProfile,
     clips: usize,
     earlier_clips: usize,
+    already_known: usize,
     replaced: bool,
 ) -> Enrolled {
     Enrolled {
@@ -189,6 +223,7 @@ fn enrolled(
         detector: profile.detector,
         clips,
         earlier_clips,
+        already_known,
         replaced,
         windows: profile.normal_windows,
         window_threshold: profile.window_threshold,

@@ -27,6 +27,14 @@ const MAX_SECTION: u64 = 512 << 20;
 pub fn encode(info: &ModelInfo, weights: &[u8]) -> Result<Vec<u8>, ModelError> {
     let json =
         serde_json::to_vec(info).map_err(|e| ModelError::Format(format!("metadata: {e}")))?;
+    // A file no reader would accept is not written.
+    for (what, len) in [("metadata", json.len()), ("weights", weights.len())] {
+        if len as u64 > MAX_SECTION {
+            return Err(ModelError::Format(format!(
+                "{what} of {len} bytes exceed the {MAX_SECTION} a model file may hold"
+            )));
+        }
+    }
     let mut out = Vec::with_capacity(24 + json.len() + weights.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_le_bytes());

@@ -3,17 +3,19 @@
 //! pattern, a season — refits the profile on everything it knew and the new clips together, not
 //! on the new clips alone.
 //!
-//! Per clip: its windows' embeddings, band means and band peaks, in half precision (within a few
-//! hundredths of a decibel for band energies, far below any normal spread) and base64 in the file's JSON,
-//! about 20 kB a clip; and its waveform's impulsiveness peaks as they are.
+//! Per clip: its content hash, so that a recording enrolled twice counts once; its windows'
+//! embeddings, band means and band peaks, in half precision (within a few hundredths of a decibel
+//! for band energies, far below any normal spread) and base64 in the file's JSON, about 0.7 kB a
+//! window (14 kB for a ten-second clip); and its waveform's impulsiveness peaks as they are.
 
 use base64::engine::general_purpose::STANDARD;
 
 use crate::features::Waveform;
 
-/// The most clips a profile keeps: a machine enrolled over and over keeps its latest, so that a
-/// model file stays a size a registry can hand out (about 20 MB at this many).
-pub const MAX_KEPT_CLIPS: usize = 1_000;
+/// The most windows a machine's profile keeps, about 2,000 ten-second clips (some 28 MB in the
+/// file, at about 0.7 kB a window): a machine enrolled over and over keeps its latest recordings,
+/// and a model file stays a size a registry can hand out.
+pub const MAX_KEPT_WINDOWS: usize = 40_000;
 
 /// What a profile keeps of its normal recordings.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -24,6 +26,9 @@ pub struct KeptRecordings {
 /// One normal clip as the network heard it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KeptClip {
+    /// SHA-256 of the recording's content; empty where it was not known.
+    #[serde(default)]
+    pub content_sha256: String,
     #[serde(with = "half_base64")]
     pub embeddings: Vec<f32>,
     #[serde(with = "half_base64")]
@@ -44,6 +49,7 @@ impl KeptClip {
                 .collect()
         };
         Self {
+            content_sha256: self.content_sha256,
             embeddings: round(self.embeddings),
             band_means: round(self.band_means),
             band_peaks: round(self.band_peaks),
@@ -106,6 +112,7 @@ mod tests {
     #[test]
     fn kept_clips_come_back_to_within_half_precision() {
         let clip = |offset: f32| KeptClip {
+            content_sha256: String::new(),
             embeddings: vec![0.125 + offset, -0.5, 0.333],
             band_means: vec![-45.678 - offset, -80.01],
             band_peaks: vec![-30.5, f32::NEG_INFINITY],

@@ -5,7 +5,7 @@
 use crate::calibrate::{self, ThresholdMethod};
 use crate::dataset::MachineKey;
 use crate::features::{PeakStatistic, TwoSided, Waveform, clip_features};
-use crate::kept::{KeptClip, KeptRecordings, MAX_KEPT_CLIPS};
+use crate::kept::{KeptClip, KeptRecordings, MAX_KEPT_WINDOWS};
 use crate::stats::{BandGaussian, Centres, FitError, Gaussian};
 use auscult_signal::BANDS;
 
@@ -227,6 +227,10 @@ pub struct MachineProfile {
     /// profiles hold the same clips. Profiles from before it kept none, and enrolling replaces them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<KeptRecordings>,
+    /// Content hashes (SHA-256) of the normal recordings the profile was fitted from, as far as
+    /// they are known: a machine type's profile is refitted only on clips that include them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fitted_from: Vec<String>,
 }
 
 impl MachineProfile {
@@ -412,26 +416,40 @@ pub struct NormalWindows {
     pub band_peaks: Vec<Vec<f32>>,
     /// Per clip: the waveform.
     pub waveforms: Vec<Waveform>,
+    /// Per clip: the SHA-256 of the recording's content (empty where unknown), so that a recording
+    /// enrolled twice is counted once.
+    pub sources: Vec<String>,
 }
 
 impl NormalWindows {
-    pub fn push_clip(&mut self, inference: &crate::inference::Inference) {
+    pub fn push_clip(&mut self, inference: &crate::inference::Inference, source: &str) {
         self.embeddings.push(inference.embeddings.clone());
         self.band_means.push(inference.band_means.clone());
         self.band_peaks.push(inference.band_peaks.clone());
         self.waveforms.push(inference.waveform.clone());
+        self.sources.push(source.to_owned());
     }
 
     pub fn clips(&self) -> usize {
         self.embeddings.len()
     }
 
-    /// The clips as a profile keeps them: the latest [`MAX_KEPT_CLIPS`] if there are more, at the
-    /// precision the model file stores them in.
+    /// The clips as a profile keeps them, at the precision the model file stores them in: the
+    /// latest ones, up to [`MAX_KEPT_WINDOWS`] windows in all.
     pub fn keep(&self) -> KeptRecordings {
-        let clips = (self.clips().saturating_sub(MAX_KEPT_CLIPS)..self.clips())
+        let mut first = self.clips();
+        let mut windows = 0;
+        while first > 0 {
+            windows += self.band_means[first - 1].len() / BANDS;
+            if windows > MAX_KEPT_WINDOWS {
+                break;
+            }
+            first -= 1;
+        }
+        let clips = (first..self.clips())
             .map(|i| {
                 KeptClip {
+                    content_sha256: self.sources.get(i).cloned().unwrap_or_default(),
                     embeddings: self.embeddings[i].clone(),
                     band_means: self.band_means[i].clone(),
                     band_peaks: self.band_peaks[i].clone(),
@@ -443,16 +461,31 @@ impl NormalWindows {
         KeptRecordings { clips }
     }
 
-    /// Kept clips back in the shape profiles are fitted from.
-    pub fn from_kept(kept: &KeptRecordings) -> Self {
+    /// Kept clips back in the shape profiles are fitted from. A clip whose parts do not agree on
+    /// its number of windows is refused: joined with the others it would shift every window after it.
+    pub fn from_kept(kept: &KeptRecordings, embedding_dim: usize) -> Result<Self, FitError> {
         let mut normal = Self::default();
-        for clip in &kept.clips {
+        for (index, clip) in kept.clips.iter().enumerate() {
+            let windows = clip.band_means.len() / BANDS;
+            let consistent = windows > 0
+                && clip.band_means.len() == windows * BANDS
+                && clip.embeddings.len() == windows * embedding_dim
+                && (clip.band_peaks.len() == windows * BANDS || clip.band_peaks.len() == BANDS);
+            if !consistent {
+                return Err(FitError(format!(
+                    "kept recording {index} is damaged: {} band means, {} band peaks and {} embedding values do not make whole windows",
+                    clip.band_means.len(),
+                    clip.band_peaks.len(),
+                    clip.embeddings.len()
+                )));
+            }
             normal.embeddings.push(clip.embeddings.clone());
             normal.band_means.push(clip.band_means.clone());
             normal.band_peaks.push(clip.band_peaks.clone());
             normal.waveforms.push(clip.waveform.clone());
+            normal.sources.push(clip.content_sha256.clone());
         }
-        normal
+        Ok(normal)
     }
 
     /// These clips, then `other`'s.
@@ -461,28 +494,50 @@ impl NormalWindows {
         self.band_means.extend(other.band_means.iter().cloned());
         self.band_peaks.extend(other.band_peaks.iter().cloned());
         self.waveforms.extend(other.waveforms.iter().cloned());
+        self.sources.extend(other.sources.iter().cloned());
+    }
+
+    /// The clips whose recording is not among `sources` (clips of unknown source are kept).
+    pub fn excluding(&self, sources: &std::collections::BTreeSet<String>) -> Self {
+        let mut kept = Self::default();
+        for i in 0..self.clips() {
+            let source = self.sources.get(i).map_or("", String::as_str);
+            if source.is_empty() || !sources.contains(source) {
+                kept.embeddings.push(self.embeddings[i].clone());
+                kept.band_means.push(self.band_means[i].clone());
+                kept.band_peaks.push(self.band_peaks[i].clone());
+                kept.waveforms
+                    .push(self.waveforms.get(i).cloned().unwrap_or_default());
+                kept.sources.push(source.to_owned());
+            }
+        }
+        kept
+    }
+
+    /// The recordings' content hashes, those known.
+    pub fn known_sources(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
     }
 
     fn without(&self, left_out: usize) -> Self {
-        let keep = |parts: &[Vec<f32>]| -> Vec<Vec<f32>> {
+        fn keep<T: Clone>(parts: &[T], left_out: usize) -> Vec<T> {
             parts
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != left_out)
                 .map(|(_, p)| p.clone())
                 .collect()
-        };
+        }
         Self {
-            embeddings: keep(&self.embeddings),
-            band_means: keep(&self.band_means),
-            band_peaks: keep(&self.band_peaks),
-            waveforms: self
-                .waveforms
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != left_out)
-                .map(|(_, w)| w.clone())
-                .collect(),
+            embeddings: keep(&self.embeddings, left_out),
+            band_means: keep(&self.band_means, left_out),
+            band_peaks: keep(&self.band_peaks, left_out),
+            waveforms: keep(&self.waveforms, left_out),
+            sources: keep(&self.sources, left_out),
         }
     }
 
@@ -639,6 +694,7 @@ pub fn fit_statistics(
         spectrum,
         peak_statistic,
         kept: None,
+        fitted_from: normal.known_sources(),
     })
 }
 
@@ -867,7 +923,7 @@ mod tests {
                     -40.0 - band as f32 * 0.3 + wobble + ripple
                 })
                 .collect();
-            normal.push_clip(&heard_clip(clip, &spectrum));
+            normal.push_clip(&heard_clip(clip, &spectrum), "");
         }
         normal
     }
@@ -959,10 +1015,10 @@ mod tests {
         };
         let mut normal = NormalWindows::default();
         for clip in 0..8_u16 {
-            normal.push_clip(&heard_clip(
-                clip,
-                &spectrum(clip, f32::from(clip) * 0.4, 20),
-            ));
+            normal.push_clip(
+                &heard_clip(clip, &spectrum(clip, f32::from(clip) * 0.4, 20)),
+                "",
+            );
         }
         let (_, profile) = enrolled("fan", &normal);
         assert_eq!(
@@ -1051,24 +1107,38 @@ mod tests {
     }
 
     #[test]
-    fn a_profile_keeps_its_latest_clips_up_to_the_limit() {
+    fn a_profile_keeps_its_latest_clips_up_to_the_limit_and_refuses_damaged_ones() {
+        // Clips of ten windows: the limit keeps the latest whole clips that fit in it.
+        let clips = MAX_KEPT_WINDOWS / 10 + 5;
         let mut normal = NormalWindows::default();
-        for clip in 0..MAX_KEPT_CLIPS + 5 {
-            normal.embeddings.push(vec![clip as f32]);
-            normal.band_means.push(vec![-40.0]);
-            normal.band_peaks.push(vec![-30.0]);
+        for clip in 0..clips {
+            normal.embeddings.push(vec![clip as f32; 10 * 2]);
+            normal.band_means.push(vec![-40.0; 10 * BANDS]);
+            normal.band_peaks.push(vec![-30.0; 10 * BANDS]);
             normal.waveforms.push(Waveform::default());
+            normal.sources.push(format!("{clip:064x}"));
         }
         let kept = normal.keep();
-        assert_eq!(kept.len(), MAX_KEPT_CLIPS);
+        assert_eq!(kept.len(), MAX_KEPT_WINDOWS / 10);
         assert_eq!(
-            kept.clips[0].embeddings,
-            vec![5.0],
+            kept.clips[0].embeddings[0], 5.0,
             "the oldest five are dropped"
         );
-        let back = NormalWindows::from_kept(&kept);
-        assert_eq!(back.clips(), MAX_KEPT_CLIPS);
-        assert_eq!(back.band_means[0], vec![-40.0]);
+        assert_eq!(kept.clips[0].content_sha256, format!("{:064x}", 5));
+        let back = NormalWindows::from_kept(&kept, 2).expect("whole windows");
+        assert_eq!(back.clips(), MAX_KEPT_WINDOWS / 10);
+        assert_eq!(back.sources[0], format!("{:064x}", 5));
+        assert!(
+            NormalWindows::from_kept(&kept, 3).is_err(),
+            "embeddings of another size do not make whole windows"
+        );
+        let mut damaged = kept.clone();
+        damaged.clips[3].band_means.pop();
+        let error = NormalWindows::from_kept(&damaged, 2).expect_err("damaged");
+        assert!(
+            error.to_string().contains("kept recording 3 is damaged"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -406,11 +406,21 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
         .count();
     assert!(flagged >= 5, "{flagged} of 6 anomalous recordings flagged");
 
-    let one: Vec<Clip> = pumps
+    // A recording already enrolled counts once; a new one joins the six the profile kept.
+    let again = enroll::enroll(&mut detector, &pumps, 90.0, enroll::Enrolment::Add)
+        .expect("the same recordings again");
+    assert!(again.iter().any(|e| e.machine == key("pump", "id_01")
+        && (e.clips, e.earlier_clips, e.already_known) == (0, 6, 6)));
+    let one: Vec<Clip> = clips
         .iter()
-        .filter(|c| !c.is_anomaly())
+        .filter(|c| c.recording.machine_type == "fan" && !c.is_anomaly())
         .take(1)
         .cloned()
+        .map(|mut c| {
+            c.recording.machine_type = "pump".into();
+            c.recording.machine_id = "id_01".into();
+            c
+        })
         .collect();
     let one_more = enroll::enroll(&mut detector, &one, 90.0, enroll::Enrolment::Add)
         .expect("one more recording joins the six the profile kept");
@@ -503,6 +513,17 @@ fn enrolling_a_known_machine_adds_to_the_recordings_its_profile_kept() {
         (machine_type.clips, machine_type.earlier_clips),
         (new_normals.len(), kept)
     );
+    let again = enroll::enroll(&mut added, &new_normals, 90.0, enroll::Enrolment::Add)
+        .expect("the same clips again");
+    assert_eq!(
+        again
+            .iter()
+            .map(|e| (e.scope, e.clips, e.already_known))
+            .collect::<Vec<_>>(),
+        vec![(Scope::Machine, 0, new_normals.len())],
+        "clips the profile holds count once, and nothing is refitted"
+    );
+    assert_eq!(own_profile(&added).normal_clips, kept + new_normals.len());
 
     let mut replaced = reload();
     let report = enroll::enroll(
@@ -522,7 +543,10 @@ fn enrolling_a_known_machine_adds_to_the_recordings_its_profile_kept() {
 
     // A profile from before profiles kept their recordings can only be replaced, and says so.
     let mut older = reload();
-    older.info.profiles.iter_mut().for_each(|p| p.kept = None);
+    older.info.profiles.iter_mut().for_each(|p| {
+        p.kept = None;
+        p.fitted_from.clear();
+    });
     let report = enroll::enroll(&mut older, &new_normals, 90.0, enroll::Enrolment::Add)
         .expect("enrol into an older model");
     let machine = report

@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .save(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
     // On stderr, so the JSON on stdout stays one document.
-    for e in &enrolled {
+    for e in enrolled.iter().filter(|e| e.clips > 0) {
         let fitted_on = e.clips + e.earlier_clips;
         if fitted_on < RELIABLE_RANGE_CLIPS {
             eprintln!(
@@ -92,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "detector": e.detector,
                     "clips": e.clips,
                     "earlier_clips": e.earlier_clips,
+                    "already_known": e.already_known,
                     "replaced": e.replaced,
                     "windows": e.windows,
                     "window_threshold": round(e.window_threshold, 3),
@@ -102,6 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         for e in &enrolled {
+            if e.clips == 0 {
+                println!(
+                    "{}: nothing new, all {} recordings were already in its profile",
+                    e.machine, e.already_known
+                );
+                continue;
+            }
             let earlier = if e.earlier_clips > 0 {
                 format!(" and {} it already knew", e.earlier_clips)
             } else {

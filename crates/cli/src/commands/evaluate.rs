@@ -167,8 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             auscult_model::enroll::Enrolment::Add,
         )? {
             eprintln!(
-                "enrolled {} from {} normal recordings ({:?} detector)",
-                enrolled.machine, enrolled.clips, enrolled.detector
+                "enrolled {} from {} new normal recordings and {} it already knew ({:?} detector)",
+                enrolled.machine, enrolled.clips, enrolled.earlier_clips, enrolled.detector
             );
         }
     }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use auscult_audio::manifest::Listings;
 use auscult_audio::{AudioLimits, ChannelChoice};
 use auscult_model::{Assessment, MachineKey};
 
@@ -44,6 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let channel = recordings::channel(&detector, args.channel)?;
     let mut results = Vec::new();
     let mut failures = 0;
+    let mut listings = Listings::default();
     for path in &args.files {
         let outcome = auscult_audio::load(
             path,
@@ -55,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .and_then(|audio| {
             let machine = match &args.machine {
                 Some(machine) => machine.clone(),
-                None => listed_machine(path)?.ok_or_else(|| {
+                None => listed_machine(&mut listings, path)?.ok_or_else(|| {
                     anyhow::anyhow!(
                         "{}: no verdict: which machine is this? Name it with --machine TYPE/ID (this model knows {}), or enrol it first (`auscult enroll`)",
                         recordings::shown(path),
@@ -97,13 +99,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The machine the nearest `manifest.csv` listing the file names for it: in the file's folder or
 /// any folder above it, as datasets keep one manifest at their root.
-fn listed_machine(path: &std::path::Path) -> anyhow::Result<Option<MachineKey>> {
-    Ok(
-        auscult_audio::manifest::listing_of(path)?.map(|row| MachineKey {
-            machine_type: row.machine_type,
-            machine_id: row.machine_id,
-        }),
-    )
+fn listed_machine(
+    listings: &mut Listings,
+    path: &std::path::Path,
+) -> anyhow::Result<Option<MachineKey>> {
+    Ok(listings.listing_of(path)?.map(|row| MachineKey {
+        machine_type: row.machine_type,
+        machine_id: row.machine_id,
+    }))
 }
 
 fn known_machines(detector: &auscult_model::Detector) -> String {

@@ -160,7 +160,10 @@ pub(super) fn fit_profiles(
         let mut inference = detector.infer(windows);
         inference.waveform = crate::features::Waveform::measure(&clip.samples);
         for key in scopes(clip) {
-            normals.entry(key).or_default().push_clip(&inference);
+            normals
+                .entry(key)
+                .or_default()
+                .push_clip(&inference, &clip.content_sha256);
         }
     }
     let validation: Vec<(&Clip, crate::inference::Inference)> = validation_clips
@@ -204,7 +207,7 @@ pub(super) fn fit_profiles(
         let mut known = normal.clone();
         for (clip, inference) in &validation {
             if !clip.is_anomaly() && covers(clip) {
-                known.push_clip(inference);
+                known.push_clip(inference, &clip.content_sha256);
             }
         }
         let held_out_normals = held_out.iter().filter(|c| !c.anomaly).count();
@@ -242,6 +245,7 @@ pub(super) fn fit_profiles(
                 }
             }
         }
+        profile.fitted_from = known.known_sources();
         if *scope == Scope::Machine {
             profile.kept = Some(known.keep());
         }
