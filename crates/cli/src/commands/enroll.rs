@@ -110,11 +110,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
                 continue;
             }
-            let earlier = if e.earlier_clips > 0 {
+            let mut earlier = if e.earlier_clips > 0 {
                 format!(" and {} it already knew", e.earlier_clips)
             } else {
                 String::new()
             };
+            if e.already_known > 0 {
+                earlier += &format!(
+                    " ({} of those given were among them, counted once)",
+                    e.already_known
+                );
+            }
             println!(
                 "enrolled {} ({:?}, {:?} detector) from {} new recordings{earlier}, {} windows: threshold {:.3} per clip, {:.3} per window",
                 e.machine,
