@@ -45,7 +45,8 @@ pub enum Measure {
 pub struct Assessment {
     pub verdict: Verdict,
     /// The machine and operating state the sound is most like, e.g. `valve/section_00/pat_00`;
-    /// never a condition (that is the verdict's).
+    /// never a condition (that is the verdict's). For a machine the network has classes of, the
+    /// most likely of its own operating states; otherwise the network's guess among all it knows.
     pub class: String,
     pub class_probability: f32,
     /// For a clip, [`MachineProfile::clip_score`] (with [`crate::profile::Fusion::Furthest`], how
@@ -82,14 +83,17 @@ pub enum Verdict {
 impl Detector {
     /// The machine the network believes it hears: the class most windows vote for.
     pub fn predicted_machine(&self, inference: &Inference) -> Option<MachineKey> {
-        self.top_class(inference).map(|top| top.machine)
+        self.top_class(inference, None).map(|top| top.machine)
     }
 
     /// What the sound is most like — a machine in an operating state, never a condition: whether
     /// it is faulty is the verdict's to say, so the two cannot contradict each other. The
     /// probabilities of classes that differ only in condition (models trained with fault labels)
-    /// are added.
-    fn top_class(&self, inference: &Inference) -> Option<TopClass> {
+    /// are added. `within` a machine the network has classes of, only its own classes count: for
+    /// a machine whose identity is known, the question is which of its operating states it is in,
+    /// and "sounds like a slider" said of a registered valve would be noise in every dashboard
+    /// (the network's unrestricted guess is what `class_accuracy` measures).
+    fn top_class(&self, inference: &Inference, within: Option<&MachineKey>) -> Option<TopClass> {
         let classes = self.info.network.classes;
         if inference.windows == 0 || classes == 0 || self.info.classes.len() != classes {
             return None;
@@ -104,6 +108,11 @@ impl Detector {
                     None => by_identity.push((identity, label.machine(), share)),
                 }
             }
+        }
+        if let Some(machine) = within
+            && by_identity.iter().any(|(_, m, _)| m == machine)
+        {
+            by_identity.retain(|(_, m, _)| m == machine);
         }
         by_identity
             .into_iter()
@@ -137,13 +146,19 @@ impl Detector {
         if inference.windows == 0 {
             return Err(ModelError::NoWindows);
         }
-        let top = self.top_class(inference);
+        let recognised;
         let machine = match machine {
             Some(named) => named,
             // The network names one of the machines it knows whatever it hears, and can be wrong:
             // callers that cannot name the machine say so to their users.
-            None => &top.as_ref().ok_or(ModelError::NoWindows)?.machine,
+            None => {
+                recognised = self
+                    .predicted_machine(inference)
+                    .ok_or(ModelError::NoWindows)?;
+                &recognised
+            }
         };
+        let top = self.top_class(inference, Some(machine));
         let profile = self
             .profile_for(machine)
             .ok_or_else(|| ModelError::UnknownMachine(machine.to_string()))?;

@@ -198,6 +198,15 @@ fn the_class_names_a_machine_never_a_condition_so_it_cannot_contradict_the_verdi
             "class {} is one the network has",
             assessment.class
         );
+        // Named, a machine is in one of its own operating states, whatever else the network
+        // thinks it sounds like.
+        let own = machine(&recording).to_string();
+        assert!(
+            assessment.class == own || assessment.class.starts_with(&format!("{own}/")),
+            "{}: class {} is not one of {own}'s",
+            recording.path.display(),
+            assessment.class
+        );
         verdicts.insert(assessment.verdict == Verdict::Anomalous);
     }
     assert_eq!(
