@@ -48,6 +48,8 @@ pub struct Assessment {
     /// never a condition (that is the verdict's). For a machine the network has classes of, the
     /// most likely of its own operating states; otherwise the network's guess among all it knows.
     pub class: String,
+    /// How likely the class is: among the machine's own classes where it has them, among all
+    /// otherwise.
     pub class_probability: f32,
     /// For a clip, [`MachineProfile::clip_score`] (with [`crate::profile::Fusion::Furthest`], how
     /// far its furthest part is in units of that part's normal range: above 1 is out of range);
@@ -112,7 +114,14 @@ impl Detector {
         if let Some(machine) = within
             && by_identity.iter().any(|(_, m, _)| m == machine)
         {
+            // Given the machine, how likely each of its states is: a registered valve the network
+            // would call a slider is still in one of its own patterns, and "pat_00 (0 %)" would
+            // say nothing about which.
             by_identity.retain(|(_, m, _)| m == machine);
+            let total: f32 = by_identity.iter().map(|(_, _, p)| p).sum();
+            if total > 0.0 {
+                by_identity.iter_mut().for_each(|(_, _, p)| *p /= total);
+            }
         }
         by_identity
             .into_iter()
