@@ -289,18 +289,15 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
 /// A history summary as the model takes it; malformed ones (wrong band counts, more peak rows than
 /// windows) are left out, the model ignores them anyway.
 fn window_summary(summary: &pb::WindowSummary) -> Option<auscult_model::WindowSummary> {
-    let bands = auscult_signal::BANDS;
-    let windows = usize::try_from(summary.windows).unwrap_or(0).min(1024);
-    let peaks = summary.band_peaks.len();
-    let peak_rows_fit = peaks > 0 && peaks.is_multiple_of(bands) && peaks <= windows * bands;
-    (summary.band_means.len() == bands && peak_rows_fit).then(|| auscult_model::WindowSummary {
+    let summary = auscult_model::WindowSummary {
         model_version: summary.model_version.clone(),
-        windows,
+        windows: usize::try_from(summary.windows).unwrap_or(0).min(1024),
         mean_score: summary.mean_score,
         band_means: summary.band_means.clone(),
         band_peaks: summary.band_peaks.clone(),
         waveform: waveform(summary),
-    })
+    };
+    summary.has_whole_bands().then_some(summary)
 }
 
 /// A summary's waveform statistics; impossible ones (negative, not finite, an energy beyond what

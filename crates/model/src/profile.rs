@@ -499,19 +499,10 @@ impl NormalWindows {
 
     /// The clips whose recording is not among `sources` (clips of unknown source are kept).
     pub fn excluding(&self, sources: &std::collections::BTreeSet<String>) -> Self {
-        let mut kept = Self::default();
-        for i in 0..self.clips() {
+        self.select(|i| {
             let source = self.sources.get(i).map_or("", String::as_str);
-            if source.is_empty() || !sources.contains(source) {
-                kept.embeddings.push(self.embeddings[i].clone());
-                kept.band_means.push(self.band_means[i].clone());
-                kept.band_peaks.push(self.band_peaks[i].clone());
-                kept.waveforms
-                    .push(self.waveforms.get(i).cloned().unwrap_or_default());
-                kept.sources.push(source.to_owned());
-            }
-        }
-        kept
+            source.is_empty() || !sources.contains(source)
+        })
     }
 
     /// The recordings' content hashes, those known.
@@ -524,20 +515,25 @@ impl NormalWindows {
     }
 
     fn without(&self, left_out: usize) -> Self {
-        fn keep<T: Clone>(parts: &[T], left_out: usize) -> Vec<T> {
+        self.select(|i| i != left_out)
+    }
+
+    /// The clips whose index `keep` accepts, in order.
+    fn select(&self, keep: impl Fn(usize) -> bool) -> Self {
+        fn kept<T: Clone>(parts: &[T], keep: &impl Fn(usize) -> bool) -> Vec<T> {
             parts
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| *i != left_out)
+                .filter(|(i, _)| keep(*i))
                 .map(|(_, p)| p.clone())
                 .collect()
         }
         Self {
-            embeddings: keep(&self.embeddings, left_out),
-            band_means: keep(&self.band_means, left_out),
-            band_peaks: keep(&self.band_peaks, left_out),
-            waveforms: keep(&self.waveforms, left_out),
-            sources: keep(&self.sources, left_out),
+            embeddings: kept(&self.embeddings, &keep),
+            band_means: kept(&self.band_means, &keep),
+            band_peaks: kept(&self.band_peaks, &keep),
+            waveforms: kept(&self.waveforms, &keep),
+            sources: kept(&self.sources, &keep),
         }
     }
 

@@ -28,6 +28,18 @@ pub struct WindowSummary {
     pub waveform: Waveform,
 }
 
+impl WindowSummary {
+    /// Whether its band energies have the shape the model takes: one row of means, and between
+    /// one row of peaks (summaries kept before every window's were) and one per window.
+    pub fn has_whole_bands(&self) -> bool {
+        let peaks = self.band_peaks.len();
+        self.band_means.len() == BANDS
+            && peaks > 0
+            && peaks.is_multiple_of(BANDS)
+            && peaks <= self.windows.saturating_mul(BANDS)
+    }
+}
+
 /// A frame's windows with the remembered windows before it, as one clip.
 pub(crate) struct StreamWindows {
     pub(crate) scores: Vec<f64>,
@@ -55,10 +67,7 @@ impl StreamWindows {
         let usable = history.iter().filter(|h| {
             h.model_version == version
                 && h.windows > 0
-                && h.band_means.len() == BANDS
-                && !h.band_peaks.is_empty()
-                && h.band_peaks.len().is_multiple_of(BANDS)
-                && h.band_peaks.len() <= h.windows.saturating_mul(BANDS)
+                && h.has_whole_bands()
                 && h.mean_score.is_finite()
         });
         for summary in usable {

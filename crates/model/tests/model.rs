@@ -26,6 +26,17 @@ fn tiny() -> TrainConfig {
     }
 }
 
+/// `profile` as a file written before `field` existed would hold it: read back without the key.
+fn without_key(profile: &MachineProfile, field: &str) -> MachineProfile {
+    let mut json = serde_json::to_value(profile).expect("profile as JSON");
+    let removed = json
+        .as_object_mut()
+        .expect("a profile is an object")
+        .remove(field);
+    assert!(removed.is_some(), "new profiles store `{field}`");
+    serde_json::from_value(json).expect("profile without the key")
+}
+
 fn key(machine_type: &str, machine_id: &str) -> MachineKey {
     MachineKey {
         machine_type: machine_type.into(),
@@ -189,13 +200,7 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
 
     // A profile from before contours judged the band spectrum by level, and still does; a new one
     // judges each band against the line through its neighbours, so a tilt counts nothing.
-    let mut by_level = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");
-    let removed = by_level
-        .as_object_mut()
-        .expect("a profile is an object")
-        .remove("spectrum");
-    assert!(removed.is_some(), "new profiles store their spectrum form");
-    let by_level: MachineProfile = serde_json::from_value(by_level).expect("profile by level");
+    let by_level = without_key(&info.profiles[0], "spectrum");
     assert_eq!(by_level.spectrum, SpectrumForm::Level);
     let tilted: Vec<f32> = (0..64)
         .map(|band| -40.0 - 0.5 * band as f32 + if band == 20 { 6.0 } else { 0.0 })
@@ -219,14 +224,7 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     // A profile from before the upper quartile took a clip's band peaks from its loudest window,
     // and still does; a new one from what a quarter of its windows reach, so one window 30 dB
     // louder than four others moves the old one by 30 dB and the new one not at all.
-    let mut by_loudest = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");
-    let removed = by_loudest
-        .as_object_mut()
-        .expect("a profile is an object")
-        .remove("peaks");
-    assert!(removed.is_some(), "new profiles store how they draw peaks");
-    let by_loudest: MachineProfile =
-        serde_json::from_value(by_loudest).expect("profile by loudest");
+    let by_loudest = without_key(&info.profiles[0], "peaks");
     assert_eq!(by_loudest.peak_statistic, PeakStatistic::Loudest);
     assert_eq!(
         info.profiles[0].peak_statistic,
