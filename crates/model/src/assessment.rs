@@ -168,9 +168,7 @@ impl Detector {
             }
         };
         let top = self.top_class(inference, Some(machine));
-        let profile = self
-            .profile_for(machine)
-            .ok_or_else(|| ModelError::UnknownMachine(machine.to_string()))?;
+        let profile = self.judging_profile(machine)?;
         let dim = self.info.network.embedding_size();
         let window_scores: Vec<f64> =
             crate::profile::window_pairs(&inference.embeddings, &inference.band_means, dim)

@@ -1,6 +1,8 @@
 //! A loaded model: the network compiled for scoring, its metadata and profiles, and how it hears
 //! sound. Verdicts are in [`crate::assessment`], streams in [`crate::stream`].
 
+use std::collections::BTreeSet;
+
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
@@ -17,7 +19,7 @@ use crate::file;
 use crate::inference::{INFERENCE_BATCH, Inference, forward};
 use crate::info::ModelInfo;
 use crate::network::Network;
-use crate::profile::{ANY, MachineProfile, SpectrumForm};
+use crate::profile::{ANY, MachineProfile, Scope, SpectrumForm};
 
 /// A model in memory.
 #[derive(Debug)]
@@ -173,17 +175,48 @@ impl Detector {
         out
     }
 
-    /// The profile for `machine`: its own, else its type's. None for a machine type the model has
-    /// never heard: such a machine is unknown until it is enrolled.
+    /// The profile for `machine`: its own, else its type's where that was fitted from it or from
+    /// several machines ([`MachineProfile::judges_machine`]). None for a machine the model knows
+    /// no normal sound of: it is unknown until it is enrolled.
     pub fn profile_for(&self, machine: &MachineKey) -> Option<&MachineProfile> {
-        let find = |machine_type: &str, machine_id: &str| {
-            self.info
+        self.find_profile(&machine.machine_type, &machine.machine_id)
+            .or_else(|| {
+                self.find_profile(&machine.machine_type, ANY)
+                    .filter(|p| p.judges_machine(&machine.machine_id))
+            })
+    }
+
+    /// [`Self::profile_for`], or why there is none.
+    pub fn judging_profile(&self, machine: &MachineKey) -> Result<&MachineProfile, ModelError> {
+        self.profile_for(machine).ok_or_else(|| {
+            let of_type = |id: &str| format!("{}/{id}", machine.machine_type);
+            let mut known: BTreeSet<String> = self
+                .info
                 .profiles
                 .iter()
-                .find(|p| p.machine_type == machine_type && p.machine_id == machine_id)
-        };
-        find(&machine.machine_type, &machine.machine_id)
-            .or_else(|| find(&machine.machine_type, ANY))
+                .filter(|p| p.scope == Scope::Machine && p.machine_type == machine.machine_type)
+                .map(|p| of_type(&p.machine_id))
+                .collect();
+            if let Some(type_profile) = self.find_profile(&machine.machine_type, ANY) {
+                known.extend(type_profile.machines.iter().map(|id| of_type(id)));
+            }
+            let known: Vec<String> = known.into_iter().collect();
+            if known.is_empty() {
+                ModelError::UnknownMachine(machine.to_string())
+            } else {
+                ModelError::UnenrolledMachine {
+                    machine: machine.to_string(),
+                    known: known.join(", "),
+                }
+            }
+        })
+    }
+
+    fn find_profile(&self, machine_type: &str, machine_id: &str) -> Option<&MachineProfile> {
+        self.info
+            .profiles
+            .iter()
+            .find(|p| p.machine_type == machine_type && p.machine_id == machine_id)
     }
 }
 

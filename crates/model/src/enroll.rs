@@ -95,6 +95,7 @@ pub fn enroll(
     }
     let mut report = Vec::new();
     let mut new_by_type: BTreeMap<String, NormalWindows> = BTreeMap::new();
+    let mut new_machines: BTreeSet<MachineKey> = BTreeSet::new();
     // Machines first: what their profiles keep is what their types' profiles are refitted on.
     for (machine, given) in &by_machine {
         let existing = detector
@@ -146,6 +147,7 @@ pub fn enroll(
             replaced,
         ));
         store(detector, profile);
+        new_machines.insert(machine.clone());
         new_by_type
             .entry(machine.machine_type.clone())
             .or_default()
@@ -157,13 +159,25 @@ pub fn enroll(
             .profiles
             .iter()
             .find(|p| p.machine_type == *machine_type && p.machine_id == ANY);
-        let kept: Option<Vec<&KeptRecordings>> = detector
+        let own_profiles: Vec<&MachineProfile> = detector
             .info
             .profiles
             .iter()
             .filter(|p| p.scope == Scope::Machine && p.machine_type == *machine_type)
-            .map(|p| p.kept.as_ref())
             .collect();
+        let kept: Option<Vec<&KeptRecordings>> =
+            own_profiles.iter().map(|p| p.kept.as_ref()).collect();
+        // The machines whose clips the type's profile is fitted on: every one with a profile of
+        // its own when they are pooled, else those enrolled now.
+        let machines: BTreeSet<String> = if kept.is_some() {
+            own_profiles.iter().map(|p| p.machine_id.clone()).collect()
+        } else {
+            new_machines
+                .iter()
+                .filter(|m| m.machine_type == *machine_type)
+                .map(|m| m.machine_id.clone())
+                .collect()
+        };
         let pooled = match (type_profile, kept) {
             (Some(type_profile), Some(kept)) => {
                 let pooled = pooled_kept(&kept, dim)?;
@@ -185,7 +199,7 @@ pub fn enroll(
             machine_type: machine_type.clone(),
             machine_id: ANY.into(),
         };
-        let profile = profile::enroll_profile(
+        let mut profile = profile::enroll_profile(
             Scope::MachineType,
             &key,
             kind(machine_type),
@@ -194,6 +208,7 @@ pub fn enroll(
             relative_level,
             percentile,
         )?;
+        profile.machines = machines.into_iter().collect();
         let earlier_clips = pooled.clips().saturating_sub(new.clips());
         report.push(enrolled(&profile, new.clips(), earlier_clips, 0, false));
         store(detector, profile);
@@ -202,10 +217,12 @@ pub fn enroll(
 }
 
 /// Every clip the profiles keep, one after another.
+/// Every clip the machines of a type kept, a recording kept by two of them counted once.
 fn pooled_kept(kept: &[&KeptRecordings], dim: usize) -> Result<NormalWindows, FitError> {
     let mut pooled = NormalWindows::default();
     for recordings in kept {
-        pooled.extend(&NormalWindows::from_kept(recordings, dim)?);
+        let held: BTreeSet<String> = pooled.known_sources().into_iter().collect();
+        pooled.extend(&NormalWindows::from_kept(recordings, dim)?.excluding(&held));
     }
     Ok(pooled)
 }

@@ -47,9 +47,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let statistics = ClipStatistics::measure(&inference.waveform, &windows, detector.bands());
     let machine = clip.machine();
     let assessment = detector.assess(&inference, Some(&machine))?;
-    let profile = detector
-        .profile_for(&machine)
-        .ok_or_else(|| crate::ModelError::UnknownMachine(machine.to_string()))?;
+    let profile = detector.judging_profile(&machine)?;
     // The assessment's parts are weighted; each part's own AUC needs it unweighted, even where fault
     // labels weighted it at zero.
     let [

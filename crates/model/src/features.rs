@@ -45,13 +45,13 @@ pub fn peak_bands(rows: &[f32], statistic: PeakStatistic) -> Vec<f32> {
                 .map(|row| row[band])
                 .filter(|value| !value.is_nan())
                 .collect();
-            column.sort_by(f32::total_cmp);
-            let Some(&loudest) = column.last() else {
+            if column.is_empty() {
                 return -100.0;
-            };
+            }
             match statistic {
-                PeakStatistic::Loudest => loudest,
+                PeakStatistic::Loudest => column.into_iter().fold(f32::NEG_INFINITY, f32::max),
                 PeakStatistic::UpperQuartile => {
+                    column.sort_by(f32::total_cmp);
                     let at = 0.75 * (column.len() - 1) as f32;
                     let below = at.floor() as usize;
                     let share = at - below as f32;

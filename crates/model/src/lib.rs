@@ -59,6 +59,10 @@ pub enum ModelError {
         "unknown machine {0}: the model has no profile for it or its machine type; enrol it first (`auscult enroll`)"
     )]
     UnknownMachine(String),
+    #[error(
+        "unknown machine {machine}: the model knows its type only as {known}, and one machine's normal sound is not another's; enrol it first (`auscult enroll`)"
+    )]
+    UnenrolledMachine { machine: String, known: String },
     #[error(transparent)]
     Fit(#[from] stats::FitError),
     #[error("cannot train: {0}")]

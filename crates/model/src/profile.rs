@@ -160,6 +160,12 @@ pub struct PartScores {
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
 
+/// The machines a machine-type profile must have been fitted from before it judges a machine of
+/// its type that has no profile of its own. One machine's normal sound is not another's: a fan
+/// judged against a single other fan's range is as likely to be called faulty for being a
+/// different unit as for a fault, and a second unit shows at least some of how units differ.
+pub const TYPE_VERDICT_MACHINES: usize = 2;
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MachineProfile {
     pub machine_type: String,
@@ -238,6 +244,12 @@ pub struct MachineProfile {
     /// they are known: a machine type's profile is refitted only on clips that include them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fitted_from: Vec<String>,
+    /// The machines (their ids) a machine-type profile was fitted from. It judges a machine that
+    /// has no profile of its own when that machine is one of them, or when they are at least
+    /// [`TYPE_VERDICT_MACHINES`]: fitted from one machine, it is that machine's normal sound, not
+    /// its type's. Profiles from before it list none, and judge no such machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<String>,
 }
 
 impl MachineProfile {
@@ -246,6 +258,15 @@ impl MachineProfile {
             machine_type: self.machine_type.clone(),
             machine_id: self.machine_id.clone(),
         }
+    }
+
+    /// Whether this machine-type profile may judge machine `machine_id` of its type, which has no
+    /// profile of its own: a machine it was fitted from (one too short of clips for a profile of
+    /// its own), or any when it was fitted from [`TYPE_VERDICT_MACHINES`] machines or more.
+    pub fn judges_machine(&self, machine_id: &str) -> bool {
+        self.scope != Scope::Machine
+            && (self.machines.len() >= TYPE_VERDICT_MACHINES
+                || self.machines.iter().any(|m| m == machine_id))
     }
 
     /// One window's band means (or several windows', concatenated) as this profile judges them.

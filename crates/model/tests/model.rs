@@ -368,7 +368,57 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
             .any(|e| e.scope == Scope::MachineType && e.machine == key("pump", "*"))
     );
 
-    let scope_for = |machine: MachineKey| detector.profile_for(&machine).map(|p| p.scope);
+    let scope_for =
+        |detector: &Detector, machine: MachineKey| detector.profile_for(&machine).map(|p| p.scope);
+    assert_eq!(
+        scope_for(&detector, key("pump", "id_01")),
+        Some(Scope::Machine)
+    );
+    // One pump's normal sound is not another's: a type's profile fitted from one machine judges
+    // no other machine, and the error names the one the model knows.
+    let unenrolled = detector.judging_profile(&key("pump", "id_02"));
+    assert!(
+        matches!(
+            &unenrolled,
+            Err(ModelError::UnenrolledMachine { machine, known })
+                if machine == "pump/id_02" && known == "pump/id_01"
+        ),
+        "{unenrolled:?}"
+    );
+    assert_eq!(
+        scope_for(&detector, key("valve", "section_07")),
+        None,
+        "the valve type's profile was fitted from one valve"
+    );
+    assert!(matches!(
+        detector.judging_profile(&key("drill", "id_00")),
+        Err(ModelError::UnknownMachine(named)) if named == "drill/id_00"
+    ));
+    // A second pump makes the type's profile a type's: other pumps are judged by it.
+    let second_pump: Vec<Clip> = pumps
+        .iter()
+        .filter(|c| !c.is_anomaly() && c.recording.attribute == "pat_00")
+        .cloned()
+        .map(|mut c| {
+            c.recording.machine_id = "id_03".into();
+            c
+        })
+        .collect();
+    let with_second = enroll::enroll(&mut detector, &second_pump, 90.0, enroll::Enrolment::Add)
+        .expect("a second pump");
+    let type_profile = with_second
+        .iter()
+        .find(|e| e.scope == Scope::MachineType)
+        .expect("the type's profile refitted");
+    assert_eq!(
+        (type_profile.clips, type_profile.earlier_clips),
+        (3, 3),
+        "a recording two pumps kept counts once"
+    );
+    assert_eq!(
+        scope_for(&detector, key("pump", "id_02")),
+        Some(Scope::MachineType)
+    );
     // A machine judged by its type's profile hears impulsiveness as its own machine's would.
     for machine in [key("pump", "id_01"), key("pump", "id_02")] {
         let profile = detector.profile_for(&machine).expect("profile");
@@ -378,17 +428,6 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
             "{machine}"
         );
     }
-    assert_eq!(scope_for(key("pump", "id_01")), Some(Scope::Machine));
-    assert_eq!(scope_for(key("pump", "id_02")), Some(Scope::MachineType));
-    assert_eq!(
-        scope_for(key("valve", "section_07")),
-        Some(Scope::MachineType)
-    );
-    assert_eq!(
-        scope_for(key("drill", "id_00")),
-        None,
-        "a type the model never heard and nobody enrolled is unknown"
-    );
 
     // The dull valve clicks show in the clip's band peaks: the anomalous recordings stand out
     // against the cross-fitted threshold.

@@ -159,15 +159,19 @@ fn a_machine_the_model_does_not_know_is_unknown_not_judged_by_another() {
         Err(ModelError::UnknownMachine(named)) => assert_eq!(named, "pump/id_00"),
         other => panic!("a pump was judged: {other:?}"),
     }
-    // Another unit of a known type is judged by its type's profile, and says so.
+    // Another unit of a known type is unknown too: the model heard one valve, and one valve's
+    // normal sound is not another's. The error names the valve it knows.
     let other_valve = MachineKey {
         machine_type: "valve".into(),
         machine_id: "section_09".into(),
     };
-    let judged = detector
-        .assess(&heard, Some(&other_valve))
-        .expect("type profile");
-    assert_eq!(judged.scope, auscult_model::profile::Scope::MachineType);
+    match detector.assess(&heard, Some(&other_valve)) {
+        Err(ModelError::UnenrolledMachine { machine, known }) => {
+            assert_eq!(machine, "valve/section_09");
+            assert_eq!(known, "valve/section_00");
+        }
+        other => panic!("another valve was judged by the one the model knows: {other:?}"),
+    }
 }
 
 #[test]

@@ -154,6 +154,7 @@ pub fn fit_statistics(
         peak_statistic,
         kept: None,
         fitted_from: normal.known_sources(),
+        machines: Vec::new(),
     })
 }
 

@@ -246,6 +246,15 @@ pub(super) fn fit_profiles(
             }
         }
         profile.fitted_from = known.known_sources();
+        if *scope != Scope::Machine {
+            let machines: BTreeSet<&str> = train_clips
+                .iter()
+                .chain(validation.iter().map(|(clip, _)| clip))
+                .filter(|clip| !clip.is_anomaly() && covers(clip))
+                .map(|clip| clip.recording.machine_id.as_str())
+                .collect();
+            profile.machines = machines.into_iter().map(str::to_owned).collect();
+        }
         if *scope == Scope::Machine {
             profile.kept = Some(known.keep());
         }
