@@ -368,6 +368,17 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
             .any(|e| e.scope == Scope::MachineType && e.machine == key("pump", "*"))
     );
 
+    let valve_type = detector
+        .info
+        .profiles
+        .iter()
+        .find(|p| p.key() == key("valve", "*"))
+        .expect("the valve type's profile");
+    assert_eq!(
+        valve_type.machines,
+        ["section_00"],
+        "the machines it was fitted from"
+    );
     let scope_for =
         |detector: &Detector, machine: MachineKey| detector.profile_for(&machine).map(|p| p.scope);
     assert_eq!(

@@ -288,3 +288,33 @@ fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
     assert!(profile.weigh(profile.scale(parts(1.5, 0.1))) > profile.clip_threshold);
     assert!(profile.weigh(profile.scale(parts(0.9, 0.9))) < profile.clip_threshold);
 }
+
+#[test]
+fn a_type_profile_judges_other_machines_only_once_fitted_from_several() {
+    let (_, machine) = enrolled("pump", &normal_clips());
+    let mut of_type = machine.clone();
+    of_type.scope = Scope::MachineType;
+    of_type.machine_id = ANY.into();
+    of_type.machines = vec!["id_01".into()];
+    assert!(
+        of_type.judges_machine("id_01"),
+        "a machine it was fitted from, too short of clips for a profile of its own"
+    );
+    assert!(
+        !of_type.judges_machine("id_02"),
+        "one pump's normal is not another's"
+    );
+    of_type.machines.push("id_03".into());
+    assert!(of_type.judges_machine("id_02"));
+    of_type.machines.clear();
+    assert!(
+        !of_type.judges_machine("id_01"),
+        "a profile that does not say what it was fitted from judges no other machine"
+    );
+    let mut own = machine;
+    own.machines = vec!["id_01".into(), "id_03".into()];
+    assert!(
+        !own.judges_machine("id_02"),
+        "a machine's own profile is never another's"
+    );
+}
