@@ -234,12 +234,21 @@ impl ClipStatistics {
 }
 
 /// What a machine's normal clips say about one statistic; a clip's score is its distance from
-/// their mean in their standard deviations, in either direction — a fault may make a machine
-/// quieter or duller as well as louder or brighter.
+/// their centre in their spread, in either direction — a fault may make a machine quieter or
+/// duller as well as louder or brighter.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TwoSided {
+    /// The centre: the normal clips' mean, or their median for a two-piece fit.
     pub mean: f64,
+    /// Their standard deviation: the spread on both sides, unless a two-piece fit gives each side
+    /// its own.
     pub std: f64,
+    /// For a two-piece fit ([`Self::fit_two_piece`]): the spread of the normal clips below the
+    /// centre, and above it. Fits from before it have neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
 }
 
 impl TwoSided {
@@ -254,17 +263,64 @@ impl TwoSided {
         Some(Self {
             mean,
             std: variance.sqrt().max(1e-9),
+            below: None,
+            above: None,
+        })
+    }
+
+    /// A two-piece fit: centred on the normal clips' median, each side with its own spread — the
+    /// root mean square distance from the centre of the clips on that side. How impulsive a
+    /// healthy machine sounds is skewed: a clip that happens to catch a knock from the hall is far
+    /// more impulsive than the rest, while nothing makes a healthy clip far less so. One spread for
+    /// both sides lets two such clips widen the range below the centre too, where a dull click or a
+    /// fan's steadier roar lies; each side's own keeps it as narrow as the healthy clips below the
+    /// centre are. `None` with fewer than two values.
+    pub fn fit_two_piece(normal: &[f64]) -> Option<Self> {
+        let symmetric = Self::fit(normal)?;
+        let mut sorted = normal.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let middle = sorted.len() / 2;
+        let centre = if sorted.len().is_multiple_of(2) {
+            (sorted[middle - 1] + sorted[middle]) / 2.0
+        } else {
+            sorted[middle]
+        };
+        let spread = |side: &mut dyn Iterator<Item = f64>| {
+            let (sum, count) = side.fold((0.0, 0usize), |(s, n), d| (s + d * d, n + 1));
+            if count == 0 {
+                1e-9
+            } else {
+                (sum / count as f64).sqrt().max(1e-9)
+            }
+        };
+        Some(Self {
+            mean: centre,
+            below: Some(spread(
+                &mut sorted.iter().filter(|v| **v < centre).map(|v| centre - v),
+            )),
+            above: Some(spread(
+                &mut sorted.iter().filter(|v| **v > centre).map(|v| v - centre),
+            )),
+            ..symmetric
         })
     }
 
     pub fn score(&self, value: f64) -> f64 {
-        (value - self.mean).abs() / self.std
+        let departure = value - self.mean;
+        let spread = if departure < 0.0 {
+            self.below.unwrap_or(self.std)
+        } else {
+            self.above.unwrap_or(self.std)
+        };
+        departure.abs() / spread
     }
 
-    /// The same, with a spread of at least `floor`.
+    /// The same, with a spread of at least `floor` on each side.
     pub fn with_floor(self, floor: f64) -> Self {
         Self {
             std: self.std.max(floor),
+            below: self.below.map(|s| s.max(floor)),
+            above: self.above.map(|s| s.max(floor)),
             ..self
         }
     }
@@ -472,5 +528,35 @@ mod tests {
         assert_eq!(normal.score(8.0), normal.score(12.0));
         assert!(normal.score(13.0) > normal.score(11.5));
         assert!(TwoSided::fit(&[1.0]).is_none());
+    }
+
+    #[test]
+    fn a_two_piece_fit_keeps_one_sides_outliers_from_widening_the_other() {
+        // Four healthy clips close together and two that caught a knock, far above them.
+        let healthy = [13.0, 13.2, 13.6, 14.0, 18.0, 18.5];
+        let symmetric = TwoSided::fit(&healthy).expect("fit");
+        let two_piece = TwoSided::fit_two_piece(&healthy).expect("fit");
+        assert_eq!(two_piece.mean, 13.8, "centred on the median");
+        let below = two_piece.below.expect("a spread below");
+        let above = two_piece.above.expect("a spread above");
+        assert!(below < 0.7 && above > 2.0, "below {below}, above {above}");
+        // A clip 3 dB duller than the median is far out below, and was not with one spread.
+        assert!(two_piece.score(10.8) > 4.5, "{}", two_piece.score(10.8));
+        assert!(symmetric.score(10.8) < 2.0, "{}", symmetric.score(10.8));
+        // The knocks' side is as wide as they made it.
+        assert!(two_piece.score(18.5) < 2.5, "{}", two_piece.score(18.5));
+        // Floors apply to each side; a fit without sides scores with its one spread.
+        let floored = TwoSided::fit_two_piece(&[5.0, 5.0, 5.0])
+            .expect("fit")
+            .with_floor(0.5);
+        assert_eq!((floored.below, floored.above), (Some(0.5), Some(0.5)));
+        assert_eq!(floored.score(4.0), 2.0);
+        let old = TwoSided {
+            below: None,
+            above: None,
+            ..two_piece
+        };
+        assert_eq!(old.score(12.8), 1.0 / old.std);
+        assert!(TwoSided::fit_two_piece(&[1.0]).is_none());
     }
 }

@@ -15,8 +15,10 @@ const MAGIC: &[u8; 8] = b"AUSCULTM";
 /// (`SpectrumForm::Contour`); a format-1 reader would ignore that and compare level spectra with
 /// contour statistics. Format 3: profiles may draw a clip's band peaks as the upper quartile over
 /// its windows (`PeakStatistic::UpperQuartile`); a format-2 reader would compare the loudest
-/// window's peaks with statistics of the quartile.
-pub const FORMAT: u32 = 3;
+/// window's peaks with statistics of the quartile. Format 4: impulse scales may be judged against
+/// a two-piece range (`TwoSided::below`, `above`); a format-3 reader would judge them against one
+/// spread around the median, which their ranges were not calibrated for.
+pub const FORMAT: u32 = 4;
 /// The oldest format this build still reads: every field added since has a default that keeps an
 /// older file's verdicts.
 const OLDEST_FORMAT: u32 = 1;

@@ -109,7 +109,7 @@ pub fn fit_statistics(
         .then(|| {
             (0..crate::features::IMPULSE_SCALES.len())
                 .map(|scale| {
-                    TwoSided::fit(&measured.iter().map(|m| m[scale]).collect::<Vec<_>>())
+                    TwoSided::fit_two_piece(&measured.iter().map(|m| m[scale]).collect::<Vec<_>>())
                         .map(|fit| fit.with_floor(IMPULSIVENESS_STD_FLOOR_DB))
                 })
                 .collect::<Option<Vec<_>>>()
