@@ -179,11 +179,14 @@ impl Detector {
     /// several machines ([`MachineProfile::judges_machine`]). None for a machine the model knows
     /// no normal sound of: it is unknown until it is enrolled.
     pub fn profile_for(&self, machine: &MachineKey) -> Option<&MachineProfile> {
-        self.find_profile(&machine.machine_type, &machine.machine_id)
-            .or_else(|| {
-                self.find_profile(&machine.machine_type, ANY)
-                    .filter(|p| p.judges_machine(&machine.machine_id))
-            })
+        // `*` is how a type's profile is stored, not a machine: it gets no profile of its own.
+        let own = (machine.machine_id != ANY)
+            .then(|| self.find_profile(&machine.machine_type, &machine.machine_id))
+            .flatten();
+        own.or_else(|| {
+            self.find_profile(&machine.machine_type, ANY)
+                .filter(|p| p.judges_machine(&machine.machine_id))
+        })
     }
 
     /// [`Self::profile_for`], or why there is none.

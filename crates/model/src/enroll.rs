@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::ModelError;
 use crate::dataset::{Clip, MachineKey};
 use crate::detector::Detector;
-use crate::kept::KeptRecordings;
 use crate::profile::{self, ANY, DetectorKind, MachineProfile, NormalWindows, Scope};
 use crate::stats::FitError;
 
@@ -147,11 +146,13 @@ pub fn enroll(
             replaced,
         ));
         store(detector, profile);
-        new_machines.insert(machine.clone());
-        new_by_type
-            .entry(machine.machine_type.clone())
-            .or_default()
-            .extend(&new);
+        let of_type = new_by_type.entry(machine.machine_type.clone()).or_default();
+        let held: BTreeSet<String> = of_type.known_sources().into_iter().collect();
+        let fresh = new.excluding(&held);
+        if fresh.clips() > 0 {
+            new_machines.insert(machine.clone());
+            of_type.extend(&fresh);
+        }
     }
     for (machine_type, new) in &new_by_type {
         let type_profile = detector
@@ -165,22 +166,12 @@ pub fn enroll(
             .iter()
             .filter(|p| p.scope == Scope::Machine && p.machine_type == *machine_type)
             .collect();
-        let kept: Option<Vec<&KeptRecordings>> =
-            own_profiles.iter().map(|p| p.kept.as_ref()).collect();
-        // The machines whose clips the type's profile is fitted on: every one with a profile of
-        // its own when they are pooled, else those enrolled now.
-        let machines: BTreeSet<String> = if kept.is_some() {
-            own_profiles.iter().map(|p| p.machine_id.clone()).collect()
-        } else {
-            new_machines
-                .iter()
-                .filter(|m| m.machine_type == *machine_type)
-                .map(|m| m.machine_id.clone())
-                .collect()
-        };
-        let pooled = match (type_profile, kept) {
-            (Some(type_profile), Some(kept)) => {
-                let pooled = pooled_kept(&kept, dim)?;
+        let all_kept = own_profiles.iter().all(|p| p.kept.is_some());
+        // The clips the type's profile is fitted on, and the machines they are of: every clip its
+        // machines keep when they all keep theirs, else those enrolled now.
+        let (pooled, machines) = match (type_profile, all_kept) {
+            (Some(type_profile), true) => {
+                let (pooled, machines) = pooled_kept(&own_profiles, dim)?;
                 // Refitted only while its machines hold every clip it was fitted from: a machine
                 // with no profile of its own, or one just replaced, would otherwise drop out of it.
                 let holds: BTreeSet<String> = pooled.known_sources().into_iter().collect();
@@ -189,11 +180,18 @@ pub fn enroll(
                 {
                     continue;
                 }
-                pooled
+                (pooled, machines)
             }
-            (Some(_), None) => continue,
-            (None, Some(kept)) => pooled_kept(&kept, dim)?,
-            (None, None) => new.clone(),
+            (Some(_), false) => continue,
+            (None, true) => pooled_kept(&own_profiles, dim)?,
+            (None, false) => (
+                new.clone(),
+                new_machines
+                    .iter()
+                    .filter(|m| m.machine_type == *machine_type)
+                    .map(|m| m.machine_id.clone())
+                    .collect(),
+            ),
         };
         let key = MachineKey {
             machine_type: machine_type.clone(),
@@ -209,22 +207,44 @@ pub fn enroll(
             percentile,
         )?;
         profile.machines = machines.into_iter().collect();
-        let earlier_clips = pooled.clips().saturating_sub(new.clips());
-        report.push(enrolled(&profile, new.clips(), earlier_clips, 0, false));
+        // New to the type: the recordings given now that it was not fitted from before.
+        let given: BTreeSet<String> = new.known_sources().into_iter().collect();
+        let before: BTreeSet<&String> = type_profile
+            .map(|p| p.fitted_from.iter().collect())
+            .unwrap_or_default();
+        let fresh = pooled
+            .sources
+            .iter()
+            .filter(|s| given.contains(*s) && !before.contains(s))
+            .count();
+        report.push(enrolled(&profile, fresh, pooled.clips() - fresh, 0, false));
         store(detector, profile);
     }
     Ok(report)
 }
 
-/// Every clip the profiles keep, one after another.
-/// Every clip the machines of a type kept, a recording kept by two of them counted once.
-fn pooled_kept(kept: &[&KeptRecordings], dim: usize) -> Result<NormalWindows, FitError> {
+/// Every clip the machines' profiles keep, a recording kept by two of them counted once, and the
+/// machines (their ids) that gave at least one clip.
+fn pooled_kept(
+    machines: &[&MachineProfile],
+    dim: usize,
+) -> Result<(NormalWindows, BTreeSet<String>), FitError> {
     let mut pooled = NormalWindows::default();
-    for recordings in kept {
+    let mut gave = BTreeSet::new();
+    for machine in machines {
+        let Some(kept) = &machine.kept else {
+            continue;
+        };
         let held: BTreeSet<String> = pooled.known_sources().into_iter().collect();
-        pooled.extend(&NormalWindows::from_kept(recordings, dim)?.excluding(&held));
+        let clips = NormalWindows::from_kept(kept, dim)
+            .map_err(|e| FitError(format!("{}: {}", machine.key(), e.0)))?
+            .excluding(&held);
+        if clips.clips() > 0 {
+            gave.insert(machine.machine_id.clone());
+            pooled.extend(&clips);
+        }
     }
-    Ok(pooled)
+    Ok((pooled, gave))
 }
 
 fn enrolled(

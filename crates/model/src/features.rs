@@ -269,7 +269,9 @@ impl TwoSided {
     }
 
     /// A two-piece fit: centred on the normal clips' median, each side with its own spread — the
-    /// root mean square distance from the centre of the clips on that side. How impulsive a
+    /// root mean square distance from the centre of the clips on that side, a clip at the centre
+    /// counted half on each (so the spread does not jump between odd and even counts), the
+    /// symmetric standard deviation where a side has no spread at all. How impulsive a
     /// healthy machine sounds is skewed: a clip that happens to catch a knock from the hall is far
     /// more impulsive than the rest, while nothing makes a healthy clip far less so. One spread for
     /// both sides lets two such clips widen the range below the centre too, where a dull click or a
@@ -285,13 +287,11 @@ impl TwoSided {
         } else {
             sorted[middle]
         };
+        let at_centre = sorted.iter().filter(|v| **v == centre).count() as f64;
         let spread = |side: &mut dyn Iterator<Item = f64>| {
             let (sum, count) = side.fold((0.0, 0usize), |(s, n), d| (s + d * d, n + 1));
-            if count == 0 {
-                1e-9
-            } else {
-                (sum / count as f64).sqrt().max(1e-9)
-            }
+            let spread = (sum / (count as f64 + at_centre / 2.0).max(1.0)).sqrt();
+            if spread > 0.0 { spread } else { symmetric.std }
         };
         Some(Self {
             mean: centre,
@@ -557,6 +557,14 @@ mod tests {
             ..two_piece
         };
         assert_eq!(old.score(12.8), 1.0 / old.std);
+        let read: TwoSided =
+            serde_json::from_str(r#"{"mean": 13.0, "std": 2.0}"#).expect("a fit from before sides");
+        assert_eq!((read.below, read.above), (None, None));
+        assert_eq!((read.score(10.0), read.score(16.0)), (1.5, 1.5));
+        // A clip at the centre counts half on each side, so an odd count spreads as an even one.
+        let odd = TwoSided::fit_two_piece(&[9.0, 10.0, 12.0]).expect("fit");
+        assert_eq!(odd.below, Some((1.0_f64 / 1.5).sqrt()));
+        assert_eq!(odd.above, Some((4.0_f64 / 1.5).sqrt()));
         assert!(TwoSided::fit_two_piece(&[1.0]).is_none());
     }
 }

@@ -20,7 +20,8 @@ const MAGIC: &[u8; 8] = b"AUSCULTM";
 /// spread around the median, which their ranges were not calibrated for.
 pub const FORMAT: u32 = 4;
 /// The oldest format this build still reads: every field added since has a default that keeps an
-/// older file's verdicts.
+/// older file's verdicts — but one: a machine that an older file judged by its type's profile,
+/// fitted from one other machine, is unknown now (`MachineProfile::machines`).
 const OLDEST_FORMAT: u32 = 1;
 /// A model file larger than this is not one of ours.
 const MAX_SECTION: u64 = 512 << 20;
@@ -67,8 +68,9 @@ pub fn decode(bytes: &[u8]) -> Result<(ModelInfo, &[u8]), ModelError> {
             rest.len()
         )));
     }
-    let info: ModelInfo =
+    let mut info: ModelInfo =
         serde_json::from_slice(json).map_err(|e| ModelError::Format(format!("metadata: {e}")))?;
+    info.list_type_profile_machines();
     // Scoring selects a frame's channel by it; a value nothing can select is refused here.
     info.channel
         .parse::<auscult_audio::ChannelChoice>()

@@ -5,7 +5,7 @@ use auscult_audio::manifest::Label;
 use auscult_signal::{Normalisation, SpectrogramConfig};
 
 use crate::network::NetworkConfig;
-use crate::profile::MachineProfile;
+use crate::profile::{MachineProfile, ProfileSource, Scope};
 
 /// One output of the classification head.
 #[derive(
@@ -116,4 +116,41 @@ pub struct ModelInfo {
     /// Default percentile for gamma-fitted thresholds.
     pub threshold_percentile: f64,
     pub training: TrainingRecord,
+}
+
+impl ModelInfo {
+    /// Lists the machines of machine-type profiles written before profiles listed them, so that
+    /// they judge the machines they judged then and no other: a trained one was fitted from the
+    /// machines of its type the network was trained on, an enrolled one from those of its type
+    /// with profiles of their own.
+    pub fn list_type_profile_machines(&mut self) {
+        let Self {
+            classes, profiles, ..
+        } = self;
+        let own: Vec<(String, String)> = profiles
+            .iter()
+            .filter(|p| p.scope == Scope::Machine)
+            .map(|p| (p.machine_type.clone(), p.machine_id.clone()))
+            .collect();
+        for profile in profiles.iter_mut() {
+            if profile.scope == Scope::Machine || !profile.machines.is_empty() {
+                continue;
+            }
+            let mut machines: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+            match profile.source {
+                ProfileSource::Trained => machines.extend(
+                    classes
+                        .iter()
+                        .filter(|c| c.machine_type == profile.machine_type)
+                        .map(|c| c.machine_id.as_str()),
+                ),
+                ProfileSource::Enrolled => machines.extend(
+                    own.iter()
+                        .filter(|(machine_type, _)| *machine_type == profile.machine_type)
+                        .map(|(_, id)| id.as_str()),
+                ),
+            }
+            profile.machines = machines.into_iter().map(str::to_owned).collect();
+        }
+    }
 }

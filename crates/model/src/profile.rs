@@ -2,8 +2,8 @@
 //! lies. Profiles are fitted from normal windows only (cold start); labelled anomalies, where
 //! there are any, only move the threshold.
 //!
-//! This module says what a profile holds and how it scores a clip; [`normal`] holds the normal
-//! clips a profile is fitted from, and [`fitting`] fits its statistics and calibrates its ranges.
+//! This module says what a profile holds and how it scores a clip; `normal` holds the normal clips
+//! a profile is fitted from, and `fitting` fits its statistics and calibrates its ranges.
 
 mod fitting;
 mod normal;
@@ -244,10 +244,11 @@ pub struct MachineProfile {
     /// they are known: a machine type's profile is refitted only on clips that include them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fitted_from: Vec<String>,
-    /// The machines (their ids) a machine-type profile was fitted from. It judges a machine that
-    /// has no profile of its own when that machine is one of them, or when they are at least
-    /// [`TYPE_VERDICT_MACHINES`]: fitted from one machine, it is that machine's normal sound, not
-    /// its type's. Profiles from before it list none, and judge no such machine.
+    /// The machines (their ids) whose normal clips a machine-type profile was fitted from. It
+    /// judges a machine that has no profile of its own when that machine is one of them, or when
+    /// they are at least [`TYPE_VERDICT_MACHINES`]: fitted from one machine, it is that machine's
+    /// normal sound, not its type's. Files from before it get the list when they are read
+    /// ([`crate::info::ModelInfo::list_type_profile_machines`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<String>,
 }

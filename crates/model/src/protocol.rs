@@ -73,7 +73,7 @@ pub fn leave_one_pattern_out(
                 machine_type: machine_type.clone(),
                 attribute: pattern.to_owned(),
                 enrolled: enrolling.len(),
-                report: judge_all(&detector, &tested, &reference),
+                report: judge_all(&detector, &tested, &reference, observer),
             });
         }
     }
@@ -124,7 +124,7 @@ pub fn onboarding(
             machine_type,
             attribute: String::new(),
             enrolled: enrolled.len(),
-            report: judge_all(&detector, &tested, &reference),
+            report: judge_all(&detector, &tested, &reference, observer),
         });
     }
     Ok(folds)
@@ -150,14 +150,22 @@ fn take_normals(clips: Vec<&Clip>, count: usize) -> (Vec<&Clip>, Vec<&Clip>) {
     (chosen, rest)
 }
 
+/// Judges every clip; one that cannot be judged is left out of the figures and said so.
 fn judge_all(
     detector: &crate::Detector,
     clips: &[&Clip],
     reference: &Reference,
+    observer: &dyn TrainObserver,
 ) -> EvaluationReport {
-    let judged: Vec<evaluate::Judged> = clips
-        .iter()
-        .filter_map(|c| evaluate::judge(detector, c).ok())
-        .collect();
+    let mut judged = Vec::with_capacity(clips.len());
+    for clip in clips {
+        match evaluate::judge(detector, clip) {
+            Ok(j) => judged.push(j),
+            Err(e) => observer.note(&format!(
+                "{}: not judged: {e}",
+                clip.recording.path.display()
+            )),
+        }
+    }
     evaluate::report(&judged, reference)
 }

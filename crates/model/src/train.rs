@@ -393,11 +393,19 @@ pub fn train(
     detector.info.profiles = profiles;
 
     // Validation figures only on clips the statistics never contained.
-    let judged: Vec<evaluate::Judged> = validation_clips
+    let mut judged: Vec<evaluate::Judged> = Vec::new();
+    for clip in validation_clips
         .iter()
         .filter(|c| !pooled_validation.contains(&c.machine()))
-        .filter_map(|c| evaluate::judge(&detector, c).ok())
-        .collect();
+    {
+        match evaluate::judge(&detector, clip) {
+            Ok(j) => judged.push(j),
+            Err(e) => observer.note(&format!(
+                "validation {}: not judged: {e}",
+                clip.recording.path.display()
+            )),
+        }
+    }
     let used: Vec<String> = train_clips
         .iter()
         .chain(&validation_clips)

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use sha2::Digest;
+
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest;
 use auscult_model::features::{IMPULSE_SCALES, PeakStatistic, Waveform};
@@ -268,6 +270,82 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     assert!(drift < 0.05, "score drifted {drift:.4} through the file");
     assert_eq!(before.top_bands.len(), 3);
     assert!(before.top_bands.iter().all(|b| b.low_hz < b.high_hz));
+
+    // Impulse scales have a range on each side of the median.
+    assert!(info.profiles.iter().all(|p| {
+        p.impulsiveness.as_ref().is_some_and(|scales| {
+            scales
+                .iter()
+                .all(|s| s.below.is_some() && s.above.is_some())
+        })
+    }));
+    // A file from before type profiles listed their machines gets the list when it is read: the
+    // machines of the type the network was trained on.
+    let mut older = detector.info.clone();
+    for profile in &mut older.profiles {
+        if profile.scope == Scope::MachineType {
+            *profile = without_key(profile, "machines");
+            assert!(profile.machines.is_empty());
+        }
+    }
+    let bytes = auscult_model::file::encode(&older, &[]).expect("encode");
+    let (read, _) = auscult_model::file::decode(&bytes).expect("decode");
+    assert_eq!(
+        read.profiles, detector.info.profiles,
+        "listed as training listed them"
+    );
+}
+
+#[test]
+fn a_machine_too_short_of_clips_for_its_own_profile_is_judged_by_its_types() {
+    // Two of the valve's normal recordings presented as a second valve: too few for a profile of
+    // its own, so its type's profile, fitted from both valves, judges it — and any other valve.
+    let mut relabelled = 0;
+    let clips: Vec<Clip> = samples()
+        .into_iter()
+        .map(|mut c| {
+            if c.recording.machine_type == "valve" && !c.is_anomaly() && relabelled < 2 {
+                c.recording.machine_id = "section_01".into();
+                relabelled += 1;
+            }
+            c
+        })
+        .collect();
+    let detector = train::train(
+        &clips,
+        &TrainConfig {
+            max_epochs: 1,
+            ..tiny()
+        },
+        &Silent,
+    )
+    .expect("train");
+    let profiles = &detector.info.profiles;
+    assert!(
+        !profiles
+            .iter()
+            .any(|p| p.key() == key("valve", "section_01")),
+        "two recordings make no profile of their own"
+    );
+    let valve_type = profiles
+        .iter()
+        .find(|p| p.key() == key("valve", "*"))
+        .expect("the valve type's profile");
+    assert_eq!(valve_type.machines, ["section_00", "section_01"]);
+    for machine in [key("valve", "section_01"), key("valve", "section_07")] {
+        let judged = detector
+            .judging_profile(&machine)
+            .unwrap_or_else(|e| panic!("{machine}: {e}"));
+        assert_eq!(judged.scope, Scope::MachineType, "{machine}");
+    }
+    assert_eq!(
+        detector
+            .judging_profile(&key("valve", "*"))
+            .map(|p| p.scope)
+            .ok(),
+        Some(Scope::MachineType),
+        "`*` names no machine of its own"
+    );
 }
 
 #[test]
@@ -405,13 +483,36 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
         detector.judging_profile(&key("drill", "id_00")),
         Err(ModelError::UnknownMachine(named)) if named == "drill/id_00"
     ));
-    // A second pump makes the type's profile a type's: other pumps are judged by it.
-    let second_pump: Vec<Clip> = pumps
+    // The same recordings presented as a second pump add no machine to the type's profile: a
+    // recording two pumps kept counts once, and the type still knows one pump.
+    let as_second: Vec<Clip> = pumps
         .iter()
         .filter(|c| !c.is_anomaly() && c.recording.attribute == "pat_00")
         .cloned()
         .map(|mut c| {
             c.recording.machine_id = "id_03".into();
+            c
+        })
+        .collect();
+    let same = enroll::enroll(&mut detector, &as_second, 90.0, enroll::Enrolment::Add)
+        .expect("a second pump's profile");
+    let type_profile = same
+        .iter()
+        .find(|e| e.scope == Scope::MachineType)
+        .expect("the type's profile refitted");
+    assert_eq!((type_profile.clips, type_profile.earlier_clips), (0, 6));
+    assert_eq!(scope_for(&detector, key("pump", "id_02")), None);
+    // Recordings of its own (the same sound half a second later) make it a second pump, and the
+    // type's profile a type's: other pumps are judged by it.
+    let second_pump: Vec<Clip> = as_second
+        .into_iter()
+        .map(|mut c| {
+            let mut samples = c.samples.to_vec();
+            samples.rotate_left(8_000);
+            let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+            c.content_sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            c.samples = samples.into();
+            c.recording.machine_id = "id_04".into();
             c
         })
         .collect();
@@ -421,11 +522,14 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
         .iter()
         .find(|e| e.scope == Scope::MachineType)
         .expect("the type's profile refitted");
-    assert_eq!(
-        (type_profile.clips, type_profile.earlier_clips),
-        (3, 3),
-        "a recording two pumps kept counts once"
-    );
+    assert_eq!((type_profile.clips, type_profile.earlier_clips), (3, 6));
+    let pump_type = detector
+        .info
+        .profiles
+        .iter()
+        .find(|p| p.key() == key("pump", "*"))
+        .expect("the pump type's profile");
+    assert_eq!(pump_type.machines, ["id_01", "id_04"]);
     assert_eq!(
         scope_for(&detector, key("pump", "id_02")),
         Some(Scope::MachineType)

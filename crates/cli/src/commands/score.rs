@@ -30,6 +30,10 @@ pub struct Args {
 
 fn machine(text: &str) -> Result<MachineKey, String> {
     match text.split_once('/') {
+        Some((_, auscult_model::profile::ANY)) => Err(format!(
+            "`{text}` names no machine: `{}` stands for any machine of a type; name the one recorded",
+            auscult_model::profile::ANY
+        )),
         Some((machine_type, machine_id)) if !machine_type.is_empty() && !machine_id.is_empty() => {
             Ok(MachineKey {
                 machine_type: machine_type.into(),
@@ -110,12 +114,21 @@ fn listed_machine(
 }
 
 fn known_machines(detector: &auscult_model::Detector) -> String {
+    use auscult_model::profile::{ANY, TYPE_VERDICT_MACHINES};
     let known: Vec<String> = detector
         .info
         .profiles
         .iter()
-        .filter(|p| p.machine_id != auscult_model::profile::ANY)
-        .map(|p| p.key().to_string())
+        .map(|p| {
+            if p.machine_id != ANY {
+                p.key().to_string()
+            } else if p.machines.len() >= TYPE_VERDICT_MACHINES {
+                format!("any {} (by its type's profile)", p.machine_type)
+            } else {
+                String::new()
+            }
+        })
+        .filter(|known| !known.is_empty())
         .collect();
     if known.is_empty() {
         "no machine".into()

@@ -292,6 +292,14 @@ fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
 #[test]
 fn a_type_profile_judges_other_machines_only_once_fitted_from_several() {
     let (_, machine) = enrolled("pump", &normal_clips());
+    assert!(
+        machine
+            .impulsiveness
+            .iter()
+            .flatten()
+            .all(|scale| scale.below.is_some() && scale.above.is_some()),
+        "impulse scales with a range on each side"
+    );
     let mut of_type = machine.clone();
     of_type.scope = Scope::MachineType;
     of_type.machine_id = ANY.into();

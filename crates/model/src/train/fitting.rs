@@ -153,6 +153,8 @@ pub(super) fn fit_profiles(
         ]
     };
     let mut normals: BTreeMap<(Scope, MachineKey), NormalWindows> = BTreeMap::new();
+    // The machines whose clips went into each profile's statistics.
+    let mut fitted_machines: BTreeMap<(Scope, MachineKey), BTreeSet<String>> = BTreeMap::new();
     for (clip, windows) in train_clips.iter().zip(fixed_train) {
         if clip.is_anomaly() || windows.is_empty() {
             continue;
@@ -160,6 +162,10 @@ pub(super) fn fit_profiles(
         let mut inference = detector.infer(windows);
         inference.waveform = crate::features::Waveform::measure(&clip.samples);
         for key in scopes(clip) {
+            fitted_machines
+                .entry(key.clone())
+                .or_default()
+                .insert(clip.recording.machine_id.clone());
             normals
                 .entry(key)
                 .or_default()
@@ -178,6 +184,10 @@ pub(super) fn fit_profiles(
         .collect();
     let mut profiles = Vec::new();
     for ((scope, key), normal) in &normals {
+        let mut machines = fitted_machines
+            .get(&(*scope, key.clone()))
+            .cloned()
+            .unwrap_or_default();
         let covers = |clip: &Clip| scopes(clip).iter().any(|(s, k)| s == scope && k == key);
         let mut profile = profile::fit_statistics(
             *scope,
@@ -237,23 +247,20 @@ pub(super) fn fit_profiles(
             cross_fitted.source = ProfileSource::Trained;
             profile = cross_fitted;
             // Validation clips are now inside this profile's statistics, and inside the figures
-            // of every machine it may judge: its own, or, for a machine-type profile, any machine
-            // of the type that has no profile of its own.
+            // of every machine it may judge: its own, or, for a machine-type profile, the machines
+            // of the type it judges.
             for (clip, _) in &validation {
                 if covers(clip) {
                     pooled_validation.insert(clip.machine());
+                    if !clip.is_anomaly() {
+                        machines.insert(clip.recording.machine_id.clone());
+                    }
                 }
             }
         }
         profile.fitted_from = known.known_sources();
         if *scope != Scope::Machine {
-            let machines: BTreeSet<&str> = train_clips
-                .iter()
-                .chain(validation.iter().map(|(clip, _)| clip))
-                .filter(|clip| !clip.is_anomaly() && covers(clip))
-                .map(|clip| clip.recording.machine_id.as_str())
-                .collect();
-            profile.machines = machines.into_iter().map(str::to_owned).collect();
+            profile.machines = machines.into_iter().collect();
         }
         if *scope == Scope::Machine {
             profile.kept = Some(known.keep());
