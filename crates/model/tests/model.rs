@@ -46,6 +46,26 @@ fn key(machine_type: &str, machine_id: &str) -> MachineKey {
     }
 }
 
+/// A tiny network trained for one epoch on `clips`.
+fn trained_once(clips: &[Clip]) -> Detector {
+    let config = TrainConfig {
+        max_epochs: 1,
+        ..tiny()
+    };
+    train::train(clips, &config, &Silent).expect("train")
+}
+
+/// Enrols `clips` and says how many recordings their type's profile was refitted with: new to it,
+/// and earlier.
+fn type_refit_by(detector: &mut Detector, clips: &[Clip]) -> (usize, usize) {
+    let report = enroll::enroll(detector, clips, 90.0, enroll::Enrolment::Add).expect("enrolled");
+    let refit = report
+        .iter()
+        .find(|e| e.scope == Scope::MachineType)
+        .expect("the type's profile refitted");
+    (refit.clips, refit.earlier_clips)
+}
+
 #[test]
 fn a_trained_model_survives_the_file_and_records_its_data() {
     let clips = samples();
@@ -311,15 +331,7 @@ fn a_machine_too_short_of_clips_for_its_own_profile_is_judged_by_its_types() {
             c
         })
         .collect();
-    let detector = train::train(
-        &clips,
-        &TrainConfig {
-            max_epochs: 1,
-            ..tiny()
-        },
-        &Silent,
-    )
-    .expect("train");
+    let detector = trained_once(&clips);
     let profiles = &detector.info.profiles;
     assert!(
         !profiles
@@ -351,15 +363,7 @@ fn a_machine_too_short_of_clips_for_its_own_profile_is_judged_by_its_types() {
 #[test]
 fn damaged_model_files_are_refused_with_a_reason() {
     let clips = samples();
-    let detector = train::train(
-        &clips,
-        &TrainConfig {
-            max_epochs: 1,
-            ..tiny()
-        },
-        &Silent,
-    )
-    .expect("train");
+    let detector = trained_once(&clips);
     let bytes = detector.to_bytes().expect("bytes");
     let device = auscult_model::default_device();
     let reason = |bytes: &[u8]| match Detector::from_bytes(bytes, &device) {
@@ -407,15 +411,7 @@ fn damaged_model_files_are_refused_with_a_reason() {
 #[test]
 fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
     let clips = samples();
-    let mut detector = train::train(
-        &clips,
-        &TrainConfig {
-            max_epochs: 1,
-            ..tiny()
-        },
-        &Silent,
-    )
-    .expect("train");
+    let mut detector = trained_once(&clips);
     // Valve recordings presented as a machine type the network never heard of.
     let pumps: Vec<Clip> = clips
         .iter()
@@ -494,13 +490,7 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
             c
         })
         .collect();
-    let same = enroll::enroll(&mut detector, &as_second, 90.0, enroll::Enrolment::Add)
-        .expect("a second pump's profile");
-    let type_profile = same
-        .iter()
-        .find(|e| e.scope == Scope::MachineType)
-        .expect("the type's profile refitted");
-    assert_eq!((type_profile.clips, type_profile.earlier_clips), (0, 6));
+    assert_eq!(type_refit_by(&mut detector, &as_second), (0, 6));
     assert_eq!(scope_for(&detector, key("pump", "id_02")), None);
     // Recordings of its own (the same sound half a second later) make it a second pump, and the
     // type's profile a type's: other pumps are judged by it.
@@ -516,13 +506,7 @@ fn enrolled_machines_get_their_own_profiles_and_others_fall_back() {
             c
         })
         .collect();
-    let with_second = enroll::enroll(&mut detector, &second_pump, 90.0, enroll::Enrolment::Add)
-        .expect("a second pump");
-    let type_profile = with_second
-        .iter()
-        .find(|e| e.scope == Scope::MachineType)
-        .expect("the type's profile refitted");
-    assert_eq!((type_profile.clips, type_profile.earlier_clips), (3, 6));
+    assert_eq!(type_refit_by(&mut detector, &second_pump), (3, 6));
     let pump_type = detector
         .info
         .profiles
@@ -593,15 +577,7 @@ fn enrolling_a_known_machine_adds_to_the_recordings_its_profile_kept() {
     let (new_pattern, known): (Vec<Clip>, Vec<Clip>) = samples()
         .into_iter()
         .partition(|c| c.recording.attribute == "pat_02");
-    let trained = train::train(
-        &known,
-        &TrainConfig {
-            max_epochs: 1,
-            ..tiny()
-        },
-        &Silent,
-    )
-    .expect("train");
+    let trained = trained_once(&known);
     let valve = key("valve", "section_00");
     let own_profile = |detector: &Detector| -> MachineProfile {
         detector
