@@ -235,6 +235,43 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     assert_eq!(machine["detector"], "bands");
     assert_eq!(machine["clips"], 6);
     assert_eq!(machine["earlier_clips"], 0);
+    // The pump type's profile is fitted from one pump, says so, and judges no other.
+    let pump_type = enrolled
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["machine"] == "pump/*"))
+        .expect("the pump type's profile");
+    assert_eq!(pump_type["machines"], serde_json::json!(["id_01"]));
+    assert!(machine.get("machines").is_none(), "{machine}");
+    let another = auscult(&[
+        "score",
+        path(&file),
+        "--model",
+        path(&enrolled_model),
+        "--machine",
+        "pump/id_02",
+    ]);
+    let refused = String::from_utf8_lossy(&another.stderr);
+    assert!(
+        !another.status.success()
+            && refused.contains("unknown machine pump/id_02")
+            && refused.contains("only as pump/id_01"),
+        "{refused}"
+    );
+    let told = auscult(&[
+        "enroll",
+        "--data",
+        path(&pumps),
+        "--model",
+        path(&model),
+        "--out",
+        path(&dir.path().join("told.model")),
+    ]);
+    let told = String::from_utf8_lossy(&told.stdout);
+    assert!(
+        told.contains("refitted pump/* from 6 recordings (6 new to it) of pump/id_01")
+            && told.contains("judges no other pump until a second one is enrolled"),
+        "{told}"
+    );
 
     // Enrolling a known machine again adds to the recordings its profile kept, unless told to
     // replace them.

@@ -41,6 +41,10 @@ pub struct Enrolled {
     /// An earlier profile of this machine was replaced rather than added to: asked for, or it
     /// kept none of its recordings (a model file from before profiles kept them).
     pub replaced: bool,
+    /// For a machine type's profile, the machines (their ids) it was fitted from: it judges a
+    /// machine without a profile of its own only when they are several
+    /// ([`MachineProfile::judges_machine`]).
+    pub machines: Vec<String>,
     pub windows: usize,
     pub window_threshold: f64,
     pub clip_threshold: f64,
@@ -262,6 +266,7 @@ fn enrolled(
         earlier_clips,
         already_known,
         replaced,
+        machines: profile.machines.clone(),
         windows: profile.normal_windows,
         window_threshold: profile.window_threshold,
         clip_threshold: profile.clip_threshold,

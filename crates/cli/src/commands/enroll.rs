@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use auscult_audio::ChannelChoice;
 use auscult_model::enroll::Enrolment;
-use auscult_model::profile::RELIABLE_RANGE_CLIPS;
+use auscult_model::profile::{RELIABLE_RANGE_CLIPS, Scope, TYPE_VERDICT_MACHINES};
 
 use crate::commands::recordings::{self, ModelArg, round};
 
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let json: Vec<serde_json::Value> = enrolled
             .iter()
             .map(|e| {
-                serde_json::json!({
+                let mut entry = serde_json::json!({
                     "machine": e.machine.to_string(),
                     "scope": e.scope,
                     "detector": e.detector,
@@ -97,12 +97,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "windows": e.windows,
                     "window_threshold": round(e.window_threshold, 3),
                     "clip_threshold": round(e.clip_threshold, 3),
-                })
+                });
+                if e.scope != Scope::Machine {
+                    entry["machines"] = serde_json::json!(e.machines);
+                }
+                entry
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         for e in &enrolled {
+            if e.scope != Scope::Machine {
+                println!("{}", type_refit(e));
+                continue;
+            }
             if e.clips == 0 {
                 println!(
                     "{}: nothing new, all {} recordings were already in its profile",
@@ -135,4 +143,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("wrote {}", args.out.display());
     }
     Ok(())
+}
+
+/// What enrolling did to a machine type's profile, and which machines it judges now.
+fn type_refit(e: &auscult_model::enroll::Enrolled) -> String {
+    let machine_type = &e.machine.machine_type;
+    let judges = if e.machines.len() >= TYPE_VERDICT_MACHINES {
+        format!("it judges any {machine_type} without a profile of its own")
+    } else {
+        format!(
+            "it judges no other {machine_type} until a second one is enrolled: one machine's normal sound is not another's"
+        )
+    };
+    format!(
+        "refitted {} from {} recordings ({} new to it) of {}: {judges}",
+        e.machine,
+        e.clips + e.earlier_clips,
+        e.clips,
+        e.machines
+            .iter()
+            .map(|id| format!("{machine_type}/{id}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
