@@ -41,10 +41,11 @@ pub struct Enrolled {
     /// An earlier profile of this machine was replaced rather than added to: asked for, or it
     /// kept none of its recordings (a model file from before profiles kept them).
     pub replaced: bool,
-    /// For a machine type's profile, the machines (their ids) it was fitted from: it judges a
-    /// machine without a profile of its own only when they are several
-    /// ([`MachineProfile::judges_machine`]).
+    /// For a machine type's profile, the machines (their ids) it was fitted from.
     pub machines: Vec<String>,
+    /// For a machine type's profile, whether it judges any machine of its type without a profile
+    /// of its own ([`MachineProfile::judges_any_machine`]).
+    pub judges_any_machine: bool,
     pub windows: usize,
     pub window_threshold: f64,
     pub clip_threshold: f64,
@@ -116,13 +117,9 @@ pub fn enroll(
         let replaced = existing.is_some() && earlier.is_none();
         // A recording the profile already holds is not counted twice: that would put an exact twin
         // of each left-out clip into the statistics it is scored against.
-        let held: BTreeSet<String> = earlier
+        let new = earlier
             .as_ref()
-            .map(NormalWindows::known_sources)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let new = given.excluding(&held);
+            .map_or_else(|| given.clone(), |e| given.not_in(e));
         let already_known = given.clips() - new.clips();
         let earlier_clips = earlier.as_ref().map_or(0, NormalWindows::clips);
         if new.clips() == 0 {
@@ -151,8 +148,7 @@ pub fn enroll(
         ));
         store(detector, profile);
         let of_type = new_by_type.entry(machine.machine_type.clone()).or_default();
-        let held: BTreeSet<String> = of_type.known_sources().into_iter().collect();
-        let fresh = new.excluding(&held);
+        let fresh = new.not_in(of_type);
         if fresh.clips() > 0 {
             new_machines.insert(machine.clone());
             of_type.extend(&fresh);
@@ -239,10 +235,9 @@ fn pooled_kept(
         let Some(kept) = &machine.kept else {
             continue;
         };
-        let held: BTreeSet<String> = pooled.known_sources().into_iter().collect();
         let clips = NormalWindows::from_kept(kept, dim)
             .map_err(|e| FitError(format!("{}: {}", machine.key(), e.0)))?
-            .excluding(&held);
+            .not_in(&pooled);
         if clips.clips() > 0 {
             gave.insert(machine.machine_id.clone());
             pooled.extend(&clips);
@@ -267,6 +262,7 @@ fn enrolled(
         already_known,
         replaced,
         machines: profile.machines.clone(),
+        judges_any_machine: profile.judges_any_machine(),
         windows: profile.normal_windows,
         window_threshold: profile.window_threshold,
         clip_threshold: profile.clip_threshold,

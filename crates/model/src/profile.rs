@@ -265,9 +265,14 @@ impl MachineProfile {
     /// profile of its own: a machine it was fitted from (one too short of clips for a profile of
     /// its own), or any when it was fitted from [`TYPE_VERDICT_MACHINES`] machines or more.
     pub fn judges_machine(&self, machine_id: &str) -> bool {
-        self.scope != Scope::Machine
-            && (self.machines.len() >= TYPE_VERDICT_MACHINES
-                || self.machines.iter().any(|m| m == machine_id))
+        self.judges_any_machine()
+            || (self.scope != Scope::Machine && self.machines.iter().any(|m| m == machine_id))
+    }
+
+    /// Whether this machine-type profile judges any machine of its type that has no profile of
+    /// its own: it was fitted from [`TYPE_VERDICT_MACHINES`] machines or more.
+    pub fn judges_any_machine(&self) -> bool {
+        self.scope != Scope::Machine && self.machines.len() >= TYPE_VERDICT_MACHINES
     }
 
     /// One window's band means (or several windows', concatenated) as this profile judges them.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use auscult_audio::ChannelChoice;
 use auscult_model::enroll::Enrolment;
-use auscult_model::profile::{RELIABLE_RANGE_CLIPS, Scope, TYPE_VERDICT_MACHINES};
+use auscult_model::profile::{RELIABLE_RANGE_CLIPS, Scope};
 
 use crate::commands::recordings::{self, ModelArg, round};
 
@@ -148,7 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// What enrolling did to a machine type's profile, and which machines it judges now.
 fn type_refit(e: &auscult_model::enroll::Enrolled) -> String {
     let machine_type = &e.machine.machine_type;
-    let judges = if e.machines.len() >= TYPE_VERDICT_MACHINES {
+    let judges = if e.judges_any_machine {
         format!("it judges any {machine_type} without a profile of its own")
     } else {
         format!(

@@ -114,7 +114,7 @@ fn listed_machine(
 }
 
 fn known_machines(detector: &auscult_model::Detector) -> String {
-    use auscult_model::profile::{ANY, TYPE_VERDICT_MACHINES};
+    use auscult_model::profile::ANY;
     let known: Vec<String> = detector
         .info
         .profiles
@@ -122,7 +122,7 @@ fn known_machines(detector: &auscult_model::Detector) -> String {
         .map(|p| {
             if p.machine_id != ANY {
                 p.key().to_string()
-            } else if p.machines.len() >= TYPE_VERDICT_MACHINES {
+            } else if p.judges_any_machine() {
                 format!("any {} (by its type's profile)", p.machine_type)
             } else {
                 String::new()

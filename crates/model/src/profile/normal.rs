@@ -99,11 +99,18 @@ impl NormalWindows {
         self.sources.extend(other.sources.iter().cloned());
     }
 
-    /// The clips whose recording is not among `sources` (clips of unknown source are kept).
-    pub fn excluding(&self, sources: &std::collections::BTreeSet<String>) -> Self {
+    /// The clips whose recording `other` does not hold (clips of unknown source are kept): a
+    /// recording counts once however many times it is given.
+    pub fn not_in(&self, other: &Self) -> Self {
+        let held: std::collections::BTreeSet<&str> = other
+            .sources
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(String::as_str)
+            .collect();
         self.select(|i| {
             let source = self.sources.get(i).map_or("", String::as_str);
-            source.is_empty() || !sources.contains(source)
+            source.is_empty() || !held.contains(source)
         })
     }
 

@@ -259,11 +259,10 @@ pub(super) fn fit_profiles(
             }
         }
         profile.fitted_from = known.known_sources();
-        if *scope != Scope::Machine {
-            profile.machines = machines.into_iter().collect();
-        }
         if *scope == Scope::Machine {
             profile.kept = Some(known.keep());
+        } else {
+            profile.machines = machines.into_iter().collect();
         }
         profiles.push(profile);
     }
