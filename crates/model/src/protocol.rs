@@ -7,8 +7,13 @@
 //! - **onboarding**: each machine type in turn is left out of training entirely, then enrolled from
 //!   a share of its normal clips alone and tested on the rest and on its faults — a new machine
 //!   arriving in a plant.
+//!
+//! Which few normal clips a plant enrols is luck, and from a handful the figures depend on it: each
+//! enrolment can be drawn several times over the same trained model ([`Enrolling::draws`]), and
+//! [`spread_over_draws`] says how far the figures move between draws.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -24,19 +29,40 @@ pub struct Fold {
     pub machine_type: String,
     /// The operating pattern left out (leave-one-pattern-out), or empty (onboarding).
     pub attribute: String,
-    /// Normal clips of the held-out part enrolled before testing (not tested on).
-    pub enrolled: usize,
+    /// The normal recordings of the held-out part enrolled before testing (not tested on).
+    pub enrolled: Vec<PathBuf>,
+    /// Which draw of enrolled clips this is, from 0 ([`Enrolling::draws`]).
+    pub draw: usize,
     pub report: EvaluationReport,
 }
 
-/// Leave one operating pattern out, each in turn; `enroll_clips` normal clips of the left-out
-/// pattern are enrolled into its machine's profile before the rest are tested (0: none).
+/// How the held-out part's normal clips are enrolled before the rest are tested.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Enrolling {
+    /// How many (leave-one-pattern-out: a count, 0 for none) or what share (onboarding).
+    pub amount: f64,
+    /// How many times the enrolled clips are drawn afresh, each draw enrolled into the same
+    /// trained model and tested on the clips it left: at least 1. Draw 0 takes the clips in the
+    /// order of their content hashes, as every single-draw figure was measured; draw `k` in the
+    /// order of their hashes salted with `k`.
+    pub draws: usize,
+}
+
+/// Leave one operating pattern out, each in turn; `enrolling.amount` normal clips of the left-out
+/// pattern are enrolled into its machine's profile before the rest are tested (0: none, and one
+/// draw whatever `enrolling.draws` says: there is nothing to draw).
 pub fn leave_one_pattern_out(
     clips: &[Clip],
     config: &TrainConfig,
-    enroll_clips: usize,
+    enrolling: Enrolling,
     observer: &dyn TrainObserver,
 ) -> Result<Vec<Fold>, ModelError> {
+    let enroll_clips = enrolling.amount.max(0.0) as usize;
+    let draws = if enroll_clips == 0 {
+        1
+    } else {
+        enrolling.draws.max(1)
+    };
     let mut folds = Vec::new();
     for machine_type in types(clips) {
         let patterns: BTreeSet<&str> = clips
@@ -56,36 +82,54 @@ pub fn leave_one_pattern_out(
             ));
             let training: Vec<Clip> = clips.iter().filter(|c| !held_out(c)).cloned().collect();
             let mut detector = train::train(&training, config, observer)?;
-            let tested: Vec<&Clip> = clips.iter().filter(|c| held_out(c)).collect();
-            let (enrolling, tested) = take_normals(tested, enroll_clips);
-            let mut reference = Reference::learned(&detector, &training);
-            if !enrolling.is_empty() {
-                // As `auscult enroll` does: the machine's profile is refitted on the recordings it
-                // kept from training and the new pattern's clips together.
-                let normal: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
-                let percentile = detector.info.threshold_percentile;
-                crate::enroll::enroll(&mut detector, &normal, percentile, Enrolment::Add)?;
-                for clip in &enrolling {
-                    reference.add(&detector, clip);
+            let trained = detector.info.clone();
+            let learned = Reference::learned(&detector, &training);
+            let held: Vec<&Clip> = clips.iter().filter(|c| held_out(c)).collect();
+            for draw in 0..draws {
+                note_draw(observer, draw, draws);
+                detector.info = trained.clone();
+                let (enrolling, tested) = take_normals(held.clone(), enroll_clips, draw);
+                let mut reference = learned.clone();
+                if !enrolling.is_empty() {
+                    // As `auscult enroll` does: the machine's profile is refitted on the recordings
+                    // it kept from training and the new pattern's clips together.
+                    let normal: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
+                    let percentile = detector.info.threshold_percentile;
+                    crate::enroll::enroll(&mut detector, &normal, percentile, Enrolment::Add)?;
+                    for clip in &enrolling {
+                        reference.add(&detector, clip);
+                    }
                 }
+                folds.push(Fold {
+                    machine_type: machine_type.clone(),
+                    attribute: pattern.to_owned(),
+                    enrolled: paths(&enrolling),
+                    draw,
+                    report: judge_all(&detector, &tested, &reference, observer),
+                });
             }
-            folds.push(Fold {
-                machine_type: machine_type.clone(),
-                attribute: pattern.to_owned(),
-                enrolled: enrolling.len(),
-                report: judge_all(&detector, &tested, &reference, observer),
-            });
         }
     }
     Ok(folds)
 }
 
-/// Onboarding: each machine type in turn is left out of training, enrolled from `enroll_fraction`
-/// of its normal clips and tested on the rest and on its faults.
+fn paths(clips: &[&Clip]) -> Vec<PathBuf> {
+    clips.iter().map(|c| c.recording.path.clone()).collect()
+}
+
+fn note_draw(observer: &dyn TrainObserver, draw: usize, draws: usize) {
+    if draws > 1 {
+        observer.note(&format!("enrolment draw {} of {draws}", draw + 1));
+    }
+}
+
+/// Onboarding: each machine type in turn is left out of training, enrolled from
+/// `enrolling.amount` (a share) of its normal clips, at least three, and tested on the rest and on
+/// its faults.
 pub fn onboarding(
     clips: &[Clip],
     config: &TrainConfig,
-    enroll_fraction: f64,
+    enrolling: Enrolling,
     observer: &dyn TrainObserver,
 ) -> Result<Vec<Fold>, ModelError> {
     let mut folds = Vec::new();
@@ -99,35 +143,119 @@ pub fn onboarding(
             continue;
         }
         observer.note(&format!("onboarding {machine_type}"));
-        let mut detector = train::train(&others, config, observer)?;
         let own: Vec<&Clip> = clips
             .iter()
             .filter(|c| c.recording.machine_type == machine_type)
             .collect();
         let normals = own.iter().filter(|c| !c.is_anomaly()).count();
-        let count = ((normals as f64 * enroll_fraction).round() as usize).clamp(3, normals);
-        let (enrolling, tested) = take_normals(own, count);
-        if tested.is_empty() || enrolling.len() < 3 {
+        // Enrolling takes three normal clips at least, and testing needs a clip left.
+        let count = ((normals as f64 * enrolling.amount).round() as usize).clamp(3, normals.max(3));
+        if normals < count || own.len() == count {
             observer.note(&format!(
-                "{machine_type}: too few normal clips to enrol and test"
+                "{machine_type}: too few normal clips to enrol and test ({normals})"
             ));
             continue;
         }
-        let enrolled: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
-        let percentile = detector.info.threshold_percentile;
-        crate::enroll::enroll(&mut detector, &enrolled, percentile, Enrolment::Add)?;
-        let mut reference = Reference::default();
-        for clip in &enrolled {
-            reference.add(&detector, clip);
+        let mut detector = train::train(&others, config, observer)?;
+        let trained = detector.info.clone();
+        let draws = enrolling.draws.max(1);
+        for draw in 0..draws {
+            note_draw(observer, draw, draws);
+            detector.info = trained.clone();
+            let (enrolling, tested) = take_normals(own.clone(), count, draw);
+            let enrolled: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
+            let percentile = detector.info.threshold_percentile;
+            crate::enroll::enroll(&mut detector, &enrolled, percentile, Enrolment::Add)?;
+            let mut reference = Reference::default();
+            for clip in &enrolled {
+                reference.add(&detector, clip);
+            }
+            folds.push(Fold {
+                machine_type: machine_type.clone(),
+                attribute: String::new(),
+                enrolled: paths(&enrolling),
+                draw,
+                report: judge_all(&detector, &tested, &reference, observer),
+            });
         }
-        folds.push(Fold {
-            machine_type,
-            attribute: String::new(),
-            enrolled: enrolled.len(),
-            report: judge_all(&detector, &tested, &reference, observer),
-        });
     }
     Ok(folds)
+}
+
+/// A figure's mean and range over the draws of one round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Draws that had the figure (an AUC needs faults and normal clips among the tested).
+    pub draws: usize,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let values: Vec<f64> = values.into_iter().collect();
+        if values.is_empty() {
+            return None;
+        }
+        Some(Self {
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+            min: values.iter().copied().fold(f64::INFINITY, f64::min),
+            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            draws: values.len(),
+        })
+    }
+}
+
+/// How a round's headline figures, for its own machine type, move between draws of the clips it
+/// enrolled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrawSpread {
+    pub machine_type: String,
+    /// As [`Fold::attribute`].
+    pub attribute: String,
+    pub draws: usize,
+    pub auc: Option<Spread>,
+    pub f1: Option<Spread>,
+    pub false_alarm_rate: Option<Spread>,
+}
+
+/// One [`DrawSpread`] per round (machine type and held-out pattern) drawn more than once, in the
+/// order the rounds ran.
+pub fn spread_over_draws(folds: &[Fold]) -> Vec<DrawSpread> {
+    let mut rounds: Vec<(&str, &str)> = Vec::new();
+    for fold in folds {
+        let round = (fold.machine_type.as_str(), fold.attribute.as_str());
+        if !rounds.contains(&round) {
+            rounds.push(round);
+        }
+    }
+    rounds
+        .into_iter()
+        .filter_map(|(machine_type, attribute)| {
+            let own: Vec<_> = folds
+                .iter()
+                .filter(|f| f.machine_type == machine_type && f.attribute == attribute)
+                .filter_map(|f| {
+                    f.report
+                        .machine_types
+                        .iter()
+                        .find(|t| t.machine_type == machine_type)
+                })
+                .collect();
+            let figure = |get: fn(&evaluate::TypeReport) -> Option<f64>| {
+                Spread::of(own.iter().filter_map(|t| get(t)))
+            };
+            (own.len() > 1).then(|| DrawSpread {
+                machine_type: machine_type.to_owned(),
+                attribute: attribute.to_owned(),
+                draws: own.len(),
+                auc: figure(|t| t.auc.map(|i| i.value)),
+                f1: figure(|t| t.f1.map(|i| i.value)),
+                false_alarm_rate: figure(|t| t.false_alarm_rate.map(|i| i.value)),
+            })
+        })
+        .collect()
 }
 
 fn types(clips: &[Clip]) -> BTreeSet<String> {
@@ -137,17 +265,28 @@ fn types(clips: &[Clip]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Splits off `count` normal clips, chosen in an order given by their content (reproducible,
-/// independent of names), from the rest.
-fn take_normals(clips: Vec<&Clip>, count: usize) -> (Vec<&Clip>, Vec<&Clip>) {
+/// Splits off `count` normal clips, chosen in an order given by their content and the draw
+/// (reproducible, independent of names), from the rest.
+fn take_normals(clips: Vec<&Clip>, count: usize, draw: usize) -> (Vec<&Clip>, Vec<&Clip>) {
     let mut normal: Vec<&Clip> = clips.iter().copied().filter(|c| !c.is_anomaly()).collect();
-    normal.sort_by_key(|c| hex::encode(Sha256::digest(c.content_sha256.as_bytes())));
+    normal.sort_by_cached_key(|c| draw_order(c, draw));
     let chosen: Vec<&Clip> = normal.into_iter().take(count).collect();
     let rest = clips
         .into_iter()
         .filter(|c| !chosen.iter().any(|e| std::ptr::eq(*e, *c)))
         .collect();
     (chosen, rest)
+}
+
+/// Where `clip` comes in draw `draw`: the SHA-256 of its content hash, salted from the second draw
+/// on (draw 0 is the order every single-draw figure was measured in).
+fn draw_order(clip: &Clip, draw: usize) -> String {
+    let mut hasher = Sha256::new();
+    if draw > 0 {
+        hasher.update(format!("draw {draw}:"));
+    }
+    hasher.update(clip.content_sha256.as_bytes());
+    hex::encode(hasher.finalize())
 }
 
 /// Judges every clip; one that cannot be judged is left out of the figures and said so.

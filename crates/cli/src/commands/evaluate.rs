@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use auscult_audio::ChannelChoice;
 use auscult_model::evaluate::{self, EvaluationReport, TypeReport};
 use auscult_model::metrics::Interval;
-use auscult_model::protocol;
+use auscult_model::protocol::{self, DrawSpread, Enrolling, Spread};
 use auscult_model::train::{TrainConfig, TrainObserver};
 
 use crate::commands::recordings::{self, ModelArg, round};
@@ -40,6 +40,11 @@ pub struct Args {
     /// onboarding: the share of the new machine's normal clips it is enrolled from.
     #[arg(long, default_value_t = 0.5, value_parser = enroll_fraction)]
     enroll_fraction: f64,
+    /// leave-one-pattern-out with --enroll-clips, onboarding: draw the enrolled clips this many
+    /// times, each draw enrolled into the same trained model and tested on the clips it left, and
+    /// report how far the figures move between draws (the first draw is the default's).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    enroll_draws: u64,
     /// Seed of the training rounds (leave-one-pattern-out, onboarding).
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -80,19 +85,31 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
         ..TrainConfig::default()
     };
     let observer = Notes;
+    let draws = args.enroll_draws as usize;
     let (name, folds) = match args.protocol {
         Protocol::LeaveOnePatternOut => (
             "leave-one-pattern-out",
             protocol::leave_one_pattern_out(
                 &clips,
                 &config,
-                args.enroll_clips as usize,
+                Enrolling {
+                    amount: args.enroll_clips as f64,
+                    draws,
+                },
                 &observer,
             )?,
         ),
         Protocol::Onboarding => (
             "onboarding",
-            protocol::onboarding(&clips, &config, args.enroll_fraction, &observer)?,
+            protocol::onboarding(
+                &clips,
+                &config,
+                Enrolling {
+                    amount: args.enroll_fraction,
+                    draws,
+                },
+                &observer,
+            )?,
         ),
         Protocol::FileSplit => unreachable!("handled by run"),
     };
@@ -100,6 +117,7 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
         !folds.is_empty(),
         "no round to run: leave-one-pattern-out needs a machine type recorded in two operating patterns, onboarding two machine types"
     );
+    let spreads = protocol::spread_over_draws(&folds);
     if args.json {
         let rounds: Vec<serde_json::Value> = folds
             .iter()
@@ -107,7 +125,9 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
                 serde_json::json!({
                     "machine_type": f.machine_type,
                     "held_out_attribute": (!f.attribute.is_empty()).then_some(&f.attribute),
-                    "enrolled_clips": f.enrolled,
+                    "enrolled_clips": f.enrolled.len(),
+                    "enrolled_files": f.enrolled.iter().map(|p| recordings::shown(p)).collect::<Vec<_>>(),
+                    "draw": f.draw,
                     "machine_types": f.report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
                 })
             })
@@ -118,25 +138,76 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
                 "protocol": name,
                 "seed": args.seed,
                 "rounds": rounds,
+                "over_draws": spreads.iter().map(spread_json).collect::<Vec<_>>(),
             }))?
         );
     } else {
         for f in &folds {
+            let draw = if draws > 1 {
+                format!(" (draw {} of {draws})", f.draw + 1)
+            } else {
+                String::new()
+            };
             if f.attribute.is_empty() {
                 println!(
-                    "{name}: {} enrolled from {} normal clips",
-                    f.machine_type, f.enrolled
+                    "{name}: {} enrolled from {} normal clips{draw}",
+                    f.machine_type,
+                    f.enrolled.len()
                 );
             } else {
                 println!(
-                    "{name}: {} pattern {} held out, {} of its normal clips enrolled",
-                    f.machine_type, f.attribute, f.enrolled
+                    "{name}: {} pattern {} held out, {} of its normal clips enrolled{draw}",
+                    f.machine_type,
+                    f.attribute,
+                    f.enrolled.len()
                 );
             }
             print_types(&f.report);
         }
+        for s in &spreads {
+            let round = if s.attribute.is_empty() {
+                s.machine_type.clone()
+            } else {
+                format!("{} pattern {}", s.machine_type, s.attribute)
+            };
+            println!(
+                "{round}, over {} draws of the enrolled clips: AUC {}, F1 {}, false alarms {}",
+                s.draws,
+                spread_shown(s.auc),
+                spread_shown(s.f1),
+                spread_shown(s.false_alarm_rate)
+            );
+        }
     }
     Ok(())
+}
+
+/// `0.912 (0.85–0.96)`: the mean and range over draws, or `n/a`.
+fn spread_shown(spread: Option<Spread>) -> String {
+    spread.map_or("n/a".to_owned(), |s| {
+        format!("{:.3} ({:.2}–{:.2})", s.mean, s.min, s.max)
+    })
+}
+
+fn spread_json(s: &DrawSpread) -> serde_json::Value {
+    let figure = |spread: Option<Spread>| {
+        spread.map_or(serde_json::Value::Null, |s| {
+            serde_json::json!({
+                "mean": round(s.mean, 4),
+                "min": round(s.min, 4),
+                "max": round(s.max, 4),
+                "draws": s.draws,
+            })
+        })
+    };
+    serde_json::json!({
+        "machine_type": s.machine_type,
+        "held_out_attribute": (!s.attribute.is_empty()).then_some(&s.attribute),
+        "draws": s.draws,
+        "auc": figure(s.auc),
+        "f1": figure(s.f1),
+        "false_alarm_rate": figure(s.false_alarm_rate),
+    })
 }
 
 /// Training progress as lines on stderr.

@@ -1,0 +1,154 @@
+//! The evaluation protocols on real recordings (the samples in `tests/data/recordings`), with a
+//! network small enough to train in seconds: what each round holds out, enrols and tests.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use auscult_audio::ChannelChoice;
+use auscult_audio::manifest;
+use auscult_model::evaluate::TypeReport;
+use auscult_model::protocol::{self, Enrolling, Fold};
+use auscult_model::train::{Silent, TrainConfig};
+use auscult_model::{Clip, dataset};
+
+fn samples() -> Vec<Clip> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/recordings");
+    let recordings = manifest::discover(&dir).expect("sample manifest");
+    dataset::load_clips(&recordings, ChannelChoice::First, 16_000, &|| {}).expect("sample clips")
+}
+
+/// The samples, with the fan's normal recording cut in two halves heard in two operating
+/// patterns: a model trained on the fan alone then has two classes to tell apart, as training
+/// needs.
+fn samples_with_a_two_pattern_fan() -> Vec<Clip> {
+    let mut clips = samples();
+    let at = clips
+        .iter()
+        .position(|c| c.recording.machine_type == "fan" && !c.is_anomaly())
+        .expect("a normal fan sample");
+    let whole = clips.remove(at);
+    let middle = whole.samples.len() / 2;
+    for (half, samples) in [
+        ("a", &whole.samples[..middle]),
+        ("b", &whole.samples[middle..]),
+    ] {
+        let mut clip = whole.clone();
+        clip.recording.attribute = format!("half {half}");
+        clip.recording.path.set_extension(format!("{half}.wav"));
+        clip.content_sha256 = format!("{}-{half}", whole.content_sha256);
+        clip.samples = samples.into();
+        clips.push(clip);
+    }
+    clips
+}
+
+fn tiny() -> TrainConfig {
+    TrainConfig {
+        max_epochs: 1,
+        channels: [4, 8, 8],
+        hidden: [32, 32, 16],
+        validation_fraction: 0.34,
+        ..TrainConfig::default()
+    }
+}
+
+fn valve_figures(fold: &Fold) -> &TypeReport {
+    fold.report
+        .machine_types
+        .iter()
+        .find(|t| t.machine_type == "valve")
+        .expect("the round tested valves")
+}
+
+#[test]
+fn leaving_a_pattern_out_tests_on_that_pattern_alone() {
+    let clips = samples();
+    // Nothing to enrol, so nothing to draw: one round per pattern however many draws are asked.
+    let folds = protocol::leave_one_pattern_out(
+        &clips,
+        &tiny(),
+        Enrolling {
+            amount: 0.0,
+            draws: 3,
+        },
+        &Silent,
+    )
+    .expect("rounds");
+    let held_out: Vec<&str> = folds.iter().map(|f| f.attribute.as_str()).collect();
+    assert_eq!(
+        held_out,
+        ["pat_00", "pat_02"],
+        "one round per valve pattern"
+    );
+    for fold in &folds {
+        assert_eq!(fold.draw, 0);
+        assert!(fold.enrolled.is_empty());
+        assert_eq!(
+            fold.report.machine_types.len(),
+            1,
+            "only the held-out pattern's valves are tested, no fan"
+        );
+        let valve = valve_figures(fold);
+        assert_eq!((valve.n_normal, valve.n_anomaly), (3, 3));
+    }
+    assert!(
+        protocol::spread_over_draws(&folds).is_empty(),
+        "a single draw has no spread"
+    );
+}
+
+#[test]
+fn enrolment_draws_take_other_clips_and_never_test_on_them() {
+    let clips = samples_with_a_two_pattern_fan();
+    let folds = protocol::onboarding(
+        &clips,
+        &tiny(),
+        Enrolling {
+            amount: 0.5,
+            draws: 3,
+        },
+        &Silent,
+    )
+    .expect("rounds");
+    // The fan has two normal recordings: too few to enrol three and test the rest.
+    assert!(folds.iter().all(|f| f.machine_type == "valve"));
+    assert_eq!(
+        folds.iter().map(|f| f.draw).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "one model trained, enrolled three times"
+    );
+    let normal_valves: BTreeSet<PathBuf> = clips
+        .iter()
+        .filter(|c| c.recording.machine_type == "valve" && !c.is_anomaly())
+        .map(|c| c.recording.path.clone())
+        .collect();
+    let mut drawn = BTreeSet::new();
+    for fold in &folds {
+        let enrolled: BTreeSet<PathBuf> = fold.enrolled.iter().cloned().collect();
+        assert_eq!(enrolled.len(), 3, "half of the six normal valves");
+        assert!(enrolled.is_subset(&normal_valves));
+        let valve = valve_figures(fold);
+        assert_eq!(
+            (valve.n_normal, valve.n_anomaly),
+            (3, 6),
+            "tested on the three normal valves not enrolled, and every faulty one"
+        );
+        drawn.insert(enrolled.into_iter().collect::<Vec<_>>());
+    }
+    assert!(drawn.len() > 1, "every draw enrolled the same clips");
+
+    let spreads = protocol::spread_over_draws(&folds);
+    assert_eq!(spreads.len(), 1);
+    let spread = &spreads[0];
+    assert_eq!((spread.machine_type.as_str(), spread.draws), ("valve", 3));
+    let f1 = spread.f1.expect("F1 of every draw");
+    assert_eq!(f1.draws, 3);
+    let per_draw: Vec<f64> = folds
+        .iter()
+        .filter_map(|f| valve_figures(f).f1.map(|i| i.value))
+        .collect();
+    let mean = per_draw.iter().sum::<f64>() / per_draw.len() as f64;
+    assert!((f1.mean - mean).abs() < 1e-12);
+    assert!(per_draw.iter().all(|v| (f1.min..=f1.max).contains(v)));
+    assert!(per_draw.contains(&f1.min) && per_draw.contains(&f1.max));
+}
