@@ -279,7 +279,11 @@ impl Settings {
         if !(0..=60).contains(&self.jobs.history_frames) {
             return fail("jobs.history_frames", "must be between 0 and 60");
         }
-        if self.alerts.window < 1 || !(1..=self.alerts.window).contains(&self.alerts.fire_at) {
+        // Every verdict judged reads the sensor's last `window` verdicts: an hour of them at most.
+        if !(1..=3600).contains(&self.alerts.window) {
+            return fail("alerts.window", "must be between 1 and 3600");
+        }
+        if !(1..=self.alerts.window).contains(&self.alerts.fire_at) {
             return fail("alerts.fire_at", "must be between 1 and alerts.window");
         }
         if self.alerts.clear_at < 0 || self.alerts.clear_at >= self.alerts.fire_at {

@@ -24,6 +24,13 @@ fn bad_settings_stop_the_listener_with_the_key_named() {
     assert!(!ok);
     assert!(stderr.contains("alerts.fire_at"), "{stderr}");
 
+    let (ok, stderr) = listener(&[
+        ("AUSCULT__ALERTS__FIRE_AT", "40"),
+        ("AUSCULT__ALERTS__WINDOW", "100000"),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("alerts.window"), "{stderr}");
+
     // Two endpoints from one variable: the second is the bad one, so the list was split.
     let (ok, stderr) = listener(&[(
         "AUSCULT__ANALYSIS__ENDPOINTS",
