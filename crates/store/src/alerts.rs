@@ -30,6 +30,13 @@ impl Default for AlertRule {
     }
 }
 
+/// The share of healthy clips that thresholds set for 1 % were measured to flag on recordings they
+/// never heard: onboarded valves and sliders, averaged over ten draws of the enrolled clips
+/// (`auscult evaluate --protocol onboarding --enroll-draws 10`, the README's figures). Healthy
+/// machines make rare loud transients that a range fitted on a few dozen clips cannot cover, so a
+/// pager should be planned for this rate rather than the target.
+pub const MEASURED_FALSE_ALARM_RATE: f64 = 0.05;
+
 impl AlertRule {
     /// How many false alerts a healthy sensor raises per day under this rule, when each clip
     /// verdict is a false alarm with probability `false_alarm_rate` (the threshold's target) and a
@@ -402,5 +409,27 @@ mod tests {
             "a lower rate, far fewer alerts"
         );
         assert_eq!(per_day(30, 60, 0.0), 0.0);
+    }
+
+    #[test]
+    fn at_the_measured_rate_the_deployed_rule_pages_weekly_and_the_demo_rule_constantly() {
+        let per_day = |rule: AlertRule| {
+            rule.expected_false_alerts_per_day(MEASURED_FALSE_ALARM_RATE, 10.0, 1.0)
+        };
+        let plant = per_day(AlertRule {
+            fire_at: 40,
+            window: 60,
+            clear_at: 0,
+        });
+        // Four of six independent clips flagged, 1,440 windows a day.
+        let p = MEASURED_FALSE_ALARM_RATE;
+        let expected = 1_440.0
+            * (15.0 * p.powi(4) * (1.0 - p).powi(2) + 6.0 * p.powi(5) * (1.0 - p) + p.powi(6));
+        assert!((plant - expected).abs() < 1e-12, "{plant} vs {expected}");
+        assert!(plant < 1.0 / 7.0 * 1.5, "about one a week: {plant}");
+        assert!(
+            per_day(AlertRule::default()) > 400.0,
+            "every false clip pages"
+        );
     }
 }

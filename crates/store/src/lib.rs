@@ -17,8 +17,8 @@ mod search;
 pub mod tls;
 
 pub use alerts::{
-    ALERTS_CHANNEL, AlertChange, AlertEvent, AlertRecord, AlertRule, Delivery, claim_deliveries,
-    list_alerts, settle_delivery,
+    ALERTS_CHANNEL, AlertChange, AlertEvent, AlertRecord, AlertRule, Delivery,
+    MEASURED_FALSE_ALARM_RATE, claim_deliveries, list_alerts, settle_delivery,
 };
 pub use devices::{
     DeviceSummary, add_device, authenticate, issue_token, list_devices, revoke_tokens,
