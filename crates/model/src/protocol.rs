@@ -9,17 +9,18 @@
 //!   arriving in a plant.
 //!
 //! Which few normal clips a plant enrols is luck, and from a handful the figures depend on it: each
-//! enrolment can be drawn several times over the same trained model ([`Enrolling::draws`]), and
-//! [`spread_over_draws`] says how far the figures move between draws.
+//! enrolment can be drawn several times over the same trained model, and [`spread_over_draws`] says
+//! how far the figures move between draws.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
+use crate::Detector;
 use crate::ModelError;
 use crate::dataset::Clip;
-use crate::enroll::Enrolment;
+use crate::enroll::{Enrolled, Enrolment};
 use crate::evaluate::{self, EvaluationReport, Reference};
 use crate::train::{self, TrainConfig, TrainObserver};
 
@@ -31,38 +32,28 @@ pub struct Fold {
     pub attribute: String,
     /// The normal recordings of the held-out part enrolled before testing (not tested on).
     pub enrolled: Vec<PathBuf>,
-    /// Which draw of enrolled clips this is, from 0 ([`Enrolling::draws`]).
+    /// What enrolling them did to each profile it refitted: empty when nothing was enrolled.
+    pub enrolment: Vec<Enrolled>,
+    /// Which draw of enrolled clips this is, from 0 (see [`leave_one_pattern_out`]).
     pub draw: usize,
     pub report: EvaluationReport,
 }
 
-/// How the held-out part's normal clips are enrolled before the rest are tested.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Enrolling {
-    /// How many (leave-one-pattern-out: a count, 0 for none) or what share (onboarding).
-    pub amount: f64,
-    /// How many times the enrolled clips are drawn afresh, each draw enrolled into the same
-    /// trained model and tested on the clips it left: at least 1. Draw 0 takes the clips in the
-    /// order of their content hashes, as every single-draw figure was measured; draw `k` in the
-    /// order of their hashes salted with `k`.
-    pub draws: usize,
-}
-
-/// Leave one operating pattern out, each in turn; `enrolling.amount` normal clips of the left-out
-/// pattern are enrolled into its machine's profile before the rest are tested (0: none, and one
-/// draw whatever `enrolling.draws` says: there is nothing to draw).
+/// Leave one operating pattern out, each in turn; `enroll_clips` normal clips of the left-out
+/// pattern are enrolled into its machine's profile before the rest are tested (0: none).
+///
+/// The enrolled clips are drawn `draws` times (at least once), each draw enrolled into the model
+/// as it was trained and tested on the clips it left. Draw 0 takes the clips in the order of their
+/// content hashes, as every single-draw figure was measured; draw `k` in the order of their hashes
+/// salted with `k`. Where a draw would take every normal clip, or none, there is one draw: every
+/// other would take the same.
 pub fn leave_one_pattern_out(
     clips: &[Clip],
     config: &TrainConfig,
-    enrolling: Enrolling,
+    enroll_clips: usize,
+    draws: usize,
     observer: &dyn TrainObserver,
 ) -> Result<Vec<Fold>, ModelError> {
-    let enroll_clips = enrolling.amount.max(0.0) as usize;
-    let draws = if enroll_clips == 0 {
-        1
-    } else {
-        enrolling.draws.max(1)
-    };
     let mut folds = Vec::new();
     for machine_type in types(clips) {
         let patterns: BTreeSet<&str> = clips
@@ -82,54 +73,28 @@ pub fn leave_one_pattern_out(
             ));
             let training: Vec<Clip> = clips.iter().filter(|c| !held_out(c)).cloned().collect();
             let mut detector = train::train(&training, config, observer)?;
-            let trained = detector.info.clone();
+            let round = Round {
+                machine_type: &machine_type,
+                attribute: pattern,
+                held_out: clips.iter().filter(|c| held_out(c)).collect(),
+                enroll_clips,
+                draws,
+            };
             let learned = Reference::learned(&detector, &training);
-            let held: Vec<&Clip> = clips.iter().filter(|c| held_out(c)).collect();
-            for draw in 0..draws {
-                note_draw(observer, draw, draws);
-                detector.info = trained.clone();
-                let (enrolling, tested) = take_normals(held.clone(), enroll_clips, draw);
-                let mut reference = learned.clone();
-                if !enrolling.is_empty() {
-                    // As `auscult enroll` does: the machine's profile is refitted on the recordings
-                    // it kept from training and the new pattern's clips together.
-                    let normal: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
-                    let percentile = detector.info.threshold_percentile;
-                    crate::enroll::enroll(&mut detector, &normal, percentile, Enrolment::Add)?;
-                    for clip in &enrolling {
-                        reference.add(&detector, clip);
-                    }
-                }
-                folds.push(Fold {
-                    machine_type: machine_type.clone(),
-                    attribute: pattern.to_owned(),
-                    enrolled: paths(&enrolling),
-                    draw,
-                    report: judge_all(&detector, &tested, &reference, observer),
-                });
-            }
+            folds.extend(round.run(&mut detector, &learned, observer)?);
         }
     }
     Ok(folds)
 }
 
-fn paths(clips: &[&Clip]) -> Vec<PathBuf> {
-    clips.iter().map(|c| c.recording.path.clone()).collect()
-}
-
-fn note_draw(observer: &dyn TrainObserver, draw: usize, draws: usize) {
-    if draws > 1 {
-        observer.note(&format!("enrolment draw {} of {draws}", draw + 1));
-    }
-}
-
-/// Onboarding: each machine type in turn is left out of training, enrolled from
-/// `enrolling.amount` (a share) of its normal clips, at least three, and tested on the rest and on
-/// its faults.
+/// Onboarding: each machine type in turn is left out of training, enrolled from `enroll_fraction`
+/// of its normal clips, at least three, and tested on the rest and on its faults. The enrolled
+/// clips are drawn `draws` times, as in [`leave_one_pattern_out`].
 pub fn onboarding(
     clips: &[Clip],
     config: &TrainConfig,
-    enrolling: Enrolling,
+    enroll_fraction: f64,
+    draws: usize,
     observer: &dyn TrainObserver,
 ) -> Result<Vec<Fold>, ModelError> {
     let mut folds = Vec::new();
@@ -149,37 +114,83 @@ pub fn onboarding(
             .collect();
         let normals = own.iter().filter(|c| !c.is_anomaly()).count();
         // Enrolling takes three normal clips at least, and testing needs a clip left.
-        let count = ((normals as f64 * enrolling.amount).round() as usize).clamp(3, normals.max(3));
+        let count = ((normals as f64 * enroll_fraction).round() as usize).clamp(3, normals.max(3));
         if normals < count || own.len() == count {
             observer.note(&format!(
-                "{machine_type}: too few normal clips to enrol and test ({normals})"
+                "{machine_type}: too few normal clips to enrol and test ({normals} normal)"
             ));
             continue;
         }
         let mut detector = train::train(&others, config, observer)?;
-        let trained = detector.info.clone();
-        let draws = enrolling.draws.max(1);
-        for draw in 0..draws {
-            note_draw(observer, draw, draws);
-            detector.info = trained.clone();
-            let (enrolling, tested) = take_normals(own.clone(), count, draw);
-            let enrolled: Vec<Clip> = enrolling.iter().map(|c| (*c).clone()).collect();
-            let percentile = detector.info.threshold_percentile;
-            crate::enroll::enroll(&mut detector, &enrolled, percentile, Enrolment::Add)?;
-            let mut reference = Reference::default();
-            for clip in &enrolled {
-                reference.add(&detector, clip);
-            }
-            folds.push(Fold {
-                machine_type: machine_type.clone(),
-                attribute: String::new(),
-                enrolled: paths(&enrolling),
-                draw,
-                report: judge_all(&detector, &tested, &reference, observer),
-            });
-        }
+        let round = Round {
+            machine_type: &machine_type,
+            attribute: "",
+            held_out: own,
+            enroll_clips: count,
+            draws,
+        };
+        folds.extend(round.run(&mut detector, &Reference::default(), observer)?);
     }
     Ok(folds)
+}
+
+/// What a round holds out of its trained model, and how it enrols from it.
+struct Round<'a> {
+    machine_type: &'a str,
+    attribute: &'a str,
+    /// Normal and faulty clips: some normal ones are enrolled, the rest tested.
+    held_out: Vec<&'a Clip>,
+    enroll_clips: usize,
+    draws: usize,
+}
+
+impl Round<'_> {
+    /// One fold per draw. Each draw starts from `detector` as trained (what an earlier draw
+    /// enrolled would otherwise be among what a later one tests on) and leaves it so.
+    fn run(
+        &self,
+        detector: &mut Detector,
+        learned: &Reference,
+        observer: &dyn TrainObserver,
+    ) -> Result<Vec<Fold>, ModelError> {
+        let normals = self.held_out.iter().filter(|c| !c.is_anomaly()).count();
+        let draws = if self.enroll_clips == 0 || self.enroll_clips >= normals {
+            1
+        } else {
+            self.draws.max(1)
+        };
+        let trained = detector.info.clone();
+        let mut folds = Vec::with_capacity(draws);
+        for draw in 0..draws {
+            if draws > 1 {
+                observer.note(&format!("enrolment draw {} of {draws}", draw + 1));
+            }
+            detector.info = trained.clone();
+            let (chosen, tested) = take_normals(self.held_out.clone(), self.enroll_clips, draw);
+            let mut reference = learned.clone();
+            let mut enrolment = Vec::new();
+            if !chosen.is_empty() {
+                // As `auscult enroll` does: a known machine's profile is refitted on the recordings
+                // it kept from training and the new clips together.
+                let normal: Vec<Clip> = chosen.iter().map(|c| (*c).clone()).collect();
+                let percentile = detector.info.threshold_percentile;
+                enrolment = crate::enroll::enroll(detector, &normal, percentile, Enrolment::Add)?;
+                for clip in &chosen {
+                    reference.add(detector, clip);
+                }
+            }
+            folds.push(Fold {
+                machine_type: self.machine_type.to_owned(),
+                attribute: self.attribute.to_owned(),
+                enrolled: chosen.iter().map(|c| c.recording.path.clone()).collect(),
+                enrolment,
+                draw,
+                report: judge_all(detector, &tested, &reference, observer),
+            });
+        }
+        detector.info = trained;
+        Ok(folds)
+    }
 }
 
 /// A figure's mean and range over the draws of one round.
@@ -291,7 +302,7 @@ fn draw_order(clip: &Clip, draw: usize) -> String {
 
 /// Judges every clip; one that cannot be judged is left out of the figures and said so.
 fn judge_all(
-    detector: &crate::Detector,
+    detector: &Detector,
     clips: &[&Clip],
     reference: &Reference,
     observer: &dyn TrainObserver,

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest;
 use auscult_model::evaluate::TypeReport;
-use auscult_model::protocol::{self, Enrolling, Fold};
+use auscult_model::profile::Scope;
+use auscult_model::protocol::{self, Fold};
 use auscult_model::train::{Silent, TrainConfig};
 use auscult_model::{Clip, dataset};
 
@@ -64,16 +65,7 @@ fn valve_figures(fold: &Fold) -> &TypeReport {
 fn leaving_a_pattern_out_tests_on_that_pattern_alone() {
     let clips = samples();
     // Nothing to enrol, so nothing to draw: one round per pattern however many draws are asked.
-    let folds = protocol::leave_one_pattern_out(
-        &clips,
-        &tiny(),
-        Enrolling {
-            amount: 0.0,
-            draws: 3,
-        },
-        &Silent,
-    )
-    .expect("rounds");
+    let folds = protocol::leave_one_pattern_out(&clips, &tiny(), 0, 3, &Silent).expect("rounds");
     let held_out: Vec<&str> = folds.iter().map(|f| f.attribute.as_str()).collect();
     assert_eq!(
         held_out,
@@ -100,22 +92,13 @@ fn leaving_a_pattern_out_tests_on_that_pattern_alone() {
 #[test]
 fn enrolment_draws_take_other_clips_and_never_test_on_them() {
     let clips = samples_with_a_two_pattern_fan();
-    let folds = protocol::onboarding(
-        &clips,
-        &tiny(),
-        Enrolling {
-            amount: 0.5,
-            draws: 3,
-        },
-        &Silent,
-    )
-    .expect("rounds");
+    let folds = protocol::onboarding(&clips, &tiny(), 0.5, 3, &Silent).expect("rounds");
     // The fan has two normal recordings: too few to enrol three and test the rest.
     assert!(folds.iter().all(|f| f.machine_type == "valve"));
     assert_eq!(
         folds.iter().map(|f| f.draw).collect::<Vec<_>>(),
         [0, 1, 2],
-        "one model trained, enrolled three times"
+        "three draws of the valve's clips"
     );
     let normal_valves: BTreeSet<PathBuf> = clips
         .iter()
@@ -151,4 +134,43 @@ fn enrolment_draws_take_other_clips_and_never_test_on_them() {
     assert!((f1.mean - mean).abs() < 1e-12);
     assert!(per_draw.iter().all(|v| (f1.min..=f1.max).contains(v)));
     assert!(per_draw.contains(&f1.min) && per_draw.contains(&f1.max));
+}
+
+#[test]
+fn every_draw_enrols_into_the_model_as_trained() {
+    let clips = samples();
+    // One of the held-out pattern's three normal clips per draw, added to what the valve's
+    // profile kept from training. Six draws, so that some take other clips than others.
+    let folds = protocol::leave_one_pattern_out(&clips, &tiny(), 1, 6, &Silent).expect("rounds");
+    for pattern in ["pat_00", "pat_02"] {
+        let rounds: Vec<&Fold> = folds.iter().filter(|f| f.attribute == pattern).collect();
+        assert_eq!(rounds.len(), 6, "six draws leaving {pattern} out");
+        let mut drawn = BTreeSet::new();
+        let mut earlier = BTreeSet::new();
+        for fold in &rounds {
+            assert_eq!(fold.enrolled.len(), 1);
+            drawn.insert(fold.enrolled.clone());
+            let machine = fold
+                .enrolment
+                .iter()
+                .find(|e| e.scope == Scope::Machine)
+                .expect("the valve's own profile refitted");
+            assert_eq!(machine.clips, 1, "only this draw's clip is new");
+            earlier.insert(machine.earlier_clips);
+            let valve = valve_figures(fold);
+            assert_eq!((valve.n_normal, valve.n_anomaly), (2, 3));
+        }
+        assert!(drawn.len() > 1, "every draw enrolled the same clip");
+        // Had a draw kept what the one before it enrolled, the profile would have grown.
+        assert_eq!(
+            earlier.len(),
+            1,
+            "every draw refits on the trained profile's recordings"
+        );
+    }
+
+    // Drawing all of a pattern's normal clips gives the same clips every time: one draw.
+    let whole = protocol::leave_one_pattern_out(&clips, &tiny(), 3, 3, &Silent).expect("rounds");
+    assert!(whole.iter().all(|f| f.draw == 0 && f.enrolled.len() == 3));
+    assert_eq!(whole.len(), 2);
 }

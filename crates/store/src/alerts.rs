@@ -34,7 +34,8 @@ impl Default for AlertRule {
 /// never heard: onboarded valves and sliders, averaged over ten draws of the enrolled clips
 /// (`auscult evaluate --protocol onboarding --enroll-draws 10`, the README's figures). Healthy
 /// machines make rare loud transients that a range fitted on a few dozen clips cannot cover, so a
-/// pager should be planned for this rate rather than the target.
+/// pager should be planned for this rate rather than the target. It lives beside [`AlertRule`]
+/// because it is what turns a rule into pages.
 pub const MEASURED_FALSE_ALARM_RATE: f64 = 0.05;
 
 impl AlertRule {

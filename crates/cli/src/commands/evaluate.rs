@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use auscult_audio::ChannelChoice;
 use auscult_model::evaluate::{self, EvaluationReport, TypeReport};
 use auscult_model::metrics::Interval;
-use auscult_model::protocol::{self, DrawSpread, Enrolling, Spread};
+use auscult_model::protocol::{self, DrawSpread, Spread};
 use auscult_model::train::{TrainConfig, TrainObserver};
 
 use crate::commands::recordings::{self, ModelArg, round};
@@ -87,29 +87,25 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
     let observer = Notes;
     let draws = args.enroll_draws as usize;
     let (name, folds) = match args.protocol {
-        Protocol::LeaveOnePatternOut => (
-            "leave-one-pattern-out",
-            protocol::leave_one_pattern_out(
-                &clips,
-                &config,
-                Enrolling {
-                    amount: args.enroll_clips as f64,
+        Protocol::LeaveOnePatternOut => {
+            anyhow::ensure!(
+                draws == 1 || args.enroll_clips > 0,
+                "--enroll-draws needs --enroll-clips: without enrolling there is nothing to draw"
+            );
+            (
+                "leave-one-pattern-out",
+                protocol::leave_one_pattern_out(
+                    &clips,
+                    &config,
+                    args.enroll_clips as usize,
                     draws,
-                },
-                &observer,
-            )?,
-        ),
+                    &observer,
+                )?,
+            )
+        }
         Protocol::Onboarding => (
             "onboarding",
-            protocol::onboarding(
-                &clips,
-                &config,
-                Enrolling {
-                    amount: args.enroll_fraction,
-                    draws,
-                },
-                &observer,
-            )?,
+            protocol::onboarding(&clips, &config, args.enroll_fraction, draws, &observer)?,
         ),
         Protocol::FileSplit => unreachable!("handled by run"),
     };
@@ -128,6 +124,12 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
                     "enrolled_clips": f.enrolled.len(),
                     "enrolled_files": f.enrolled.iter().map(|p| recordings::shown(p)).collect::<Vec<_>>(),
                     "draw": f.draw,
+                    "refitted": f.enrolment.iter().map(|e| serde_json::json!({
+                        "machine": e.machine.to_string(),
+                        "scope": e.scope,
+                        "new_clips": e.clips,
+                        "earlier_clips": e.earlier_clips,
+                    })).collect::<Vec<_>>(),
                     "machine_types": f.report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
                 })
             })
@@ -143,8 +145,13 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
         );
     } else {
         for f in &folds {
-            let draw = if draws > 1 {
-                format!(" (draw {} of {draws})", f.draw + 1)
+            // A round whose draws would all take the same clips ran once, whatever was asked.
+            let drawn = folds
+                .iter()
+                .filter(|o| o.machine_type == f.machine_type && o.attribute == f.attribute)
+                .count();
+            let draw = if drawn > 1 {
+                format!(" (draw {} of {drawn})", f.draw + 1)
             } else {
                 String::new()
             };
@@ -223,6 +230,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.protocol != Protocol::FileSplit {
         return run_rounds(&args);
     }
+    anyhow::ensure!(
+        args.enroll_draws == 1,
+        "--enroll-draws belongs to --protocol leave-one-pattern-out and onboarding: the file split enrols nothing to draw"
+    );
     let mut detector = args.model.load()?;
     let channel = recordings::channel(&detector, args.channel)?;
     let rate = detector.info.spectrogram.sample_rate;
