@@ -143,6 +143,75 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
 }
 
 #[test]
+fn evaluate_draws_enrolments_and_reports_their_spread() {
+    let output = auscult(&[
+        "evaluate",
+        "--data",
+        path(&samples()),
+        "--protocol",
+        "leave-one-pattern-out",
+        "--enroll-clips",
+        "1",
+        "--enroll-draws",
+        "4",
+        "--json",
+    ]);
+    let report = json(&output);
+    let rounds = report["rounds"].as_array().expect("rounds");
+    for pattern in ["pat_00", "pat_02"] {
+        let draws: Vec<&serde_json::Value> = rounds
+            .iter()
+            .filter(|r| r["held_out_attribute"] == pattern)
+            .collect();
+        let numbers: Vec<u64> = draws.iter().filter_map(|r| r["draw"].as_u64()).collect();
+        assert_eq!(numbers, [0, 1, 2, 3], "four draws leaving {pattern} out");
+        for round in &draws {
+            assert_eq!(round["enrolled_clips"], 1, "{round}");
+            let files = round["enrolled_files"].as_array().expect("enrolled_files");
+            assert!(
+                files.len() == 1 && files[0].as_str().is_some_and(|f| f.contains(pattern)),
+                "one clip of the held-out pattern: {round}"
+            );
+            let machine = round["refitted"]
+                .as_array()
+                .expect("refitted")
+                .iter()
+                .find(|r| r["scope"] == "machine")
+                .expect("the valve's own profile refitted");
+            assert_eq!(machine["machine"], "valve/section_00");
+            assert_eq!(machine["new_clips"], 1, "{machine}");
+        }
+    }
+    let spreads = report["over_draws"].as_array().expect("over_draws");
+    assert_eq!(spreads.len(), 2, "one spread per held-out pattern");
+    for spread in spreads {
+        assert_eq!(spread["draws"], 4, "{spread}");
+        for figure in ["auc", "f1", "false_alarm_rate"] {
+            let f = &spread[figure];
+            let (min, mean, max) = (f["min"].as_f64(), f["mean"].as_f64(), f["max"].as_f64());
+            assert!(
+                min.is_some() && min <= mean && mean <= max,
+                "{figure} as min ≤ mean ≤ max: {spread}"
+            );
+        }
+    }
+
+    // Where nothing is enrolled there is nothing to draw, and saying so beats a silent single draw.
+    let data = samples();
+    for args in [
+        &["--enroll-draws", "3"][..],
+        &["--protocol", "leave-one-pattern-out", "--enroll-draws", "3"][..],
+    ] {
+        let mut all = vec!["evaluate", "--data", path(&data)];
+        all.extend_from_slice(args);
+        let refused = auscult(&all);
+        assert!(!refused.status.success(), "{args:?} accepted");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("--enroll-draws"), "{stderr}");
+    }
+}
+
+#[test]
 fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     let dir = tempfile::tempdir().expect("tempdir");
     let model = train_tiny(dir.path());
