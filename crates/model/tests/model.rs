@@ -1,32 +1,15 @@
 //! Training, saving, loading, enrolling and judging on real recordings (the samples in
 //! `tests/data/recordings`), with a network small enough to train in seconds.
 
-use std::path::PathBuf;
-
 use sha2::Digest;
 
-use auscult_audio::ChannelChoice;
-use auscult_audio::manifest;
 use auscult_model::features::{IMPULSE_SCALES, PeakStatistic, Waveform};
 use auscult_model::profile::{DetectorKind, Fusion, MachineProfile, Scope, SpectrumForm};
 use auscult_model::train::{Silent, TrainConfig};
 use auscult_model::{Clip, Detector, MachineKey, ModelError, Verdict, dataset, enroll, train};
 
-fn samples() -> Vec<Clip> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/recordings");
-    let recordings = manifest::discover(&dir).expect("sample manifest");
-    dataset::load_clips(&recordings, ChannelChoice::First, 16_000, &|| {}).expect("sample clips")
-}
-
-fn tiny() -> TrainConfig {
-    TrainConfig {
-        max_epochs: 2,
-        channels: [4, 8, 8],
-        hidden: [32, 32, 16],
-        validation_fraction: 0.34,
-        ..TrainConfig::default()
-    }
-}
+mod common;
+use common::{samples, tiny};
 
 /// `profile` as a file written before `field` existed would hold it: read back without the key.
 fn without_key(profile: &MachineProfile, field: &str) -> MachineProfile {

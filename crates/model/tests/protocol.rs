@@ -4,19 +4,14 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use auscult_audio::ChannelChoice;
-use auscult_audio::manifest;
+use auscult_model::Clip;
 use auscult_model::evaluate::TypeReport;
 use auscult_model::profile::Scope;
 use auscult_model::protocol::{self, Fold};
 use auscult_model::train::{Silent, TrainConfig};
-use auscult_model::{Clip, dataset};
 
-fn samples() -> Vec<Clip> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/recordings");
-    let recordings = manifest::discover(&dir).expect("sample manifest");
-    dataset::load_clips(&recordings, ChannelChoice::First, 16_000, &|| {}).expect("sample clips")
-}
+mod common;
+use common::samples;
 
 /// The samples, with the fan's normal recording cut in two halves heard in two operating
 /// patterns: a model trained on the fan alone then has two classes to tell apart, as training
@@ -43,13 +38,12 @@ fn samples_with_a_two_pattern_fan() -> Vec<Clip> {
     clips
 }
 
-fn tiny() -> TrainConfig {
+/// The shared tiny network, trained for one epoch: rounds here are about what is held out, not
+/// how well it is heard.
+fn one_epoch() -> TrainConfig {
     TrainConfig {
         max_epochs: 1,
-        channels: [4, 8, 8],
-        hidden: [32, 32, 16],
-        validation_fraction: 0.34,
-        ..TrainConfig::default()
+        ..common::tiny()
     }
 }
 
@@ -65,7 +59,8 @@ fn valve_figures(fold: &Fold) -> &TypeReport {
 fn leaving_a_pattern_out_tests_on_that_pattern_alone() {
     let clips = samples();
     // Nothing to enrol, so nothing to draw: one round per pattern however many draws are asked.
-    let folds = protocol::leave_one_pattern_out(&clips, &tiny(), 0, 3, &Silent).expect("rounds");
+    let folds =
+        protocol::leave_one_pattern_out(&clips, &one_epoch(), 0, 3, &Silent).expect("rounds");
     let held_out: Vec<&str> = folds.iter().map(|f| f.attribute.as_str()).collect();
     assert_eq!(
         held_out,
@@ -92,7 +87,7 @@ fn leaving_a_pattern_out_tests_on_that_pattern_alone() {
 #[test]
 fn enrolment_draws_take_other_clips_and_never_test_on_them() {
     let clips = samples_with_a_two_pattern_fan();
-    let folds = protocol::onboarding(&clips, &tiny(), 0.5, 3, &Silent).expect("rounds");
+    let folds = protocol::onboarding(&clips, &one_epoch(), 0.5, 3, &Silent).expect("rounds");
     // The fan has two normal recordings: too few to enrol three and test the rest.
     assert!(folds.iter().all(|f| f.machine_type == "valve"));
     assert_eq!(
@@ -141,7 +136,8 @@ fn every_draw_enrols_into_the_model_as_trained() {
     let clips = samples();
     // One of the held-out pattern's three normal clips per draw, added to what the valve's
     // profile kept from training. Six draws, so that some take other clips than others.
-    let folds = protocol::leave_one_pattern_out(&clips, &tiny(), 1, 6, &Silent).expect("rounds");
+    let folds =
+        protocol::leave_one_pattern_out(&clips, &one_epoch(), 1, 6, &Silent).expect("rounds");
     for pattern in ["pat_00", "pat_02"] {
         let rounds: Vec<&Fold> = folds.iter().filter(|f| f.attribute == pattern).collect();
         assert_eq!(rounds.len(), 6, "six draws leaving {pattern} out");
@@ -170,7 +166,8 @@ fn every_draw_enrols_into_the_model_as_trained() {
     }
 
     // Drawing all of a pattern's normal clips gives the same clips every time: one draw.
-    let whole = protocol::leave_one_pattern_out(&clips, &tiny(), 3, 3, &Silent).expect("rounds");
+    let whole =
+        protocol::leave_one_pattern_out(&clips, &one_epoch(), 3, 3, &Silent).expect("rounds");
     assert!(whole.iter().all(|f| f.draw == 0 && f.enrolled.len() == 3));
     assert_eq!(whole.len(), 2);
 }
