@@ -17,8 +17,11 @@ const MAGIC: &[u8; 8] = b"AUSCULTM";
 /// its windows (`PeakStatistic::UpperQuartile`); a format-2 reader would compare the loudest
 /// window's peaks with statistics of the quartile. Format 4: impulse scales may be judged against
 /// a two-piece range (`TwoSided::below`, `above`); a format-3 reader would judge them against one
-/// spread around the median, which their ranges were not calibrated for.
-pub const FORMAT: u32 = 4;
+/// spread around the median, which their ranges were not calibrated for. Format 5: the
+/// impulsiveness may be judged on each side against its own range
+/// (`MachineProfile::impulsiveness_sides`); a format-4 reader would add both sides up against a
+/// range of 1.
+pub const FORMAT: u32 = 5;
 /// The oldest format this build still reads: every field added since has a default that keeps an
 /// older file's verdicts — but one: a machine that an older file judged by its type's profile,
 /// fitted from one other machine, is unknown now (`MachineProfile::machines`).

@@ -157,6 +157,18 @@ pub struct PartScores {
     pub impulsiveness: Option<f64>,
 }
 
+/// The normal ranges of a clip's impulsiveness departure (Σz² over the scales on one side of the
+/// machine's normal) towards a duller sound and towards a sharper one, each set from held-out
+/// healthy clips' departures on that side alone. The two sides are different sounds: a healthy
+/// clip that caught a knock from the hall departs far towards sharper, and with one range for
+/// both, that knock set how far a fan's steadier roar or a valve's duller click must go before it
+/// is heard — in the shipped fan, three to four times as far.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SideRanges {
+    pub duller: f64,
+    pub sharper: f64,
+}
+
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
 
@@ -205,6 +217,11 @@ pub struct MachineProfile {
     pub impulsiveness: Option<Vec<TwoSided>>,
     #[serde(default = "one")]
     pub impulsiveness_scale: f64,
+    /// The impulsiveness's normal range on each side of the machine's normal, when each side is
+    /// judged against its own: how far held-out healthy clips reach towards a duller sound, and
+    /// towards a sharper one. Profiles from before it judged both sides against one range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impulsiveness_sides: Option<SideRanges>,
     /// The crest factor alone, as profiles written before the impulse scales judged it; read so
     /// that a model file from then keeps the verdicts it was calibrated for, never written anew.
     #[serde(default, rename = "crest", skip_serializing_if = "Option::is_none")]
@@ -419,8 +436,10 @@ impl MachineProfile {
         scaled
     }
 
-    /// Σ z² over the scales of the waveform's impulsiveness against normal; `None` where the
-    /// profile or the sound has none.
+    /// How far the waveform's impulsiveness departs from normal: Σ z² over the scales, in units
+    /// of each side's range where the profile has them ([`Self::impulsiveness_sides`], the further
+    /// side counts), or both sides added (profiles from before them). `None` where the profile
+    /// or the sound has none.
     fn impulsiveness_departure(&self, waveform: &Waveform) -> Option<f64> {
         let Some(normal) = self.impulsiveness.as_ref() else {
             let legacy = self.legacy_crest?;
@@ -428,15 +447,46 @@ impl MachineProfile {
                 legacy.score(crest).powi(2) / self.legacy_crest_scale.max(f64::MIN_POSITIVE)
             });
         };
-        let measured = waveform.impulsiveness_db()?;
-        (normal.len() == measured.len()).then(|| {
-            normal
-                .iter()
-                .zip(measured)
-                .map(|(n, m)| n.score(m).powi(2))
-                .sum()
-        })
+        let (duller, sharper) = impulsiveness_by_side(normal, waveform)?;
+        Some(self.impulsiveness_part(duller, sharper))
     }
+
+    /// The impulsiveness part from its departures towards duller and towards sharper.
+    fn impulsiveness_part(&self, duller: f64, sharper: f64) -> f64 {
+        impulsiveness_part(self.impulsiveness_sides, duller, sharper)
+    }
+
+    /// Σ z² over the scales at which the waveform is duller than normal, and over those at which
+    /// it is sharper; `None` where the profile or the sound has no impulsiveness.
+    fn impulsiveness_by_side(&self, waveform: &Waveform) -> Option<(f64, f64)> {
+        impulsiveness_by_side(self.impulsiveness.as_ref()?, waveform)
+    }
+}
+
+/// The further side in units of its range, or both sides added where there are no ranges.
+fn impulsiveness_part(sides: Option<SideRanges>, duller: f64, sharper: f64) -> f64 {
+    match sides {
+        Some(ranges) => (duller / ranges.duller.max(f64::MIN_POSITIVE))
+            .max(sharper / ranges.sharper.max(f64::MIN_POSITIVE)),
+        None => duller + sharper,
+    }
+}
+
+fn impulsiveness_by_side(normal: &[TwoSided], waveform: &Waveform) -> Option<(f64, f64)> {
+    let measured = waveform.impulsiveness_db()?;
+    (normal.len() == measured.len()).then(|| {
+        normal
+            .iter()
+            .zip(measured)
+            .fold((0.0, 0.0), |(duller, sharper), (scale, value)| {
+                let z2 = scale.score(value).powi(2);
+                if value < scale.mean {
+                    (duller + z2, sharper)
+                } else {
+                    (duller, sharper + z2)
+                }
+            })
+    })
 }
 
 /// Shifts each window's band means (`windows × 64`) by the window's own level, their mean.

@@ -6,7 +6,8 @@ use auscult_signal::BANDS;
 use super::normal::HeldOutInput;
 use super::{
     CONTOUR_HALF_WIDTH, ClipParts, DetectorKind, Fusion, MachineProfile, NormalWindows,
-    ProfileSource, Scope, SpectrumForm, clip_profile, relative_rows, window_pairs,
+    ProfileSource, Scope, SideRanges, SpectrumForm, clip_profile, impulsiveness_part,
+    relative_rows, window_pairs,
 };
 use crate::calibrate::{self, ThresholdMethod};
 use crate::dataset::MachineKey;
@@ -29,6 +30,8 @@ pub struct HeldOutClip {
     pub window_scores: Vec<f64>,
     /// [`MachineProfile::raw_parts`] under that profile.
     pub(super) raw_parts: ClipParts,
+    /// Its impulsiveness departure towards duller and towards sharper, under that profile.
+    pub(super) impulsiveness_by_side: Option<(f64, f64)>,
 }
 
 impl HeldOutClip {
@@ -51,6 +54,7 @@ impl HeldOutClip {
             anomaly,
             window_scores,
             raw_parts,
+            impulsiveness_by_side: profile.impulsiveness_by_side(&input.waveform),
         }
     }
 }
@@ -134,6 +138,7 @@ pub fn fit_statistics(
         band_peaks_scale: Some(1.0),
         impulsiveness,
         impulsiveness_scale: 1.0,
+        impulsiveness_sides: None,
         legacy_crest: None,
         legacy_crest_scale: 1.0,
         clip_weights: vec![1.0; 4],
@@ -160,8 +165,8 @@ pub fn fit_statistics(
 
 /// Sets a profile's scales and thresholds from held-out clips. Each part's scale is its normal
 /// range: the point a gamma fitted to the held-out normal clips' values of that part puts at the
-/// target rate, the rate shared among the parts (a clip is flagged when any one is out of range).
-/// With anomalies among the clips, the clip threshold is the one of maximum F1 instead.
+/// target rate, the rate shared among the parts and the impulsiveness's two sides (a clip is
+/// flagged when any one is out of range). With anomalies among the clips, the clip threshold is the one of maximum F1 instead.
 pub fn calibrate_profile(
     profile: &mut MachineProfile,
     held_out: &[HeldOutClip],
@@ -188,8 +193,33 @@ pub fn calibrate_profile(
     // Every held-out clip, faulty ones too, is judged only by the parts the profile keeps.
     let bands = profile.clip_bands.is_some();
     let kept = [true, bands, bands, profile.impulsiveness.is_some()];
+    // The impulsiveness is judged on each side against its own range where every held-out
+    // normal clip measured both: two ranges, each a share of the false alarms.
+    let sided =
+        profile.impulsiveness.is_some() && normal.iter().all(|c| c.impulsiveness_by_side.is_some());
+    // Each range may flag its share of the healthy clips, so that together (a union bound) they
+    // flag no more than the target — as far as the fitted gammas describe unseen normal sound.
+    let ranges = kept.iter().filter(|k| **k).count() + usize::from(sided);
+    let part_percentile = 100.0 - (100.0 - percentile) / ranges as f64;
+    profile.impulsiveness_sides = sided.then(|| {
+        let side = |pick: fn((f64, f64)) -> f64| {
+            let values: Vec<f64> = normal
+                .iter()
+                .filter_map(|c| c.impulsiveness_by_side.map(pick))
+                .collect();
+            normal_range(&values, part_percentile)
+        };
+        SideRanges {
+            duller: side(|(duller, _)| duller),
+            sharper: side(|(_, sharper)| sharper),
+        }
+    });
+    let sides = profile.impulsiveness_sides;
     let parts_of = |clip: &HeldOutClip| -> ClipParts {
         let mut parts = clip.raw_parts;
+        if let Some((duller, sharper)) = clip.impulsiveness_by_side {
+            parts[3] = Some(impulsiveness_part(sides, duller, sharper));
+        }
         for (part, keep) in parts.iter_mut().zip(kept) {
             if !keep {
                 *part = None;
@@ -197,16 +227,9 @@ pub fn calibrate_profile(
         }
         parts
     };
-    // Each part may flag its share of the healthy clips, so that together (a union bound) they
-    // flag no more than the target — as far as the fitted gammas describe unseen normal sound.
-    let part_percentile = 100.0 - (100.0 - percentile) / kept.iter().filter(|k| **k).count() as f64;
     let range = |part: usize| -> f64 {
         let values: Vec<f64> = normal.iter().filter_map(|c| parts_of(c)[part]).collect();
-        calibrate::gamma_threshold(&values, part_percentile)
-            .map(|(range, _)| range)
-            // No spread to fit (fewer than two positive values): the furthest normal clip's.
-            .unwrap_or_else(|| values.iter().copied().fold(0.0, f64::max))
-            .max(1e-9)
+        normal_range(&values, part_percentile)
     };
     profile.fusion = Fusion::Furthest;
     profile.window_scale = range(0);
@@ -215,7 +238,8 @@ pub fn calibrate_profile(
         profile.band_peaks_scale = Some(range(2));
     }
     if profile.impulsiveness.is_some() {
-        profile.impulsiveness_scale = range(3);
+        // Judged by sides, the part is already in units of its ranges.
+        profile.impulsiveness_scale = if sided { 1.0 } else { range(3) };
     }
     let split = |values: &dyn Fn(&HeldOutClip) -> Vec<f64>| -> (Vec<f64>, Vec<f64>) {
         let (mut n, mut a) = (Vec::new(), Vec::new());
@@ -273,6 +297,15 @@ pub fn calibrate_profile(
         part_percentile,
     };
     Ok(())
+}
+
+/// Where a gamma fitted to held-out normal `values` puts `percentile`; with no spread to fit
+/// (fewer than two positive values), the furthest of them.
+fn normal_range(values: &[f64], percentile: f64) -> f64 {
+    calibrate::gamma_threshold(values, percentile)
+        .map(|(range, _)| range)
+        .unwrap_or_else(|| values.iter().copied().fold(0.0, f64::max))
+        .max(1e-9)
 }
 
 /// Fits a profile from normal clips alone, calibrated on cross-fitted scores: each clip is scored

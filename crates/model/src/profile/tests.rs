@@ -145,6 +145,81 @@ fn a_healthy_clip_with_a_new_envelope_is_in_range_and_a_moved_tone_is_not() {
 }
 
 #[test]
+fn a_knock_among_healthy_clips_does_not_widen_the_range_towards_a_duller_sound() {
+    let key = MachineKey {
+        machine_type: "fan".into(),
+        machine_id: "f-1".into(),
+    };
+    let fitted = fit_statistics(
+        Scope::Machine,
+        &key,
+        DetectorKind::Neighbours,
+        ProfileSource::Enrolled,
+        &normal_clips(),
+        4,
+        true,
+    )
+    .expect("fit");
+    assert!(
+        fitted.impulsiveness.is_some(),
+        "the clips measure impulsiveness"
+    );
+    // Six healthy clips as statistics fitted without each saw them (Σz² duller, sharper): a little
+    // either way, and one that caught a knock from the hall, far towards sharper.
+    let healthy = [
+        (2.0, 0.5),
+        (0.4, 3.0),
+        (3.0, 0.2),
+        (0.3, 2.0),
+        (2.5, 0.6),
+        (0.0, 400.0),
+    ];
+    let held_out = |sided: bool| -> Vec<HeldOutClip> {
+        healthy
+            .iter()
+            .map(|&(duller, sharper)| HeldOutClip {
+                anomaly: false,
+                window_scores: vec![0.02; 3],
+                raw_parts: [Some(0.02), Some(50.0), Some(50.0), Some(duller + sharper)],
+                impulsiveness_by_side: sided.then_some((duller, sharper)),
+            })
+            .collect()
+    };
+    let mut by_side = fitted.clone();
+    calibrate_profile(&mut by_side, &held_out(true), 99.0).expect("calibrated by side");
+    let mut one_range = fitted;
+    calibrate_profile(&mut one_range, &held_out(false), 99.0).expect("calibrated");
+    let sides = by_side.impulsiveness_sides.expect("a range on each side");
+    assert!(one_range.impulsiveness_sides.is_none());
+    assert!(
+        sides.sharper > 20.0 * sides.duller,
+        "the knock widens the sharper side only: {sides:?}"
+    );
+    // A steadier sound than any healthy clip's (a fan's roar, a valve's duller click): out of
+    // range by side, lost in the knock's range with one.
+    let dull = |profile: &MachineProfile, duller: f64, sharper: f64| {
+        let impulsiveness = profile.impulsiveness_part(duller, sharper);
+        profile.weigh(profile.scale([Some(0.02), Some(50.0), Some(50.0), Some(impulsiveness)]))
+    };
+    assert!(
+        dull(&by_side, 30.0, 0.0) > 1.0,
+        "{}",
+        dull(&by_side, 30.0, 0.0)
+    );
+    assert!(
+        dull(&one_range, 30.0, 0.0) < 1.0,
+        "{}",
+        dull(&one_range, 30.0, 0.0)
+    );
+    // Another knock like the healthy one's stays in range either way.
+    assert!(
+        dull(&by_side, 0.0, 380.0) < 1.0,
+        "{}",
+        dull(&by_side, 0.0, 380.0)
+    );
+}
+
+#[test]
 fn a_part_that_varies_among_healthy_clips_does_not_drown_a_steady_one() {
     let key = MachineKey {
         machine_type: "fan".into(),
@@ -180,6 +255,7 @@ fn a_part_that_varies_among_healthy_clips_does_not_drown_a_steady_one() {
                 Some(peaks),
                 Some(impulsiveness),
             ],
+            impulsiveness_by_side: None,
         })
         .collect();
     calibrate_profile(&mut profile, &held_out, 99.0).expect("calibrated");
@@ -257,24 +333,39 @@ fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
         );
         spectrum.push(s.expect("spectrum part"));
         peaks.push(p.expect("band peaks part"));
-        impulsiveness.push(i.expect("impulsiveness part"));
+        assert!(i.is_some(), "impulsiveness part");
+        impulsiveness.push(
+            partial
+                .impulsiveness_by_side(&input.waveform)
+                .expect("impulsiveness by side"),
+        );
     }
-    // Four parts share the 1 % of healthy clips a threshold may flag.
+    // Five ranges — three parts and the impulsiveness's two sides — share the 1 % of healthy
+    // clips a threshold may flag.
     let range = |values: &[f64]| {
-        calibrate::gamma_threshold(values, 99.75)
+        calibrate::gamma_threshold(values, 99.8)
             .expect("gamma fit")
             .0
     };
+    let side =
+        |pick: fn(&(f64, f64)) -> f64| -> Vec<f64> { impulsiveness.iter().map(pick).collect() };
     assert_eq!(profile.fusion, Fusion::Furthest);
     assert!((profile.clip_bands_scale - range(&spectrum)).abs() < 1e-9);
     assert_eq!(profile.band_peaks_scale, Some(range(&peaks)));
-    assert!((profile.impulsiveness_scale - range(&impulsiveness)).abs() < 1e-9);
+    let sides = profile.impulsiveness_sides.expect("a range on each side");
+    assert!((sides.duller - range(&side(|s| s.0))).abs() < 1e-9);
+    assert!((sides.sharper - range(&side(|s| s.1))).abs() < 1e-9);
+    assert_eq!(
+        profile.impulsiveness_scale, 1.0,
+        "in units of its sides' ranges"
+    );
     assert_eq!(profile.clip_threshold, 1.0, "out of range is beyond 1");
     // In-sample, the same clips would have looked tamer: the held-out range is the honest one.
     let in_sample: Vec<f64> = (0..normal.clips())
-        .filter_map(|c| profile.impulsiveness_departure(&normal.clip(c).waveform))
+        .filter_map(|c| profile.impulsiveness_by_side(&normal.clip(c).waveform))
+        .map(|(duller, sharper)| duller + sharper)
         .collect();
-    assert!(range(&in_sample) < profile.impulsiveness_scale);
+    assert!(range(&in_sample) < range(&side(|s| s.0 + s.1)));
     // Judged against its own range, a part that departs is heard however much another part
     // varies among healthy clips.
     let parts = |spectrum: f64, peaks: f64| {
