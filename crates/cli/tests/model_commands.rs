@@ -474,12 +474,19 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
         "the faulty fan departs by {faulty_z} σ"
     );
     assert_eq!(strongest(1).0, "peak", "the healthy fan's knock: {scored}");
-    // The part that flags the faulty fan is the band spectrum, and `score` says so.
-    let spectrum = scored[0]["parts"]["band_spectrum"].as_f64().unwrap_or(0.0);
+    // The band spectrum flags the faulty fan (its hum moved), and so does its steadier roar,
+    // duller than the healthy fan's; the furthest part is the score, and `score` says so.
+    let part = |name: &str| scored[0]["parts"][name].as_f64().unwrap_or(0.0);
+    let spectrum = part("band_spectrum");
     assert!(
-        spectrum > 1.0 && scored[0]["anomaly_score"].as_f64() == Some(spectrum),
+        spectrum > 1.0,
         "the moved hum is out of the spectrum's range: {scored}"
     );
+    let furthest = ["windows", "band_spectrum", "band_peaks", "impulsiveness"]
+        .map(part)
+        .into_iter()
+        .fold(0.0, f64::max);
+    assert_eq!(scored[0]["anomaly_score"].as_f64(), Some(furthest));
     let text =
         String::from_utf8_lossy(&auscult(&["score", path(&fan_samples[0])]).stdout).into_owned();
     let printed = text
