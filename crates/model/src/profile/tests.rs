@@ -69,6 +69,24 @@ fn enrolled(machine_type: &str, normal: &NormalWindows) -> (MachineKey, MachineP
     (key, profile)
 }
 
+/// A fan's statistics fitted from `normal_clips`, before any held-out clip has set its ranges.
+fn fan_statistics() -> MachineProfile {
+    let key = MachineKey {
+        machine_type: "fan".into(),
+        machine_id: "f-1".into(),
+    };
+    fit_statistics(
+        Scope::Machine,
+        &key,
+        DetectorKind::Neighbours,
+        ProfileSource::Enrolled,
+        &normal_clips(),
+        4,
+        true,
+    )
+    .expect("fit")
+}
+
 #[test]
 fn a_contour_keeps_tones_and_drops_the_envelope() {
     let contour = SpectrumForm::Contour { half_width: 4 };
@@ -146,20 +164,7 @@ fn a_healthy_clip_with_a_new_envelope_is_in_range_and_a_moved_tone_is_not() {
 
 #[test]
 fn a_knock_among_healthy_clips_does_not_widen_the_range_towards_a_duller_sound() {
-    let key = MachineKey {
-        machine_type: "fan".into(),
-        machine_id: "f-1".into(),
-    };
-    let fitted = fit_statistics(
-        Scope::Machine,
-        &key,
-        DetectorKind::Neighbours,
-        ProfileSource::Enrolled,
-        &normal_clips(),
-        4,
-        true,
-    )
-    .expect("fit");
+    let fitted = fan_statistics();
     assert!(
         fitted.impulsiveness.is_some(),
         "the clips measure impulsiveness"
@@ -221,20 +226,7 @@ fn a_knock_among_healthy_clips_does_not_widen_the_range_towards_a_duller_sound()
 
 #[test]
 fn a_part_that_varies_among_healthy_clips_does_not_drown_a_steady_one() {
-    let key = MachineKey {
-        machine_type: "fan".into(),
-        machine_id: "f-1".into(),
-    };
-    let mut profile = fit_statistics(
-        Scope::Machine,
-        &key,
-        DetectorKind::Neighbours,
-        ProfileSource::Enrolled,
-        &normal_clips(),
-        4,
-        true,
-    )
-    .expect("fit");
+    let mut profile = fan_statistics();
     // Five healthy clips as their own statistics never saw them: a steady band spectrum, and
     // band peaks that a knock in the hall took far out in one of them.
     let healthy = [
