@@ -120,6 +120,49 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
     assert_eq!(types[0]["n_anomaly"], 6);
     assert!(report["mean_auc"].is_number());
 
+    // Every judged clip is listed with its label, verdict and parts, so a false alarm can be
+    // traced to the part that raised it; the counts and the false-alarm rate follow from them.
+    let clips = report["clips"].as_array().expect("clips");
+    assert_eq!(
+        clips.len(),
+        12,
+        "the valve's six normal and six faulty recordings"
+    );
+    let labelled = |label: &str| clips.iter().filter(|c| c["label"] == label).count();
+    assert_eq!((labelled("normal"), labelled("anomaly")), (6, 6));
+    for clip in clips {
+        assert_eq!(clip["machine"], "valve/section_00", "{clip}");
+        assert!(
+            clip["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with(".wav")
+                    && f.contains(clip["attribute"].as_str().unwrap_or("?"))),
+            "{clip}"
+        );
+        let score = clip["score"].as_f64().expect("score");
+        let flagged = score > 1.0;
+        assert_eq!(
+            clip["verdict"],
+            if flagged { "anomalous" } else { "normal" },
+            "the verdict is the score over its threshold: {clip}"
+        );
+        assert!(
+            ["windows", "bands", "band_peaks", "impulsiveness"]
+                .iter()
+                .any(|p| clip["parts"][*p].is_number()),
+            "{clip}"
+        );
+    }
+    let flagged_normal = clips
+        .iter()
+        .filter(|c| c["label"] == "normal" && c["verdict"] == "anomalous")
+        .count() as f64;
+    let far = types[0]["false_alarm_rate"]["value"].as_f64().expect("FAR");
+    assert!(
+        (far - flagged_normal / 6.0).abs() < 1e-3,
+        "{far} vs {flagged_normal} of 6"
+    );
+
     // By default the recordings the model learned from are left out: here, every normal one (the
     // model never hears a fault).
     let unseen = auscult(&[
@@ -180,6 +223,15 @@ fn evaluate_draws_enrolments_and_reports_their_spread() {
                 .expect("the valve's own profile refitted");
             assert_eq!(machine["machine"], "valve/section_00");
             assert_eq!(machine["new_clips"], 1, "{machine}");
+            // The clips tested are the held-out pattern's, never the one it enrolled.
+            let tested = round["clips"].as_array().expect("clips");
+            assert!(!tested.is_empty(), "{round}");
+            assert!(
+                tested
+                    .iter()
+                    .all(|c| c["attribute"] == pattern && c["file"] != files[0]),
+                "{round}"
+            );
         }
     }
     let spreads = report["over_draws"].as_array().expect("over_draws");

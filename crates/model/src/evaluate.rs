@@ -15,6 +15,8 @@ use crate::profile::Scope;
 /// One judged recording.
 #[derive(Debug, Clone)]
 pub struct Judged {
+    /// The recording, as the dataset listed it.
+    pub file: std::path::PathBuf,
     pub machine: MachineKey,
     /// The operating pattern, from the manifest.
     pub attribute: String,
@@ -64,6 +66,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let heard_as_itself =
         knows_machine.then(|| detector.predicted_machine(&inference).as_ref() == Some(&machine));
     Ok(Judged {
+        file: clip.recording.path.clone(),
         machine,
         attribute: clip.recording.attribute.clone(),
         anomaly: clip.is_anomaly(),

@@ -21,7 +21,7 @@ use crate::Detector;
 use crate::ModelError;
 use crate::dataset::Clip;
 use crate::enroll::{Enrolled, Enrolment};
-use crate::evaluate::{self, EvaluationReport, Reference};
+use crate::evaluate::{self, EvaluationReport, Judged, Reference};
 use crate::train::{self, TrainConfig, TrainObserver};
 
 /// One round of a protocol: what was held out, and the figures on it.
@@ -37,6 +37,8 @@ pub struct Fold {
     /// Which draw of enrolled clips this is, from 0 (see [`leave_one_pattern_out`]).
     pub draw: usize,
     pub report: EvaluationReport,
+    /// Each tested clip as it was judged: which healthy ones were flagged, and by which part.
+    pub judged: Vec<Judged>,
 }
 
 /// Leave one operating pattern out, each in turn; `enroll_clips` normal clips of the left-out
@@ -179,13 +181,15 @@ impl Round<'_> {
                     reference.add(detector, clip);
                 }
             }
+            let judged = judge_all(detector, &tested, observer);
             folds.push(Fold {
                 machine_type: self.machine_type.to_owned(),
                 attribute: self.attribute.to_owned(),
                 enrolled: chosen.iter().map(|c| c.recording.path.clone()).collect(),
                 enrolment,
                 draw,
-                report: judge_all(detector, &tested, &reference, observer),
+                report: evaluate::report(&judged, &reference),
+                judged,
             });
         }
         detector.info = trained;
@@ -301,12 +305,7 @@ fn draw_order(clip: &Clip, draw: usize) -> String {
 }
 
 /// Judges every clip; one that cannot be judged is left out of the figures and said so.
-fn judge_all(
-    detector: &Detector,
-    clips: &[&Clip],
-    reference: &Reference,
-    observer: &dyn TrainObserver,
-) -> EvaluationReport {
+fn judge_all(detector: &Detector, clips: &[&Clip], observer: &dyn TrainObserver) -> Vec<Judged> {
     let mut judged = Vec::with_capacity(clips.len());
     for clip in clips {
         match evaluate::judge(detector, clip) {
@@ -317,5 +316,5 @@ fn judge_all(
             )),
         }
     }
-    evaluate::report(&judged, reference)
+    judged
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use auscult_audio::ChannelChoice;
-use auscult_model::evaluate::{self, EvaluationReport, TypeReport};
+use auscult_model::evaluate::{self, EvaluationReport, Judged, TypeReport};
 use auscult_model::metrics::Interval;
 use auscult_model::protocol::{self, DrawSpread, Spread};
 use auscult_model::train::{TrainConfig, TrainObserver};
@@ -131,6 +131,7 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
                         "earlier_clips": e.earlier_clips,
                     })).collect::<Vec<_>>(),
                     "machine_types": f.report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
+                    "clips": f.judged.iter().map(clip_json).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -288,7 +289,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json(&report, skipped.len(), &detector.info.version))?
+            serde_json::to_string_pretty(&json(
+                &report,
+                &judged,
+                skipped.len(),
+                &detector.info.version
+            ))?
         );
     } else {
         print(&report, &detector.info.version);
@@ -334,14 +340,41 @@ pub fn type_json(t: &TypeReport) -> serde_json::Value {
     })
 }
 
-fn json(report: &EvaluationReport, skipped: usize, version: &str) -> serde_json::Value {
+fn json(
+    report: &EvaluationReport,
+    judged: &[Judged],
+    skipped: usize,
+    version: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "protocol": "file-split",
         "machine_types": report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
+        "clips": judged.iter().map(clip_json).collect::<Vec<_>>(),
         "mean_auc": report.mean_auc.map(|v| round(v, 4)),
         "files": report.files,
         "skipped_training_files": skipped,
         "model_version": version,
+    })
+}
+
+/// One judged clip: its label, its verdict and score over threshold, and each part in units of
+/// its range (above 1: out of range), so a false alarm or a missed fault can be traced to the part
+/// that decided it.
+fn clip_json(j: &Judged) -> serde_json::Value {
+    let part = |p: Option<f64>| p.filter(|v| v.is_finite()).map(|v| round(v, 4));
+    serde_json::json!({
+        "file": recordings::shown(&j.file),
+        "machine": j.machine.to_string(),
+        "attribute": j.attribute,
+        "label": if j.anomaly { "anomaly" } else { "normal" },
+        "verdict": j.verdict,
+        "score": round(j.relative_score, 4),
+        "parts": {
+            "windows": part(Some(j.windows_part)),
+            "bands": part(j.bands_part),
+            "band_peaks": part(j.band_peaks_part),
+            "impulsiveness": part(j.impulsiveness_part),
+        },
     })
 }
 
