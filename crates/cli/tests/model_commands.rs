@@ -152,6 +152,13 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
                 .any(|p| clip["parts"][*p].is_number()),
             "{clip}"
         );
+        // Where the impulsiveness is judged, the clip says which way it departs.
+        let side = &clip["parts"]["impulsiveness_side"];
+        if clip["parts"]["impulsiveness"].is_number() {
+            assert!(side == "duller" || side == "sharper", "{clip}");
+        } else {
+            assert!(side.is_null(), "{clip}");
+        }
     }
     let flagged_normal = clips
         .iter()
@@ -534,6 +541,10 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
         spectrum > 1.0,
         "the moved hum is out of the spectrum's range: {scored}"
     );
+    assert_eq!(
+        scored[0]["parts"]["impulsiveness_side"], "duller",
+        "the faulty fan's roar is steadier than a healthy fan's: {scored}"
+    );
     let furthest = ["windows", "band_spectrum", "band_peaks", "impulsiveness"]
         .map(part)
         .into_iter()
@@ -551,6 +562,13 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
         })
         .and_then(|value| value.parse::<f64>().ok());
     assert_eq!(printed, Some(spectrum), "{text}");
+    assert!(
+        text.contains(&format!(
+            "impulsiveness {:.3} (duller than normal)",
+            part("impulsiveness")
+        )),
+        "{text}"
+    );
     let fan = report["machine_types"]
         .as_array()
         .and_then(|a| a.iter().find(|t| t["machine_type"] == "fan"))

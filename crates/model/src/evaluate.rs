@@ -33,6 +33,8 @@ pub struct Judged {
     pub bands_part: Option<f64>,
     pub band_peaks_part: Option<f64>,
     pub impulsiveness_part: Option<f64>,
+    /// Which way the impulsiveness departs from the machine's normal.
+    pub impulsiveness_side: Option<crate::profile::Side>,
     pub statistics: ClipStatistics,
     /// Whether the network's class names the clip's own machine; `None` where the network has no
     /// class for it (a machine enrolled from its normal sound alone).
@@ -77,6 +79,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         bands_part,
         band_peaks_part,
         impulsiveness_part,
+        impulsiveness_side: impulsiveness_part.and(profile.impulsiveness_side(&inference.waveform)),
         statistics,
         heard_as_itself,
     })

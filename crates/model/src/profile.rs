@@ -155,6 +155,22 @@ pub struct PartScores {
     pub band_spectrum: Option<f64>,
     pub band_peaks: Option<f64>,
     pub impulsiveness: Option<f64>,
+    /// Which way the impulsiveness departs from the machine's normal: a click gone dull or a
+    /// steadier roar, or a knock or rattle that was not there — out of range, two different
+    /// repairs. `None` where the impulsiveness is not judged.
+    #[serde(default)]
+    pub impulsiveness_side: Option<Side>,
+}
+
+/// Which way a clip's impulsiveness departs from the machine's normal, on balance over the time
+/// scales (its signed departures added).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Less impulsive than normal: its peaks lower against its RMS.
+    Duller,
+    /// More impulsive than normal: its peaks higher against its RMS.
+    Sharper,
 }
 
 /// The normal ranges of a clip's impulsiveness departure (Σz² over the scales) when the clip is, on
@@ -351,6 +367,7 @@ impl MachineProfile {
             band_spectrum,
             band_peaks,
             impulsiveness,
+            impulsiveness_side: impulsiveness.and(self.impulsiveness_side(waveform)),
         };
         (self.fuse(weighted), parts)
     }
@@ -453,6 +470,12 @@ impl MachineProfile {
         Some(self.impulsiveness_part(duller, sharper))
     }
 
+    /// Which way the waveform's impulsiveness departs from normal; `None` where the profile or the
+    /// sound has no impulsiveness (profiles that judged the crest factor alone included).
+    pub fn impulsiveness_side(&self, waveform: &Waveform) -> Option<Side> {
+        departure_and_side(self.impulsiveness.as_ref()?, waveform).map(|(_, side)| side)
+    }
+
     /// The impulsiveness part from its departures towards duller and towards sharper.
     fn impulsiveness_part(&self, duller: f64, sharper: f64) -> f64 {
         impulsiveness_part(self.impulsiveness_sides, duller, sharper)
@@ -476,6 +499,15 @@ fn impulsiveness_part(sides: Option<SideRanges>, duller: f64, sharper: f64) -> f
 }
 
 fn impulsiveness_by_side(normal: &[TwoSided], waveform: &Waveform) -> Option<(f64, f64)> {
+    departure_and_side(normal, waveform).map(|(departure, side)| match side {
+        Side::Duller => (departure, 0.0),
+        Side::Sharper => (0.0, departure),
+    })
+}
+
+/// The waveform's impulsiveness departure from `normal` (Σ z² over the scales) and the side it
+/// departs to on balance: duller where its signed departures add up to less than nothing.
+fn departure_and_side(normal: &[TwoSided], waveform: &Waveform) -> Option<(f64, Side)> {
     let measured = waveform.impulsiveness_db()?;
     (normal.len() == measured.len()).then(|| {
         let (departure, net) =
@@ -487,11 +519,12 @@ fn impulsiveness_by_side(normal: &[TwoSided], waveform: &Waveform) -> Option<(f6
                     let signed = if value < scale.mean { -z } else { z };
                     (departure + z * z, net + signed)
                 });
-        if net < 0.0 {
-            (departure, 0.0)
+        let side = if net < 0.0 {
+            Side::Duller
         } else {
-            (0.0, departure)
-        }
+            Side::Sharper
+        };
+        (departure, side)
     })
 }
 

@@ -374,6 +374,7 @@ fn clip_json(j: &Judged) -> serde_json::Value {
             "bands": part(j.bands_part),
             "band_peaks": part(j.band_peaks_part),
             "impulsiveness": part(j.impulsiveness_part),
+            "impulsiveness_side": j.impulsiveness_side,
         },
     })
 }

@@ -154,6 +154,7 @@ fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Va
             "band_spectrum": p.band_spectrum.map(|v| round(v, 3)),
             "band_peaks": p.band_peaks.map(|v| round(v, 3)),
             "impulsiveness": p.impulsiveness.map(|v| round(v, 3)),
+            "impulsiveness_side": p.impulsiveness_side,
         })),
         "top_bands": a.top_bands.iter().map(|b| serde_json::json!({
             "low_hz": b.low_hz.round(),
@@ -190,9 +191,17 @@ fn print(path: &std::path::Path, a: &Assessment) {
             ("band peaks", parts.band_peaks),
             ("impulsiveness", parts.impulsiveness),
         ];
+        let side = match parts.impulsiveness_side {
+            Some(auscult_model::profile::Side::Duller) => " (duller than normal)",
+            Some(auscult_model::profile::Side::Sharper) => " (sharper than normal)",
+            None => "",
+        };
         let shown: Vec<String> = named
             .iter()
-            .filter_map(|(name, part)| part.map(|p| format!("{name} {p:.3}")))
+            .filter_map(|(name, part)| {
+                let side = if *name == "impulsiveness" { side } else { "" };
+                part.map(|p| format!("{name} {p:.3}{side}"))
+            })
             .collect();
         println!("    parts: {}", shown.join(", "));
     }

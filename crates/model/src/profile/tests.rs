@@ -7,18 +7,21 @@ use crate::kept::MAX_KEPT_WINDOWS;
 fn normal_clips() -> NormalWindows {
     let mut normal = NormalWindows::default();
     for clip in 0..6_u16 {
-        let wobble = f32::from(clip) * 0.1;
-        // A slope, and a ripple that differs a little from clip to clip: the spectrum's contour
-        // has a spread to fit.
-        let spectrum: Vec<f32> = (0..BANDS)
-            .map(|band| {
-                let ripple = 0.5 * (band as f32 * 0.7 + f32::from(clip) * 0.4).sin();
-                -40.0 - band as f32 * 0.3 + wobble + ripple
-            })
-            .collect();
-        normal.push_clip(&heard_clip(clip, &spectrum), "");
+        normal.push_clip(&heard_clip(clip, &sloped_spectrum(clip)), "");
     }
     normal
+}
+
+/// Clip number `clip`'s band means: a slope, and a ripple that differs a little from clip to
+/// clip, so that the spectrum's contour has a spread to fit.
+fn sloped_spectrum(clip: u16) -> Vec<f32> {
+    let wobble = f32::from(clip) * 0.1;
+    (0..BANDS)
+        .map(|band| {
+            let ripple = 0.5 * (band as f32 * 0.7 + f32::from(clip) * 0.4).sin();
+            -40.0 - band as f32 * 0.3 + wobble + ripple
+        })
+        .collect()
 }
 
 /// Clip number `clip` of a machine as the detector hears it: three windows whose band means
@@ -30,24 +33,25 @@ fn heard_clip(clip: u16, spectrum: &[f32]) -> crate::inference::Inference {
         .collect();
     let band_means: Vec<f32> = (0..3).flat_map(|_| spectrum.iter().copied()).collect();
     let band_peaks: Vec<f32> = band_means.iter().map(|m| m + 6.0 + wobble).collect();
-    let samples: Vec<f32> = (0..32_000)
-        .map(|i| {
-            let hum = 0.05 * (std::f32::consts::TAU * 120.0 * i as f32 / 16_000.0).sin();
-            if i % 8_000 < 20 {
-                hum + 0.3 + 0.1 * f32::from(clip)
-            } else {
-                hum
-            }
-        })
-        .collect();
     crate::inference::Inference {
         windows: 3,
         probabilities: Vec::new(),
         embeddings,
         band_means,
         band_peaks,
-        waveform: Waveform::measure(&samples),
+        waveform: clicking(0.3 + 0.1 * f32::from(clip)),
     }
+}
+
+/// Two seconds of a 120 Hz hum with a click of `click` every half second.
+fn clicking(click: f32) -> Waveform {
+    let samples: Vec<f32> = (0..32_000)
+        .map(|i| {
+            let hum = 0.05 * (std::f32::consts::TAU * 120.0 * i as f32 / 16_000.0).sin();
+            if i % 8_000 < 20 { hum + click } else { hum }
+        })
+        .collect();
+    Waveform::measure(&samples)
 }
 
 /// A machine of `machine_type` enrolled from `normal` with a 1 % false-alarm target.
@@ -408,4 +412,37 @@ fn a_type_profile_judges_other_machines_only_once_fitted_from_several() {
         !own.judges_machine("id_02"),
         "a machine's own profile is never another's"
     );
+}
+
+#[test]
+fn a_clip_out_of_the_impulsiveness_range_says_which_way() {
+    let (_, profile) = enrolled("valve", &normal_clips());
+    let side = |click: f32| {
+        let clip = heard_clip(2, &sloped_spectrum(2));
+        let waveform = clicking(click);
+        let (_, parts) = profile.clip_score_parts(
+            &[],
+            &profile.clip_features(&clip.band_means, &clip.band_peaks),
+            &waveform,
+        );
+        (parts.impulsiveness, parts.impulsiveness_side)
+    };
+    // Healthy clicks are 0.3 to 0.8 above a 0.05 hum: a click of 0.05 has gone dull, one of 3
+    // is a knock.
+    let (dull, dull_side) = side(0.05);
+    assert!(dull.is_some_and(|p| p > 1.0), "{dull:?}");
+    assert_eq!(dull_side, Some(Side::Duller));
+    let (knock, knock_side) = side(3.0);
+    assert!(knock.is_some_and(|p| p > 1.0), "{knock:?}");
+    assert_eq!(knock_side, Some(Side::Sharper));
+    // A profile that judges no impulsiveness says no side.
+    let mut without = profile.clone();
+    without.impulsiveness = None;
+    let clip = heard_clip(2, &sloped_spectrum(2));
+    let (_, parts) = without.clip_score_parts(
+        &[],
+        &without.clip_features(&clip.band_means, &clip.band_peaks),
+        &clicking(0.05),
+    );
+    assert_eq!(parts.impulsiveness_side, None);
 }
