@@ -424,6 +424,23 @@ async fn an_alert_fires_for_a_faulty_valve_and_not_for_a_normal_one() {
         judged_as_clip, 11,
         "from the tenth second on, every second is judged with the nine before it"
     );
+    // Every clip verdict says which part set its score; shorter sound has no parts.
+    let explained = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE clip),
+                    count(*) FILTER (WHERE clip
+                        AND abs((parts->>(parts->>'furthest'))::float8 - anomaly_score) < 1e-9),
+                    count(*) FILTER (WHERE NOT clip AND parts IS NOT NULL)
+             FROM analysis_results WHERE device_id = 'gw-faulty'",
+            &[],
+        )
+        .await
+        .expect("parts");
+    let (clips, furthest_is_the_score, windows_with_parts): (i64, i64, i64) =
+        (explained.get(0), explained.get(1), explained.get(2));
+    assert!(clips >= judged_as_clip);
+    assert_eq!(furthest_is_the_score, clips);
+    assert_eq!(windows_with_parts, 0);
 }
 
 /// A webhook receiver: answers 200 to every POST and hands over each JSON body.

@@ -272,6 +272,14 @@ fn verdict(pool: &ScoringPool, scored: Scored) -> pb::Verdict {
             windows: u32::try_from(a.window_scores.len()).unwrap_or(u32::MAX),
             history_windows: u32::try_from(a.history_windows).unwrap_or(u32::MAX),
             clip: a.as_clip,
+            parts: a.parts.map(|p| pb::ScoreParts {
+                windows: p.windows,
+                band_spectrum: p.band_spectrum,
+                band_peaks: p.band_peaks,
+                impulsiveness: p.impulsiveness,
+                impulsiveness_side: p.impulsiveness_side.map_or("", |s| s.as_str()).into(),
+                furthest: p.furthest().unwrap_or_default().into(),
+            }),
             summary: Some(pb::WindowSummary {
                 model_version: scored.summary.model_version,
                 windows: u32::try_from(scored.summary.windows).unwrap_or(u32::MAX),

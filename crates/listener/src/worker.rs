@@ -491,6 +491,7 @@ fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
         windows: i32::try_from(verdict.windows).unwrap_or(i32::MAX),
         history_windows: i32::try_from(verdict.history_windows).unwrap_or(i32::MAX),
         clip: verdict.clip,
+        parts: verdict.parts.map_or(serde_json::Value::Null, stored_parts),
         summary_windows: i32::try_from(summary.windows).unwrap_or(i32::MAX),
         mean_window_score: finite(summary.mean_score),
         band_means: summary.band_means,
@@ -503,6 +504,23 @@ fn new_result(frame_id: i64, verdict: pb::Verdict) -> NewResult {
         waveform_energy: finite(summary.waveform_energy),
         waveform_samples: i64::try_from(summary.waveform_samples).unwrap_or(0),
     }
+}
+
+/// A clip's parts as the database and the search documents hold them. Names other than the
+/// contract's are dropped rather than stored: they would become keywords operators filter on.
+fn stored_parts(parts: pb::ScoreParts) -> serde_json::Value {
+    let known = |value: String, names: &[&str]| names.contains(&value.as_str()).then_some(value);
+    serde_json::json!({
+        "windows": parts.windows.map(finite),
+        "band_spectrum": parts.band_spectrum.map(finite),
+        "band_peaks": parts.band_peaks.map(finite),
+        "impulsiveness": parts.impulsiveness.map(finite),
+        "impulsiveness_side": known(parts.impulsiveness_side, &["duller", "sharper"]),
+        "furthest": known(
+            parts.furthest,
+            &["windows", "band_spectrum", "band_peaks", "impulsiveness"],
+        ),
+    })
 }
 
 fn finite_f32(value: f32) -> f32 {
@@ -598,4 +616,26 @@ pub async fn join_within(tasks: Vec<tokio::task::JoinHandle<()>>, grace: Duratio
     tokio::time::timeout(grace, futures_util::future::join_all(tasks))
         .await
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_parts_keep_the_contracts_names_and_finite_values_only() {
+        let stored = stored_parts(pb::ScoreParts {
+            windows: Some(0.4),
+            band_spectrum: None,
+            band_peaks: Some(f64::INFINITY),
+            impulsiveness: Some(1.7),
+            impulsiveness_side: "duller".into(),
+            furthest: "<script>".into(),
+        });
+        assert_eq!(stored["windows"], 0.4);
+        assert!(stored["band_spectrum"].is_null());
+        assert_eq!(stored["band_peaks"], f64::MAX);
+        assert_eq!(stored["impulsiveness_side"], "duller");
+        assert!(stored["furthest"].is_null(), "{stored}");
+    }
 }

@@ -162,6 +162,23 @@ pub struct PartScores {
     pub impulsiveness_side: Option<Side>,
 }
 
+impl PartScores {
+    /// The name of the part furthest out of its range — the one that set the clip's score —
+    /// as `score --json` and the stored verdicts name it; `None` where no part was judged.
+    pub fn furthest(&self) -> Option<&'static str> {
+        [
+            ("windows", self.windows),
+            ("band_spectrum", self.band_spectrum),
+            ("band_peaks", self.band_peaks),
+            ("impulsiveness", self.impulsiveness),
+        ]
+        .into_iter()
+        .filter_map(|(name, part)| part.filter(|p| !p.is_nan()).map(|p| (name, p)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(name, _)| name)
+    }
+}
+
 /// Which way a clip's impulsiveness departs from the machine's normal, on balance over the time
 /// scales (its signed departures added).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -171,6 +188,16 @@ pub enum Side {
     Duller,
     /// More impulsive than normal: its peaks higher against its RMS.
     Sharper,
+}
+
+impl Side {
+    /// As `score --json` and the stored verdicts name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Duller => "duller",
+            Self::Sharper => "sharper",
+        }
+    }
 }
 
 /// The normal ranges of a clip's impulsiveness departure (Σz² over the scales) when the clip is, on

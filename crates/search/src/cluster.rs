@@ -16,7 +16,10 @@ use elasticsearch::{
         response::Response,
         transport::{MultiNodeConnectionPool, TransportBuilder},
     },
-    indices::{IndicesDeleteParts, IndicesPutIndexTemplateParts, IndicesRefreshParts},
+    indices::{
+        IndicesDeleteParts, IndicesPutIndexTemplateParts, IndicesPutMappingParts,
+        IndicesRefreshParts,
+    },
 };
 use serde_json::Value;
 
@@ -212,6 +215,20 @@ impl Cluster {
             .await
             .map_err(|e| unreachable("put index template", e))?;
         json_of("put index template", response).await.map(drop)
+    }
+
+    /// Adds `mappings`' fields to an existing index; the fields it already has keep theirs (a
+    /// field mapped otherwise is refused).
+    pub async fn put_mapping(&self, index: &str, mappings: &Value) -> Result<(), ClusterError> {
+        let response = self
+            .client
+            .indices()
+            .put_mapping(IndicesPutMappingParts::Index(&[index]))
+            .body(mappings)
+            .send()
+            .await
+            .map_err(|e| unreachable("put mapping", e))?;
+        json_of("put mapping", response).await.map(drop)
     }
 
     /// A document's source, or `None` if it (or its index) does not exist.

@@ -9,7 +9,7 @@
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
-use tracing::info;
+use tracing::{info, warn};
 
 use auscult_store::SearchKind;
 
@@ -51,6 +51,18 @@ pub async fn apply_design(cluster: &Cluster, replicas: u32) -> Result<Vec<String
         applied.push(format!(
             "index template {name} ({name}-YYYY.MM, alias {name})"
         ));
+        // A template shapes indices made after it; the months already made under an earlier
+        // design get its new fields too, or their documents that carry them would be refused
+        // (the mappings are strict) until the next month began.
+        let mappings = &template["template"]["mappings"];
+        for index in cluster.indices(&format!("{name}-*")).await? {
+            match cluster.put_mapping(&index, mappings).await {
+                Ok(()) => applied.push(format!("mappings of {index}")),
+                // An index made otherwise (by hand, say) keeps its mappings: what it refuses is
+                // dead-lettered with the reason, and the rest flows on.
+                Err(error) => warn!(%index, %error, "index mappings left as they are"),
+            }
+        }
     }
     info!(templates = applied.len(), "index design applied");
     Ok(applied)

@@ -5,7 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use auscult_search::design::{self, KindLayout};
 use auscult_search::{Indexer, IndexerError, projection};
+use auscult_store::SearchKind;
 use auscult_testkit::wait_for;
 use common::{Fixture, fault_proxy};
 use serde_json::json;
@@ -129,6 +131,8 @@ async fn everything_stored_is_indexed_once_and_resends_change_nothing() {
     assert_eq!(doc["anomalous"], true);
     assert_eq!(doc["top_band"], "1000-2000 Hz");
     assert_eq!(doc["score_over_threshold"], 2.25);
+    assert_eq!(doc["parts"]["furthest"], "impulsiveness");
+    assert_eq!(doc["parts"]["impulsiveness_side"], "duller");
     assert!(doc["index_lag_ms"].as_f64().expect("lag") >= 0.0);
     let frame = cluster
         .search(
@@ -436,4 +440,64 @@ async fn months_past_retention_are_deleted() {
         cluster.indices("auscult-*").await.expect("indices"),
         [format!("auscult-frames-{this_month}")]
     );
+}
+
+#[tokio::test]
+async fn a_month_indexed_under_an_earlier_design_takes_the_fields_added_since() {
+    let fixture = populated().await;
+    let month: String = fixture
+        .client
+        .query_one(
+            "SELECT to_char(min(captured_at) AT TIME ZONE 'UTC', 'YYYY.MM') FROM analysis_results",
+            &[],
+        )
+        .await
+        .expect("month")
+        .get(0);
+    // This month's results index as a release before the clips' parts made it: the design's
+    // strict mappings without them (made before any template is in place, so none adds them).
+    let template: serde_json::Value =
+        serde_json::from_str(SearchKind::Result.index_template()).expect("template");
+    let mut mappings = template["template"]["mappings"].clone();
+    let properties = mappings["properties"].as_object_mut().expect("properties");
+    assert!(properties.remove("parts").is_some());
+    for (_, component) in design::COMPONENT_TEMPLATES {
+        let component: serde_json::Value = serde_json::from_str(component).expect("component");
+        if let Some(fields) = component["template"]["mappings"]["properties"].as_object() {
+            properties.extend(fields.clone());
+        }
+    }
+    let index = format!("auscult-results-{month}");
+    let created = reqwest::Client::new()
+        .put(format!("{}/{index}", fixture.search.url()))
+        .json(&json!({"mappings": mappings, "aliases": {"auscult-results": {}}}))
+        .send()
+        .await
+        .expect("create index");
+    assert!(
+        created.status().is_success(),
+        "{}",
+        created.text().await.unwrap_or_default()
+    );
+
+    // The indexer applies the design as it starts: the month made before it gets the new fields,
+    // and every verdict, parts and all, is indexed into it.
+    let indexer = fixture.indexer();
+    let cluster = fixture.cluster();
+    fixture.drain(&indexer).await;
+    assert_eq!(
+        fixture
+            .count("SELECT count(*) FROM search_dead_letters")
+            .await,
+        0
+    );
+    assert_eq!(fixture.indexed_counts(&cluster).await, Some([24, 24, 1, 1]));
+    let hits = cluster
+        .search(
+            &index,
+            &json!({"query": {"term": {"parts.furthest": "impulsiveness"}}}),
+        )
+        .await
+        .expect("search");
+    assert_eq!(hits["hits"]["total"]["value"], 24, "{hits}");
 }

@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "impulse_scales",
         include_str!("../migrations/0011_impulse_scales.sql"),
     ),
+    (
+        12,
+        "result parts",
+        include_str!("../migrations/0012_result_parts.sql"),
+    ),
 ];
 
 /// The schema version this build expects.

@@ -48,6 +48,11 @@ pub struct NewResult {
     pub history_windows: i32,
     /// Judged over a clip's length; alerts count only these.
     pub clip: bool,
+    /// For a clip verdict, which parts of its score flagged it: `{"windows", "band_spectrum",
+    /// "band_peaks", "impulsiveness"}` in units of each part's normal range (null where not judged),
+    /// `"impulsiveness_side"` (`duller` or `sharper`) and `"furthest"` (the part that set the score).
+    /// Null for shorter sound.
+    pub parts: serde_json::Value,
     pub summary_windows: i32,
     pub mean_window_score: f64,
     pub band_means: Vec<f32>,
@@ -158,19 +163,20 @@ pub async fn complete_jobs(
                     frame_id bigint, model_version text, anomalous boolean, anomaly_score float8,
                     threshold float8, class text, class_probability real, probabilities jsonb, profile text,
                     profile_scope text, top_bands jsonb, windows integer, history_windows integer, clip boolean,
-                    summary_windows integer, mean_window_score float8, band_means real[], band_peaks real[],
-                    waveform_peaks real[], waveform_energy float8, waveform_samples bigint)
+                    parts jsonb, summary_windows integer, mean_window_score float8, band_means real[],
+                    band_peaks real[], waveform_peaks real[], waveform_energy float8, waveform_samples bigint)
             ), inserted AS (
                 INSERT INTO analysis_results (
                     frame_id, model_version, device_id, sensor_id, stream_epoch, seq, captured_at, stored_at,
                     anomalous, anomaly_score, threshold, class, class_probability, probabilities, profile,
-                    profile_scope, top_bands, windows, history_windows, clip, summary_windows, mean_window_score,
-                    band_means, band_peaks, waveform_peaks, waveform_energy, waveform_samples,
+                    profile_scope, top_bands, windows, history_windows, clip, parts, summary_windows,
+                    mean_window_score, band_means, band_peaks, waveform_peaks, waveform_energy, waveform_samples,
                     latency_from_capture_ms, latency_from_storage_ms)
                 SELECT i.frame_id, i.model_version, f.device_id, f.sensor_id, f.stream_epoch, f.seq,
                        f.captured_at, d.enqueued_at, i.anomalous, i.anomaly_score, i.threshold, i.class,
                        i.class_probability, i.probabilities, i.profile, i.profile_scope, i.top_bands, i.windows,
-                       i.history_windows, i.clip, i.summary_windows, i.mean_window_score, i.band_means, i.band_peaks,
+                       i.history_windows, i.clip, NULLIF(i.parts, 'null'::jsonb), i.summary_windows,
+                       i.mean_window_score, i.band_means, i.band_peaks,
                        i.waveform_peaks, i.waveform_energy, i.waveform_samples,
                        extract(epoch FROM clock_timestamp() - f.captured_at) * 1000,
                        extract(epoch FROM clock_timestamp() - d.enqueued_at) * 1000

@@ -299,6 +299,7 @@ fn document_query(kind: SearchKind) -> &'static str {
                                                round((r.top_bands->0->>'high_hz')::numeric)) END,
                         'top_band_departure_db', (r.top_bands->0->>'departure_db')::float8,
                         'top_bands', r.top_bands,
+                        'parts', r.parts,
                         'latency_from_capture_ms', r.latency_from_capture_ms,
                         'latency_from_storage_ms', r.latency_from_storage_ms
                     )::text

@@ -91,6 +91,8 @@ fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         windows: 1,
         history_windows: 0,
         clip: true,
+        parts: serde_json::json!({"windows": 0.3, "impulsiveness": 1.8, "impulsiveness_side": "duller",
+            "furthest": "impulsiveness"}),
         summary_windows: 1,
         mean_window_score: 1.5,
         band_means: vec![-40.0; 64],
