@@ -334,17 +334,12 @@ async fn a_mapping_conflict_is_dead_lettered_and_the_rest_flows_on() {
         .expect("month")
         .get(0);
     let index = format!("auscult-frames-{month}");
-    let created = reqwest::Client::new()
-        .put(format!("{}/{index}", fixture.search.url()))
-        .json(&json!({"mappings": {"properties": {"sensor_id": {"type": "long"}}}}))
-        .send()
-        .await
-        .expect("create index");
-    assert!(
-        created.status().is_success(),
-        "{}",
-        created.text().await.unwrap_or_default()
-    );
+    create_index(
+        &fixture,
+        &index,
+        json!({"mappings": {"properties": {"sensor_id": {"type": "long"}}}}),
+    )
+    .await;
 
     fixture.drain(&indexer).await;
     let dead = auscult_store::list_dead_letters(&fixture.client, 100)
@@ -468,17 +463,12 @@ async fn a_month_indexed_under_an_earlier_design_takes_the_fields_added_since() 
         }
     }
     let index = format!("auscult-results-{month}");
-    let created = reqwest::Client::new()
-        .put(format!("{}/{index}", fixture.search.url()))
-        .json(&json!({"mappings": mappings, "aliases": {"auscult-results": {}}}))
-        .send()
-        .await
-        .expect("create index");
-    assert!(
-        created.status().is_success(),
-        "{}",
-        created.text().await.unwrap_or_default()
-    );
+    create_index(
+        &fixture,
+        &index,
+        json!({"mappings": mappings, "aliases": {"auscult-results": {}}}),
+    )
+    .await;
 
     // The indexer applies the design as it starts: the month made before it gets the new fields,
     // and every verdict, parts and all, is indexed into it.
@@ -500,4 +490,19 @@ async fn a_month_indexed_under_an_earlier_design_takes_the_fields_added_since() 
         .await
         .expect("search");
     assert_eq!(hits["hits"]["total"]["value"], 24, "{hits}");
+}
+
+/// Creates `index` in the fixture's cluster by hand, as `body` says.
+async fn create_index(fixture: &Fixture, index: &str, body: serde_json::Value) {
+    let created = reqwest::Client::new()
+        .put(format!("{}/{index}", fixture.search.url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("create index");
+    assert!(
+        created.status().is_success(),
+        "{}",
+        created.text().await.unwrap_or_default()
+    );
 }
