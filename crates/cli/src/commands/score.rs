@@ -191,15 +191,17 @@ fn print(path: &std::path::Path, a: &Assessment) {
             ("band peaks", parts.band_peaks),
             ("impulsiveness", parts.impulsiveness),
         ];
-        let side = match parts.impulsiveness_side {
-            Some(auscult_model::profile::Side::Duller) => " (duller than normal)",
-            Some(auscult_model::profile::Side::Sharper) => " (sharper than normal)",
-            None => "",
-        };
+        let side = parts
+            .impulsiveness_side
+            .map_or(String::new(), |s| format!(" ({} than normal)", s.as_str()));
         let shown: Vec<String> = named
             .iter()
             .filter_map(|(name, part)| {
-                let side = if *name == "impulsiveness" { side } else { "" };
+                let side = if *name == "impulsiveness" {
+                    side.as_str()
+                } else {
+                    ""
+                };
                 part.map(|p| format!("{name} {p:.3}{side}"))
             })
             .collect();
