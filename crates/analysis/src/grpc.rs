@@ -377,3 +377,15 @@ fn inline_audio(inline: &pb::InlineAudio) -> Result<FrameAudio<'_>, (pb::Failure
         samples: &inline.samples,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use auscult_model::profile::{PartScores, Side};
+    use auscult_proto::analysis::score_parts;
+
+    #[test]
+    fn the_parts_analysis_names_are_the_words_the_contract_allows() {
+        assert_eq!(PartScores::NAMES, score_parts::PART_NAMES);
+        assert_eq!(Side::ALL.map(Side::as_str), score_parts::SIDES);
+    }
+}

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use auscult_proto::analysis::score_parts;
 use auscult_proto::analysis::v1 as pb;
 use auscult_store::{ClaimedJob, FailedAttempt, NewResult, StreamSummary};
 use auscult_telemetry::TraceParent;
@@ -515,11 +516,8 @@ fn stored_parts(parts: pb::ScoreParts) -> serde_json::Value {
         "band_spectrum": parts.band_spectrum.map(finite),
         "band_peaks": parts.band_peaks.map(finite),
         "impulsiveness": parts.impulsiveness.map(finite),
-        "impulsiveness_side": known(parts.impulsiveness_side, &["duller", "sharper"]),
-        "furthest": known(
-            parts.furthest,
-            &["windows", "band_spectrum", "band_peaks", "impulsiveness"],
-        ),
+        "impulsiveness_side": known(parts.impulsiveness_side, &score_parts::SIDES),
+        "furthest": known(parts.furthest, &score_parts::PART_NAMES),
     })
 }
 

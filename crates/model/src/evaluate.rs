@@ -54,12 +54,15 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
     let profile = detector.judging_profile(&machine)?;
     // The assessment's parts are weighted; each part's own AUC needs it unweighted, even where fault
     // labels weighted it at zero.
-    let [
-        windows_part,
-        bands_part,
-        band_peaks_part,
-        impulsiveness_part,
-    ] = profile.clip_parts(
+    let (
+        [
+            windows_part,
+            bands_part,
+            band_peaks_part,
+            impulsiveness_part,
+        ],
+        impulsiveness_side,
+    ) = profile.clip_parts_and_side(
         &assessment.window_scores,
         &profile.clip_features(&inference.band_means, &inference.band_peaks),
         &inference.waveform,
@@ -79,7 +82,7 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         bands_part,
         band_peaks_part,
         impulsiveness_part,
-        impulsiveness_side: impulsiveness_part.and(profile.impulsiveness_side(&inference.waveform)),
+        impulsiveness_side,
         statistics,
         heard_as_itself,
     })

@@ -163,19 +163,26 @@ pub struct PartScores {
 }
 
 impl PartScores {
+    /// The parts' names, in [`ClipParts`] order, as `score --json` and the stored verdicts name
+    /// them.
+    pub const NAMES: [&'static str; 4] =
+        ["windows", "band_spectrum", "band_peaks", "impulsiveness"];
+
     /// The name of the part furthest out of its range — the one that set the clip's score —
     /// as `score --json` and the stored verdicts name it; `None` where no part was judged.
     pub fn furthest(&self) -> Option<&'static str> {
-        [
-            ("windows", self.windows),
-            ("band_spectrum", self.band_spectrum),
-            ("band_peaks", self.band_peaks),
-            ("impulsiveness", self.impulsiveness),
-        ]
-        .into_iter()
-        .filter_map(|(name, part)| part.filter(|p| !p.is_nan()).map(|p| (name, p)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(name, _)| name)
+        let parts = [
+            self.windows,
+            self.band_spectrum,
+            self.band_peaks,
+            self.impulsiveness,
+        ];
+        Self::NAMES
+            .into_iter()
+            .zip(parts)
+            .filter_map(|(name, part)| part.filter(|p| !p.is_nan()).map(|p| (name, p)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(name, _)| name)
     }
 }
 
@@ -191,6 +198,8 @@ pub enum Side {
 }
 
 impl Side {
+    pub const ALL: [Side; 2] = [Side::Duller, Side::Sharper];
+
     /// As `score --json` and the stored verdicts name it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -387,14 +396,16 @@ impl MachineProfile {
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> (f64, PartScores) {
-        let weighted = self.weighted(self.clip_parts(window_scores, clip_features, waveform));
+        let (parts, impulsiveness_side) =
+            self.clip_parts_and_side(window_scores, clip_features, waveform);
+        let weighted = self.weighted(parts);
         let [windows, band_spectrum, band_peaks, impulsiveness] = weighted;
         let parts = PartScores {
             windows,
             band_spectrum,
             band_peaks,
             impulsiveness,
-            impulsiveness_side: impulsiveness.and(self.impulsiveness_side(waveform)),
+            impulsiveness_side,
         };
         (self.fuse(weighted), parts)
     }
@@ -441,7 +452,20 @@ impl MachineProfile {
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> ClipParts {
-        self.scale(self.raw_parts(window_scores, clip_features, waveform))
+        self.clip_parts_and_side(window_scores, clip_features, waveform)
+            .0
+    }
+
+    /// [`Self::clip_parts`], and which way the impulsiveness departs where it is judged
+    /// (profiles that judged the crest factor alone say no side).
+    pub fn clip_parts_and_side(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+        waveform: &Waveform,
+    ) -> (ClipParts, Option<Side>) {
+        let (raw, side) = self.raw_parts_and_side(window_scores, clip_features, waveform);
+        (self.scale(raw), side)
     }
 
     /// The parts as this profile's statistics measure them, before they are put in units of
@@ -453,18 +477,25 @@ impl MachineProfile {
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> ClipParts {
+        self.raw_parts_and_side(window_scores, clip_features, waveform)
+            .0
+    }
+
+    /// [`Self::raw_parts`] and the impulsiveness's side, from one measurement of it.
+    fn raw_parts_and_side(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+        waveform: &Waveform,
+    ) -> (ClipParts, Option<Side>) {
         let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
         // The clip's features are its band means, then its band peaks (`clip_features`).
         let (spectrum, peaks) = self.clip_bands.as_ref().map_or((None, None), |clip_bands| {
             let groups = clip_bands.group_scores(clip_features, BANDS);
             (groups.first().copied(), groups.get(1).copied())
         });
-        [
-            Some(mean),
-            spectrum,
-            peaks,
-            self.impulsiveness_departure(waveform),
-        ]
+        let (impulsiveness, side) = self.impulsiveness_departure(waveform).unzip();
+        ([Some(mean), spectrum, peaks, impulsiveness], side.flatten())
     }
 
     /// Raw parts in units of normal.
@@ -484,23 +515,21 @@ impl MachineProfile {
 
     /// How far the waveform's impulsiveness departs from normal: Σ z² over the scales, in units
     /// of each side's range where the profile has them ([`Self::impulsiveness_sides`], the further
-    /// side counts), or both sides added (profiles from before them). `None` where the profile
-    /// or the sound has none.
-    fn impulsiveness_departure(&self, waveform: &Waveform) -> Option<f64> {
+    /// side counts), or both sides added (profiles from before them); with the side it departs
+    /// to (none for a profile that judged the crest factor alone). `None` where the profile or
+    /// the sound has no impulsiveness.
+    fn impulsiveness_departure(&self, waveform: &Waveform) -> Option<(f64, Option<Side>)> {
         let Some(normal) = self.impulsiveness.as_ref() else {
             let legacy = self.legacy_crest?;
             return waveform.crest_db().map(|crest| {
-                legacy.score(crest).powi(2) / self.legacy_crest_scale.max(f64::MIN_POSITIVE)
+                let part =
+                    legacy.score(crest).powi(2) / self.legacy_crest_scale.max(f64::MIN_POSITIVE);
+                (part, None)
             });
         };
-        let (duller, sharper) = impulsiveness_by_side(normal, waveform)?;
-        Some(self.impulsiveness_part(duller, sharper))
-    }
-
-    /// Which way the waveform's impulsiveness departs from normal; `None` where the profile or the
-    /// sound has no impulsiveness (profiles that judged the crest factor alone included).
-    pub fn impulsiveness_side(&self, waveform: &Waveform) -> Option<Side> {
-        departure_and_side(self.impulsiveness.as_ref()?, waveform).map(|(_, side)| side)
+        let (departure, side) = departure_and_side(normal, waveform)?;
+        let (duller, sharper) = on_its_side(departure, side);
+        Some((self.impulsiveness_part(duller, sharper), Some(side)))
     }
 
     /// The impulsiveness part from its departures towards duller and towards sharper.
@@ -526,10 +555,15 @@ fn impulsiveness_part(sides: Option<SideRanges>, duller: f64, sharper: f64) -> f
 }
 
 fn impulsiveness_by_side(normal: &[TwoSided], waveform: &Waveform) -> Option<(f64, f64)> {
-    departure_and_side(normal, waveform).map(|(departure, side)| match side {
+    departure_and_side(normal, waveform).map(|(departure, side)| on_its_side(departure, side))
+}
+
+/// A departure as (towards duller, towards sharper): all of it on its side, none on the other.
+fn on_its_side(departure: f64, side: Side) -> (f64, f64) {
+    match side {
         Side::Duller => (departure, 0.0),
         Side::Sharper => (0.0, departure),
-    })
+    }
 }
 
 /// The waveform's impulsiveness departure from `normal` (Σ z² over the scales) and the side it

@@ -17,6 +17,17 @@ pub mod analysis {
         #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
         tonic::include_proto!("auscult.analysis.v1");
     }
+
+    /// The words `ScoreParts` may hold in its string fields. Analysis writes them and the
+    /// listener stores only these, so what reaches PostgreSQL and Elasticsearch stays a closed set
+    /// that charts can group by.
+    pub mod score_parts {
+        /// `ScoreParts.furthest`: the parts of a clip's score, in the order they are put together.
+        pub const PART_NAMES: [&str; 4] =
+            ["windows", "band_spectrum", "band_peaks", "impulsiveness"];
+        /// `ScoreParts.impulsiveness_side`: which way the impulsiveness departs from normal.
+        pub const SIDES: [&str; 2] = ["duller", "sharper"];
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every auscult proto, for gRPC server reflection.

@@ -123,6 +123,35 @@ async fn every_dashboard_visualization_returns_what_postgresql_holds() {
         answers["auscult-deviating-bands"].1,
         BTreeMap::from([("1000-2000 Hz".to_owned(), anomalous)])
     );
+    // What flagged each anomalous clip: the part PostgreSQL names, per machine.
+    let flagging: BTreeMap<String, i64> = fixture
+        .client
+        .query(
+            "SELECT parts->>'furthest', count(*) FROM analysis_results
+             WHERE anomalous AND clip GROUP BY 1",
+            &[],
+        )
+        .await
+        .expect("parts")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert!(!flagging.is_empty(), "no anomalous clip to chart");
+    let (by_part, machines) = &answers["auscult-flagging-part"];
+    assert_eq!(
+        machines,
+        &BTreeMap::from([("valve/section_00".to_owned(), anomalous)])
+    );
+    let parts: BTreeMap<String, i64> = by_part["aggregations"]["2"]["buckets"][0]["3"]["buckets"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|b| {
+            let key = b["key"].as_str().expect("part").to_owned();
+            (key, b["doc_count"].as_i64().expect("count"))
+        })
+        .collect();
+    assert_eq!(parts, flagging);
     // One alert, firing, on the valve, with its peak score.
     let (alerts, by_machine) = &answers["auscult-alerts-table"];
     assert_eq!(

@@ -231,10 +231,17 @@ pub fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         windows: 1,
         history_windows: 9,
         clip: true,
-        parts: serde_json::json!({
-            "windows": 0.4, "band_spectrum": 0.2, "band_peaks": 0.9, "impulsiveness": 2.25,
-            "impulsiveness_side": "duller", "furthest": "impulsiveness"
-        }),
+        parts: if anomalous {
+            serde_json::json!({
+                "windows": 0.4, "band_spectrum": 0.2, "band_peaks": 0.9, "impulsiveness": 2.25,
+                "impulsiveness_side": "duller", "furthest": "impulsiveness"
+            })
+        } else {
+            serde_json::json!({
+                "windows": 0.1, "band_spectrum": 0.2, "band_peaks": 0.25, "impulsiveness": 0.15,
+                "impulsiveness_side": "sharper", "furthest": "band_peaks"
+            })
+        },
         summary_windows: 1,
         mean_window_score: 1.5,
         band_means: vec![-40.0; 64],
