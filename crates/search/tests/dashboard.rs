@@ -152,6 +152,34 @@ async fn every_dashboard_visualization_returns_what_postgresql_holds() {
         })
         .collect();
     assert_eq!(parts, flagging);
+    // Drift: the mean score ÷ threshold of the clips judged normal, and only of those.
+    let healthy: (i64, f64) = {
+        let row = fixture
+            .client
+            .query_one(
+                "SELECT count(*), avg(anomaly_score / threshold)::float8 FROM analysis_results
+                 WHERE clip AND NOT anomalous",
+                &[],
+            )
+            .await
+            .expect("healthy clips");
+        (row.get(0), row.get(1))
+    };
+    let drift = &answers["auscult-healthy-drift"].0;
+    let (mut clips, mut weighted) = (0_i64, 0.0);
+    for day in drift["aggregations"]["2"]["buckets"]
+        .as_array()
+        .expect("days")
+    {
+        for machine in day["3"]["buckets"].as_array().expect("machines") {
+            let count = machine["doc_count"].as_i64().expect("count");
+            clips += count;
+            weighted += count as f64 * machine["1"]["value"].as_f64().expect("avg");
+        }
+    }
+    assert!(healthy.0 > 0, "no healthy clip to chart");
+    assert_eq!(clips, healthy.0);
+    assert!((weighted / clips as f64 - healthy.1).abs() < 1e-9);
     // One alert, firing, on the valve, with its peak score.
     let (alerts, by_machine) = &answers["auscult-alerts-table"];
     assert_eq!(
