@@ -198,6 +198,7 @@ pub enum Side {
 }
 
 impl Side {
+    /// Every side, in declaration order: the words a stored verdict may hold for it.
     pub const ALL: [Side; 2] = [Side::Duller, Side::Sharper];
 
     /// As `score --json` and the stored verdicts name it.

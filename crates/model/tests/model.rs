@@ -154,12 +154,14 @@ fn a_trained_model_survives_the_file_and_records_its_data() {
     let legacy: MachineProfile = serde_json::from_value(legacy).expect("legacy profile");
     let waveform = Waveform::measure(&clips[0].samples);
     let crest = waveform.crest_db().expect("crest factor");
-    let [_, _, _, part] = legacy.clip_parts(&[1.0], &vec![0.0; 128], &waveform);
+    let ([_, _, _, part], side) = legacy.clip_parts_and_side(&[1.0], &vec![0.0; 128], &waveform);
     let expected = ((crest - 20.0) / 2.0).powi(2) / 4.0;
     assert!(
         part.is_some_and(|p| (p - expected).abs() < 1e-9),
         "legacy crest part {part:?}, expected {expected}"
     );
+    // One crest factor has no side to depart to: none is claimed.
+    assert_eq!(side, None);
     // A profile from before each part had its own range added its parts, the band spectrum and
     // peaks as one, and still does.
     let mut added = serde_json::to_value(&info.profiles[0]).expect("profile as JSON");

@@ -29,6 +29,9 @@ fn search_of(object: &SavedObject) -> Value {
             "max" | "avg" | "min" | "sum" => {
                 metrics.insert(id.to_owned(), json!({kind: {"field": field}}));
             }
+            "median" => {
+                metrics.insert(id.to_owned(), json!({"percentiles": {"field": field, "percents": [50]}}));
+            }
             "terms" => buckets.push((id.to_owned(), json!({"terms": {"field": field, "size": agg["params"]["size"]}}))),
             "date_histogram" => buckets.push((id.to_owned(), json!({"date_histogram": {"field": field, "fixed_interval": "1m", "min_doc_count": 1}}))),
             other => panic!("{}: aggregation {other} not understood by this test", object.id),
@@ -124,6 +127,9 @@ async fn every_dashboard_visualization_returns_what_postgresql_holds() {
         BTreeMap::from([("1000-2000 Hz".to_owned(), anomalous)])
     );
     // What flagged each anomalous clip: the part PostgreSQL names, per machine.
+    let anomalous_clips = fixture
+        .count("SELECT count(*) FROM analysis_results WHERE anomalous AND clip")
+        .await;
     let flagging: BTreeMap<String, i64> = fixture
         .client
         .query(
@@ -140,7 +146,7 @@ async fn every_dashboard_visualization_returns_what_postgresql_holds() {
     let (by_part, machines) = &answers["auscult-flagging-part"];
     assert_eq!(
         machines,
-        &BTreeMap::from([("valve/section_00".to_owned(), anomalous)])
+        &BTreeMap::from([("valve/section_00".to_owned(), anomalous_clips)])
     );
     let parts: BTreeMap<String, i64> = by_part["aggregations"]["2"]["buckets"][0]["3"]["buckets"]
         .as_array()
@@ -152,34 +158,52 @@ async fn every_dashboard_visualization_returns_what_postgresql_holds() {
         })
         .collect();
     assert_eq!(parts, flagging);
-    // Drift: the mean score ÷ threshold of the clips judged normal, and only of those.
-    let healthy: (i64, f64) = {
-        let row = fixture
-            .client
-            .query_one(
-                "SELECT count(*), avg(anomaly_score / threshold)::float8 FROM analysis_results
-                 WHERE clip AND NOT anomalous",
-                &[],
-            )
-            .await
-            .expect("healthy clips");
-        (row.get(0), row.get(1))
-    };
-    let drift = &answers["auscult-healthy-drift"].0;
-    let (mut clips, mut weighted) = (0_i64, 0.0);
-    for day in drift["aggregations"]["2"]["buckets"]
+    // Drift: the median score ÷ threshold of each machine's clip verdicts, minute by minute, over
+    // exactly those clips (window verdicts left out).
+    let clips_by_minute: BTreeMap<(i64, String), Vec<f64>> = fixture
+        .client
+        .query(
+            "SELECT (extract(epoch FROM date_trunc('minute', captured_at, 'UTC')) * 1000)::int8,
+                    profile, array_agg(anomaly_score / threshold ORDER BY anomaly_score / threshold)
+             FROM analysis_results WHERE clip GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .expect("clips by minute")
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect();
+    let windows = fixture
+        .count("SELECT count(*) FROM analysis_results WHERE NOT clip")
+        .await;
+    assert!(windows > 0, "no window verdict to leave out");
+    let typical = &answers["auscult-typical-clip-score"].0;
+    let mut charted = BTreeMap::new();
+    for minute in typical["aggregations"]["2"]["buckets"]
         .as_array()
-        .expect("days")
+        .expect("minutes")
     {
-        for machine in day["3"]["buckets"].as_array().expect("machines") {
-            let count = machine["doc_count"].as_i64().expect("count");
-            clips += count;
-            weighted += count as f64 * machine["1"]["value"].as_f64().expect("avg");
+        let at = minute["key"].as_i64().expect("minute");
+        for machine in minute["3"]["buckets"].as_array().expect("machines") {
+            let key = (at, machine["key"].as_str().expect("machine").to_owned());
+            let median = machine["1"]["values"]["50.0"].as_f64().expect("median");
+            charted.insert(key, (machine["doc_count"].as_i64().expect("count"), median));
         }
     }
-    assert!(healthy.0 > 0, "no healthy clip to chart");
-    assert_eq!(clips, healthy.0);
-    assert!((weighted / clips as f64 - healthy.1).abs() < 1e-9);
+    assert_eq!(
+        charted.keys().collect::<Vec<_>>(),
+        clips_by_minute.keys().collect::<Vec<_>>()
+    );
+    for (key, scores) in &clips_by_minute {
+        let (count, median) = charted[key];
+        assert_eq!(count, scores.len() as i64, "{key:?}");
+        // Between the middle two, where an implementation's interpolation may put it.
+        let (lower, upper) = (scores[(scores.len() - 1) / 2], scores[scores.len() / 2]);
+        assert!(
+            (lower - 1e-9..=upper + 1e-9).contains(&median),
+            "{key:?}: median {median} of {scores:?}"
+        );
+    }
     // One alert, firing, on the valve, with its peak score.
     let (alerts, by_machine) = &answers["auscult-alerts-table"];
     assert_eq!(

@@ -446,3 +446,11 @@ fn a_clip_out_of_the_impulsiveness_range_says_which_way() {
     );
     assert_eq!(parts.impulsiveness_side, None);
 }
+
+#[test]
+fn each_side_is_named_alike_by_its_text_and_its_serialised_form() {
+    for side in Side::ALL {
+        let serialised = serde_json::to_value(side).expect("a side serialises");
+        assert_eq!(serialised, side.as_str());
+    }
+}

@@ -209,12 +209,20 @@ impl Fixture {
     }
 }
 
+/// A verdict on `frame_id`: every fourth one judges a window, the others a clip; healthy clips
+/// score a quarter to a half of their threshold, so that charts of a typical score have a spread
+/// to summarise.
 pub fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
+    let clip = frame_id % 4 != 0;
     NewResult {
         frame_id,
         model_version: "v1".into(),
         anomalous,
-        anomaly_score: if anomalous { 9.0 } else { 1.0 },
+        anomaly_score: if anomalous {
+            9.0
+        } else {
+            1.0 + 0.5 * (frame_id % 3) as f64
+        },
         threshold: 4.0,
         class: "valve/section_00/pat_00/normal".into(),
         class_probability: 0.9,
@@ -230,8 +238,10 @@ pub fn verdict(frame_id: i64, anomalous: bool) -> NewResult {
         ]),
         windows: 1,
         history_windows: 9,
-        clip: true,
-        parts: if anomalous {
+        clip,
+        parts: if !clip {
+            serde_json::Value::Null
+        } else if anomalous {
             serde_json::json!({
                 "windows": 0.4, "band_spectrum": 0.2, "band_peaks": 0.9, "impulsiveness": 2.25,
                 "impulsiveness_side": "duller", "furthest": "impulsiveness"
