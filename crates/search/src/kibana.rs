@@ -25,7 +25,8 @@ pub struct SavedObject {
 
 /// Parses saved-objects NDJSON and checks it: every line an object with id, type and attributes,
 /// every reference resolving to an object of the file, every field a visualization, query or data
-/// view names present in the index templates. Returns the objects, or every problem found.
+/// view names present in the index templates, every visualization on a dashboard. Returns the
+/// objects, or every problem found.
 pub fn check_saved_objects(ndjson: &str) -> Result<Vec<SavedObject>, Vec<String>> {
     let mut problems = Vec::new();
     let mut objects = Vec::new();
@@ -143,6 +144,23 @@ pub fn check_saved_objects(ndjson: &str) -> Result<Vec<SavedObject>, Vec<String>
             other => problems.push(format!("{name}: unexpected type {other:?}")),
         }
     }
+    // A visualization no dashboard shows is one an operator never sees: a chart added to the
+    // file and forgotten on the dashboard is as broken as a dangling reference.
+    let on_a_dashboard: BTreeSet<&str> = objects
+        .iter()
+        .filter(|o| o.kind == "dashboard")
+        .flat_map(|d| &d.references)
+        .filter(|(_, kind, _)| kind == "visualization")
+        .map(|(_, _, id)| id.as_str())
+        .collect();
+    for object in objects.iter().filter(|o| o.kind == "visualization") {
+        if !on_a_dashboard.contains(object.id.as_str()) {
+            problems.push(format!(
+                "visualization {:?} ({:?}) is on no dashboard",
+                object.id, object.title
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(objects)
     } else {
@@ -216,6 +234,57 @@ mod tests {
         );
         assert!(
             problems.iter().any(|p| p.contains("line 4: not JSON")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(r#"visualization "x" ("x") is on no dashboard"#)),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_shipped_visualization_left_off_the_dashboard_is_reported() {
+        let objects = check_saved_objects(SAVED_OBJECTS).unwrap_or_else(|p| panic!("{p:#?}"));
+        let dashboard = objects
+            .iter()
+            .find(|o| o.kind == "dashboard")
+            .expect("a dashboard");
+        let (panel, _, dropped) = dashboard
+            .references
+            .iter()
+            .find(|(_, kind, _)| kind == "visualization")
+            .expect("a visualization on the dashboard");
+        // The same file with that one panel and its reference taken off the dashboard.
+        let edited: Vec<String> = SAVED_OBJECTS
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let mut value: Value = serde_json::from_str(line).expect("shipped line is JSON");
+                if value["type"] == "dashboard" {
+                    let panels: Vec<Value> = serde_json::from_str(
+                        value["attributes"]["panelsJSON"].as_str().expect("panels"),
+                    )
+                    .expect("panels are JSON");
+                    let kept: Vec<Value> = panels
+                        .into_iter()
+                        .filter(|p| p["panelRefName"] != panel.as_str())
+                        .collect();
+                    value["attributes"]["panelsJSON"] =
+                        Value::String(Value::Array(kept).to_string());
+                    if let Some(refs) = value["references"].as_array_mut() {
+                        refs.retain(|r| r["name"] != panel.as_str());
+                    }
+                }
+                value.to_string()
+            })
+            .collect();
+        let problems = check_saved_objects(&edited.join("\n")).expect_err("a problem");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains(&format!("visualization {dropped:?}"))
+                && problems[0].ends_with("is on no dashboard"),
             "{problems:?}"
         );
     }

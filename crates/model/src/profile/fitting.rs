@@ -28,7 +28,7 @@ pub const RELIABLE_RANGE_CLIPS: usize = 10;
 pub struct HeldOutClip {
     pub anomaly: bool,
     pub window_scores: Vec<f64>,
-    /// [`MachineProfile::raw_parts`] under that profile.
+    /// Its parts as that profile's statistics measure them, before they are put in units of normal.
     pub(super) raw_parts: ClipParts,
     /// Its impulsiveness departure towards duller and towards sharper, under that profile.
     pub(super) impulsiveness_by_side: Option<(f64, f64)>,
@@ -45,7 +45,7 @@ impl HeldOutClip {
             window_pairs(input.embeddings, input.band_means, embedding_dim)
                 .map(|(e, b)| profile.score(e, b))
                 .collect();
-        let raw_parts = profile.raw_parts(
+        let (raw_parts, impulsiveness_by_side) = profile.raw_parts_by_side(
             &window_scores,
             &profile.clip_features(input.band_means, input.band_peaks),
             &input.waveform,
@@ -54,7 +54,7 @@ impl HeldOutClip {
             anomaly,
             window_scores,
             raw_parts,
-            impulsiveness_by_side: profile.impulsiveness_by_side(&input.waveform),
+            impulsiveness_by_side,
         }
     }
 }

@@ -322,19 +322,17 @@ fn enrolling_scales_every_part_by_clips_its_statistics_never_contained() {
         )
         .expect("partial");
         let input = normal.clip(left_out);
-        let [_, s, p, i] = partial.raw_parts(
+        let ([_, s, p, i], by_side) = partial.raw_parts_by_side(
             &[],
             &partial.clip_features(input.band_means, input.band_peaks),
             &input.waveform,
         );
         spectrum.push(s.expect("spectrum part"));
         peaks.push(p.expect("band peaks part"));
-        assert!(i.is_some(), "impulsiveness part");
-        impulsiveness.push(
-            partial
-                .impulsiveness_by_side(&input.waveform)
-                .expect("impulsiveness by side"),
-        );
+        let (duller, sharper) = by_side.expect("impulsiveness by side");
+        // Without ranges of its own, the part is the departure, on whichever side it lies.
+        assert_eq!(i, Some(duller + sharper), "impulsiveness part");
+        impulsiveness.push((duller, sharper));
     }
     // Five ranges — three parts and the impulsiveness's two sides — share the 1 % of healthy
     // clips a threshold may flag.
