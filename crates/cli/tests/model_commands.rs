@@ -586,6 +586,89 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
 }
 
 #[test]
+fn a_folder_is_judged_file_by_file_in_name_order() {
+    // A plant files recordings by hall: a folder named to `score` is every WAV below it, the
+    // machine of each from the manifest at the folder's root.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plant = dir.path().join("plant");
+    let faulty = "section_00_source_test_anomaly_0028_pat_00.wav";
+    let healthy = "section_00_source_test_normal_0010_pat_00.wav";
+    for (hall, sample) in [("hall_b", faulty), ("hall_a", healthy)] {
+        std::fs::create_dir_all(plant.join(hall)).expect("mkdir");
+        std::fs::copy(samples().join(sample), plant.join(hall).join(sample)).expect("copy");
+    }
+    std::fs::write(plant.join("hall_a").join("notes.txt"), "not a recording").expect("write");
+    std::fs::write(
+        plant.join("manifest.csv"),
+        format!(
+            "path,machine_type,machine_id,label\n\
+             hall_b/{faulty},valve,section_00,anomaly\n\
+             hall_a/{healthy},valve,section_00,normal\n"
+        ),
+    )
+    .expect("write manifest");
+
+    let judged = json(&auscult(&["score", path(&plant), "--json"]));
+    let files: Vec<&str> = judged
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|j| j["file"].as_str())
+        .collect();
+    assert_eq!(files.len(), 2, "the two WAVs, not the notes: {judged}");
+    assert!(
+        files[0].ends_with(&format!("hall_a/{healthy}"))
+            && files[1].ends_with(&format!("hall_b/{faulty}")),
+        "{files:?}"
+    );
+    // Each judged as it is when named alone.
+    for (entry, sample) in judged
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip([healthy, faulty])
+    {
+        let alone = json(&auscult(&[
+            "score",
+            path(&samples().join(sample)),
+            "--json",
+        ]));
+        assert_eq!(
+            entry["anomaly_score"], alone[0]["anomaly_score"],
+            "{sample}"
+        );
+        assert_eq!(entry["verdict"], alone[0]["verdict"], "{sample}");
+    }
+    let anomalous = judged
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["verdict"] == "anomalous")
+        .count();
+    let text = auscult(&["score", path(&plant)]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|line| line
+            == format!(
+                "2 recordings: {anomalous} anomalous, {} normal",
+                2 - anomalous
+            )),
+        "{text}"
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(empty.join("hall_c")).expect("mkdir");
+    let refused = auscult(&["score", path(&empty)]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("empty: no .wav file in this folder or below it"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_recordings_and_manifests_are_named_in_the_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("broken");

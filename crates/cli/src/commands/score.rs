@@ -1,6 +1,6 @@
 //! `auscult score`: the verdict on individual recordings, with the bands that explain it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use auscult_audio::manifest::Listings;
 use auscult_audio::{AudioLimits, ChannelChoice};
@@ -10,7 +10,7 @@ use crate::commands::recordings::{self, ModelArg, round};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// WAV files to judge.
+    /// WAV files to judge, or folders: every `.wav` in them and their subfolders, in name order.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
     #[command(flatten)]
@@ -50,7 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut failures = 0;
     let mut listings = Listings::default();
-    for path in &args.files {
+    let files = wav_files(&args.files)?;
+    for path in &files {
         let outcome = auscult_audio::load(
             path,
             channel,
@@ -92,21 +93,81 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for (path, a) in &results {
             print(path, a);
         }
+        if files.len() > 1 {
+            let anomalous = results
+                .iter()
+                .filter(|(_, a)| a.verdict == auscult_model::assessment::Verdict::Anomalous)
+                .count();
+            println!(
+                "{} recordings: {anomalous} anomalous, {} normal{}",
+                files.len(),
+                results.len() - anomalous,
+                if failures > 0 {
+                    format!(", {failures} not scored")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     anyhow::ensure!(
         failures == 0,
         "{failures} of {} files could not be scored",
-        args.files.len()
+        files.len()
     );
+    Ok(())
+}
+
+/// The files to judge: each file named, and every `.wav` under each folder named (its
+/// subfolders too, in name order, as a plant's recordings are filed by hall or machine). A
+/// folder without one is an error, not an empty answer.
+fn wav_files(named: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in named {
+        if path.is_dir() {
+            let before = files.len();
+            wavs_under(path, &mut files)?;
+            anyhow::ensure!(
+                files.len() > before,
+                "{}: no .wav file in this folder or below it",
+                recordings::shown(path)
+            );
+        } else {
+            // A missing or unreadable file is reported with the others when it is read.
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn wavs_under(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let cannot_list =
+        |e: std::io::Error| anyhow::anyhow!("{}: cannot list: {e}", recordings::shown(dir));
+    // A linked folder is not followed: a link back up the tree would never end.
+    let mut entries = std::fs::read_dir(dir)
+        .and_then(|entries| {
+            entries
+                .map(|e| e.and_then(|e| Ok((e.path(), e.file_type()?.is_dir()))))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(cannot_list)?;
+    entries.sort();
+    for (entry, is_folder) in entries {
+        if is_folder {
+            wavs_under(&entry, out)?;
+        } else if entry
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("wav"))
+        {
+            out.push(entry);
+        }
+    }
     Ok(())
 }
 
 /// The machine the nearest `manifest.csv` listing the file names for it: in the file's folder or
 /// any folder above it, as datasets keep one manifest at their root.
-fn listed_machine(
-    listings: &mut Listings,
-    path: &std::path::Path,
-) -> anyhow::Result<Option<MachineKey>> {
+fn listed_machine(listings: &mut Listings, path: &Path) -> anyhow::Result<Option<MachineKey>> {
     Ok(listings.listing_of(path)?.map(|row| MachineKey {
         machine_type: row.machine_type,
         machine_id: row.machine_id,
@@ -137,7 +198,7 @@ fn known_machines(detector: &auscult_model::Detector) -> String {
     }
 }
 
-fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Value {
+fn json(path: &Path, a: &Assessment, version: &str) -> serde_json::Value {
     serde_json::json!({
         "file": path,
         "verdict": a.verdict,
@@ -167,7 +228,7 @@ fn json(path: &std::path::Path, a: &Assessment, version: &str) -> serde_json::Va
     })
 }
 
-fn print(path: &std::path::Path, a: &Assessment) {
+fn print(path: &Path, a: &Assessment) {
     println!(
         "{}: {:?} — score {:.3} vs threshold {:.3} ({} profile {}, {} windows); sounds like {} ({:.0} %)",
         recordings::shown(path),
