@@ -33,6 +33,10 @@ fn search_of(object: &SavedObject) -> Value {
                 metrics.insert(id.to_owned(), json!({"percentiles": {"field": field, "percents": [50]}}));
             }
             "terms" => buckets.push((id.to_owned(), json!({"terms": {"field": field, "size": agg["params"]["size"]}}))),
+            // Every chart's interval is `auto`, which Kibana turns into a fixed interval from the
+            // time range shown (about fifty buckets: half an hour for the dashboard's default
+            // day) before it sends the search. Any fixed interval stands for it; a minute holds
+            // the fixture's twelve seconds of frames in one or two buckets, each checked.
             "date_histogram" => buckets.push((id.to_owned(), json!({"date_histogram": {"field": field, "fixed_interval": "1m", "min_doc_count": 1}}))),
             other => panic!("{}: aggregation {other} not understood by this test", object.id),
         }
