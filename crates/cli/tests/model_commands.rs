@@ -363,6 +363,15 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     assert_eq!(machine["detector"], "bands");
     assert_eq!(machine["clips"], 6);
     assert_eq!(machine["earlier_clips"], 0);
+    // What to expect of it: each of its six recordings judged by ranges fitted without it.
+    let check = &machine["false_alarm_check"];
+    assert_eq!(check["clips"], 6, "{machine}");
+    let flagged = check["flagged"].as_u64().expect("flagged");
+    assert!(flagged <= 6, "{check}");
+    assert_eq!(
+        check["rate"].as_f64(),
+        Some(((flagged as f64 / 6.0) * 1e4).round() / 1e4)
+    );
     // The pump type's profile is fitted from one pump, says so, and judges no other.
     let pump_type = enrolled
         .as_array()
@@ -398,6 +407,12 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     assert!(
         told.contains("refitted pump/* from 6 recordings (6 new to it) of pump/id_01")
             && told.contains("judges no other pump until a second one is enrolled"),
+        "{told}"
+    );
+    assert!(
+        told.contains(&format!(
+            "false alarms: {flagged} of its 6 normal recordings are out of the ranges fitted without each"
+        )),
         "{told}"
     );
 

@@ -49,6 +49,10 @@ pub struct Enrolled {
     pub windows: usize,
     pub window_threshold: f64,
     pub clip_threshold: f64,
+    /// The enrolled clips each judged by ranges fitted without it
+    /// ([`MachineProfile::false_alarm_check`]).
+    #[serde(default)]
+    pub false_alarm_check: Option<profile::FalseAlarmCheck>,
 }
 
 /// Fits profiles for every machine among the normal `clips` (anomalous ones are ignored) and
@@ -266,6 +270,7 @@ fn enrolled(
         windows: profile.normal_windows,
         window_threshold: profile.window_threshold,
         clip_threshold: profile.clip_threshold,
+        false_alarm_check: profile.false_alarm_check,
     }
 }
 

@@ -224,6 +224,24 @@ pub struct SideRanges {
     pub sharper: f64,
 }
 
+/// A profile's false alarms on its own normal clips, each judged by ranges fitted on the others
+/// alone ([`MachineProfile::false_alarm_check`]). The ranges target a rate (1 % by default) as far
+/// as gammas fitted to a few dozen clips describe unseen sound; this says how far they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FalseAlarmCheck {
+    /// Normal clips out of range.
+    pub flagged: usize,
+    /// Normal clips checked.
+    pub clips: usize,
+}
+
+impl FalseAlarmCheck {
+    /// The share of the clips flagged.
+    pub fn rate(&self) -> f64 {
+        self.flagged as f64 / self.clips.max(1) as f64
+    }
+}
+
 /// The pattern a profile applies to; `*` stands for any.
 pub const ANY: &str = "*";
 
@@ -292,6 +310,12 @@ pub struct MachineProfile {
     /// For a clip: see [`MachineProfile::clip_score`].
     pub clip_threshold: f64,
     pub threshold_method: ThresholdMethod,
+    /// How many of the normal clips the ranges were fitted on are out of ranges fitted without
+    /// each: the share of unseen healthy clips this profile may be expected to flag, measured
+    /// rather than assumed. Present for profiles calibrated without fault labels, since they were
+    /// written with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_alarm_check: Option<FalseAlarmCheck>,
     pub normal_windows: usize,
     pub normal_clips: usize,
     /// Clips with fewer windows are judged window by window: their peaks say too little.

@@ -97,6 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "windows": e.windows,
                     "window_threshold": round(e.window_threshold, 3),
                     "clip_threshold": round(e.clip_threshold, 3),
+                    "false_alarm_check": recordings::false_alarm_check_json(e.false_alarm_check),
                 });
                 if e.scope != Scope::Machine {
                     entry["machines"] = serde_json::json!(e.machines);
@@ -139,6 +140,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 e.clip_threshold,
                 e.window_threshold
             );
+            if let Some(check) = e.false_alarm_check {
+                println!(
+                    "    false alarms: {} of its {} normal recordings are out of the ranges fitted without each ({:.1} %): expect about that share of its healthy clips flagged",
+                    check.flagged,
+                    check.clips,
+                    check.rate() * 100.0
+                );
+            }
         }
         println!("wrote {}", args.out.display());
     }

@@ -129,6 +129,7 @@ fn run_rounds(args: &Args) -> anyhow::Result<()> {
                         "scope": e.scope,
                         "new_clips": e.clips,
                         "earlier_clips": e.earlier_clips,
+                        "false_alarm_check": recordings::false_alarm_check_json(e.false_alarm_check),
                     })).collect::<Vec<_>>(),
                     "machine_types": f.report.machine_types.iter().map(type_json).collect::<Vec<_>>(),
                     "clips": f.judged.iter().map(clip_json).collect::<Vec<_>>(),
@@ -249,8 +250,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             percentile,
             auscult_model::enroll::Enrolment::Add,
         )? {
+            let check = enrolled.false_alarm_check.map_or(String::new(), |c| {
+                format!(
+                    "; {} of its {} normal recordings out of the ranges fitted without each",
+                    c.flagged, c.clips
+                )
+            });
             eprintln!(
-                "enrolled {} from {} new normal recordings and {} it already knew ({:?} detector)",
+                "enrolled {} from {} new normal recordings and {} it already knew ({:?} detector){check}",
                 enrolled.machine, enrolled.clips, enrolled.earlier_clips, enrolled.detector
             );
         }

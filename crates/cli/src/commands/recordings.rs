@@ -102,3 +102,17 @@ pub fn round(value: f64, digits: i32) -> f64 {
     let scale = 10_f64.powi(digits);
     (value * scale).round() / scale
 }
+
+/// A profile's false-alarm check for JSON: `{flagged, clips, rate}`, or null where the profile
+/// has none (a threshold set by fault labels).
+pub fn false_alarm_check_json(
+    check: Option<auscult_model::profile::FalseAlarmCheck>,
+) -> serde_json::Value {
+    check.map_or(serde_json::Value::Null, |c| {
+        serde_json::json!({
+            "flagged": c.flagged,
+            "clips": c.clips,
+            "rate": round(c.rate(), 4),
+        })
+    })
+}

@@ -5,9 +5,9 @@ use auscult_signal::BANDS;
 
 use super::normal::HeldOutInput;
 use super::{
-    CONTOUR_HALF_WIDTH, ClipParts, DetectorKind, Fusion, MachineProfile, NormalWindows,
-    ProfileSource, Scope, SideRanges, SpectrumForm, clip_profile, impulsiveness_part,
-    relative_rows, window_pairs,
+    CONTOUR_HALF_WIDTH, ClipParts, DetectorKind, FalseAlarmCheck, Fusion, MachineProfile,
+    NormalWindows, ProfileSource, Scope, SideRanges, SpectrumForm, clip_profile,
+    impulsiveness_part, relative_rows, window_pairs,
 };
 use crate::calibrate::{self, ThresholdMethod};
 use crate::dataset::MachineKey;
@@ -149,6 +149,7 @@ pub fn fit_statistics(
             scale: 0.0,
             percentile: 100.0,
         },
+        false_alarm_check: None,
         normal_windows: windows_per_clip.iter().sum(),
         normal_clips: normal.clips(),
         min_clip_windows: sorted
@@ -201,45 +202,22 @@ pub fn calibrate_profile(
     // flag no more than the target — as far as the fitted gammas describe unseen normal sound.
     let ranges = kept.iter().filter(|k| **k).count() + usize::from(sided);
     let part_percentile = 100.0 - (100.0 - percentile) / ranges as f64;
-    profile.impulsiveness_sides = sided.then(|| {
-        let side = |pick: fn((f64, f64)) -> f64| {
-            let values: Vec<f64> = normal
-                .iter()
-                .filter_map(|c| c.impulsiveness_by_side.map(pick))
-                .collect();
-            normal_range(&values, part_percentile)
-        };
-        SideRanges {
-            duller: side(|(duller, _)| duller),
-            sharper: side(|(_, sharper)| sharper),
-        }
-    });
-    let sides = profile.impulsiveness_sides;
-    let parts_of = |clip: &HeldOutClip| -> ClipParts {
-        let mut parts = clip.raw_parts;
-        if let Some((duller, sharper)) = clip.impulsiveness_by_side {
-            parts[3] = Some(impulsiveness_part(sides, duller, sharper));
-        }
-        for (part, keep) in parts.iter_mut().zip(kept) {
-            if !keep {
-                *part = None;
-            }
-        }
-        parts
+    let fitting = RangeFitting {
+        kept,
+        sided,
+        part_percentile,
     };
-    let range = |part: usize| -> f64 {
-        let values: Vec<f64> = normal.iter().filter_map(|c| parts_of(c)[part]).collect();
-        normal_range(&values, part_percentile)
-    };
+    let fitted = fitting.fit(&normal);
+    profile.impulsiveness_sides = fitted.sides;
+    let parts_of = |clip: &HeldOutClip| fitting.parts_of(clip, fitted.sides);
     profile.fusion = Fusion::Furthest;
-    profile.window_scale = range(0);
+    profile.window_scale = fitted.scales[0];
     if bands {
-        profile.clip_bands_scale = range(1);
-        profile.band_peaks_scale = Some(range(2));
+        profile.clip_bands_scale = fitted.scales[1];
+        profile.band_peaks_scale = Some(fitted.scales[2]);
     }
     if profile.impulsiveness.is_some() {
-        // Judged by sides, the part is already in units of its ranges.
-        profile.impulsiveness_scale = if sided { 1.0 } else { range(3) };
+        profile.impulsiveness_scale = fitted.scales[3];
     }
     let split = |values: &dyn Fn(&HeldOutClip) -> Vec<f64>| -> (Vec<f64>, Vec<f64>) {
         let (mut n, mut a) = (Vec::new(), Vec::new());
@@ -285,6 +263,8 @@ pub fn calibrate_profile(
         profile.clip_threshold = clip;
         profile.window_threshold = window;
         profile.threshold_method = ThresholdMethod::MaxF1 { f1: clip_f1 };
+        // Set by F1 on labelled clips, the threshold targets no false-alarm rate to check.
+        profile.false_alarm_check = None;
         return Ok(());
     }
     let (window, _) = calibrate::gamma_threshold(&normal_windows, percentile)
@@ -292,6 +272,7 @@ pub fn calibrate_profile(
     profile.window_threshold = window;
     // Every part is in units of its own range: a clip is out of range when one part is beyond 1.
     profile.clip_threshold = 1.0;
+    profile.false_alarm_check = Some(fitting.check(&normal));
     profile.threshold_method = ThresholdMethod::PartRanges {
         percentile,
         part_percentile,
@@ -301,6 +282,91 @@ pub fn calibrate_profile(
 
 /// Where a gamma fitted to held-out normal `values` puts `percentile`; with no spread to fit
 /// (fewer than two positive values), the furthest of them.
+/// How a profile's part ranges are fitted on held-out normal clips: which parts are judged,
+/// whether the impulsiveness has a range on each side, and the percentile each range is set at.
+struct RangeFitting {
+    kept: [bool; 4],
+    sided: bool,
+    part_percentile: f64,
+}
+
+/// Ranges fitted on some held-out normal clips.
+struct FittedRanges {
+    sides: Option<SideRanges>,
+    /// Each part's range ([`ClipParts`] order); the impulsiveness's is 1 when judged by sides,
+    /// whose ranges already put it in units of normal.
+    scales: [f64; 4],
+}
+
+impl RangeFitting {
+    fn fit(&self, normal: &[&HeldOutClip]) -> FittedRanges {
+        let sides = self.sided.then(|| {
+            let side = |pick: fn((f64, f64)) -> f64| {
+                let values: Vec<f64> = normal
+                    .iter()
+                    .filter_map(|c| c.impulsiveness_by_side.map(pick))
+                    .collect();
+                normal_range(&values, self.part_percentile)
+            };
+            SideRanges {
+                duller: side(|(duller, _)| duller),
+                sharper: side(|(_, sharper)| sharper),
+            }
+        });
+        let scales = [0, 1, 2, 3].map(|part| {
+            if !self.kept[part] || (part == 3 && self.sided) {
+                return 1.0;
+            }
+            let values: Vec<f64> = normal
+                .iter()
+                .filter_map(|c| self.parts_of(c, sides)[part])
+                .collect();
+            normal_range(&values, self.part_percentile)
+        });
+        FittedRanges { sides, scales }
+    }
+
+    /// A held-out clip's raw parts, the impulsiveness judged by `sides` where there are any, and
+    /// only the parts the profile keeps.
+    fn parts_of(&self, clip: &HeldOutClip, sides: Option<SideRanges>) -> ClipParts {
+        let mut parts = clip.raw_parts;
+        if let Some((duller, sharper)) = clip.impulsiveness_by_side {
+            parts[3] = Some(impulsiveness_part(sides, duller, sharper));
+        }
+        for (part, keep) in parts.iter_mut().zip(self.kept) {
+            if !keep {
+                *part = None;
+            }
+        }
+        parts
+    }
+
+    /// Each normal clip judged by ranges fitted on the others alone, as an unseen healthy clip is
+    /// judged: how many are out of range. Fitted with them, the ranges are drawn around every
+    /// clip they are checked on, and the share flagged could only flatter.
+    fn check(&self, normal: &[&HeldOutClip]) -> FalseAlarmCheck {
+        let flagged = (0..normal.len())
+            .filter(|&left_out| {
+                let others: Vec<&HeldOutClip> = normal
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != left_out)
+                    .map(|(_, clip)| *clip)
+                    .collect();
+                let ranges = self.fit(&others);
+                self.parts_of(normal[left_out], ranges.sides)
+                    .iter()
+                    .zip(ranges.scales)
+                    .any(|(part, range)| part.is_some_and(|p| p > range))
+            })
+            .count();
+        FalseAlarmCheck {
+            flagged,
+            clips: normal.len(),
+        }
+    }
+}
+
 fn normal_range(values: &[f64], percentile: f64) -> f64 {
     calibrate::gamma_threshold(values, percentile)
         .map(|(range, _)| range)

@@ -452,3 +452,73 @@ fn each_side_is_named_alike_by_its_text_and_its_serialised_form() {
         assert_eq!(serialised, side.as_str());
     }
 }
+
+#[test]
+fn the_false_alarm_check_judges_each_healthy_clip_by_ranges_fitted_without_it() {
+    // Thirty healthy clips as statistics fitted without each saw them, spread a little in every
+    // part, and one that caught a knock from the hall, far towards sharper.
+    let clip = |i: usize, anomaly: bool| {
+        let wobble = ((i * 7919) % 13) as f64 / 13.0;
+        let (duller, sharper) = if i == 17 {
+            (0.0, 300.0)
+        } else if i.is_multiple_of(2) {
+            (1.0 + 2.0 * wobble, 0.0)
+        } else {
+            (0.0, 1.0 + 3.0 * wobble)
+        };
+        HeldOutClip {
+            anomaly,
+            window_scores: vec![0.02 + 0.01 * wobble; 3],
+            raw_parts: [
+                Some(0.02 + 0.01 * wobble),
+                Some(50.0 + 20.0 * wobble),
+                Some(40.0 + 30.0 * (1.0 - wobble)),
+                Some(duller + sharper),
+            ],
+            impulsiveness_by_side: Some((duller, sharper)),
+        }
+    };
+    let healthy: Vec<HeldOutClip> = (0..30).map(|i| clip(i, false)).collect();
+    let mut profile = fan_statistics();
+    calibrate_profile(&mut profile, &healthy, 99.0).expect("calibrated");
+    let check = profile.false_alarm_check.expect("a check");
+    assert_eq!(check.clips, 30);
+
+    // The same, worked out through the public path: each clip judged by a profile calibrated on
+    // the other 29.
+    let flagged: Vec<usize> = (0..healthy.len())
+        .filter(|&left_out| {
+            let others: Vec<HeldOutClip> = healthy
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != left_out)
+                .map(|(_, c)| c.clone())
+                .collect();
+            let mut without = fan_statistics();
+            calibrate_profile(&mut without, &others, 99.0).expect("calibrated without it");
+            let c = &healthy[left_out];
+            let mut parts = c.raw_parts;
+            let (duller, sharper) = c.impulsiveness_by_side.expect("sides");
+            parts[3] = Some(without.impulsiveness_part(duller, sharper));
+            without.weigh(without.scale(parts)) > without.clip_threshold
+        })
+        .collect();
+    assert!(
+        flagged.contains(&17),
+        "the knock is beyond what the others reach: {flagged:?}"
+    );
+    assert_eq!(check.flagged, flagged.len(), "{flagged:?}");
+    assert!((check.rate() - flagged.len() as f64 / 30.0).abs() < 1e-12);
+
+    // A threshold set by fault labels targets no rate, and carries no check.
+    let mut labelled = fan_statistics();
+    let mut with_faults = healthy.clone();
+    with_faults.extend((0..5).map(|i| {
+        let mut fault = clip(i, true);
+        fault.impulsiveness_by_side = Some((40.0, 0.0));
+        fault.raw_parts[3] = Some(40.0);
+        fault
+    }));
+    calibrate_profile(&mut labelled, &with_faults, 99.0).expect("calibrated with faults");
+    assert_eq!(labelled.false_alarm_check, None);
+}
