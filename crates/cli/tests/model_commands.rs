@@ -182,7 +182,7 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
     ]);
     let stderr = String::from_utf8_lossy(&unseen.stderr);
     assert!(
-        stderr.contains("skipped 7 recordings the model was trained or validated on"),
+        stderr.contains("skipped 7 recordings the model was trained, validated or enrolled on"),
         "{stderr}"
     );
     let faults_only: serde_json::Value = serde_json::from_slice(&unseen.stdout).expect("JSON");
@@ -190,6 +190,81 @@ fn evaluate_reports_every_machine_type_in_the_documented_shape() {
         assert_eq!(t["n_normal"], 0, "{t}");
         assert!(t["auc"].is_null(), "no AUC without normal recordings: {t}");
     }
+}
+
+#[test]
+fn evaluate_leaves_out_what_the_model_enrolled() {
+    // Three of the sample valves' normal recordings, enrolled into the shipped model first: judged
+    // again, they would flatter it, as the files it trained on would.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let enrolling = dir.path().join("enrolling");
+    std::fs::create_dir_all(&enrolling).expect("mkdir");
+    let enrolled = [
+        "section_00_source_test_normal_0010_pat_00.wav",
+        "section_00_source_test_normal_0016_pat_00.wav",
+        "section_00_target_test_normal_0014_pat_02.wav",
+    ];
+    let mut manifest = String::from("path,machine_type,machine_id,attribute,label\n");
+    for name in enrolled {
+        std::fs::copy(samples().join(name), enrolling.join(name)).expect("copy");
+        let pattern = &name[name.len() - 10..name.len() - 4];
+        manifest += &format!("{name},valve,section_00,{pattern},normal\n");
+    }
+    std::fs::write(enrolling.join("manifest.csv"), manifest).expect("write manifest");
+    let judged_all = json(&auscult(&[
+        "evaluate",
+        "--data",
+        path(&samples()),
+        "--json",
+    ]));
+    let output = auscult(&[
+        "evaluate",
+        "--data",
+        path(&samples()),
+        "--enroll",
+        path(&enrolling),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("skipped 3 recordings the model was trained, validated or enrolled on"),
+        "{stderr}"
+    );
+    let normal_valves = |report: &serde_json::Value| {
+        report["machine_types"]
+            .as_array()
+            .and_then(|types| types.iter().find(|t| t["machine_type"] == "valve"))
+            .and_then(|valve| valve["n_normal"].as_u64())
+    };
+    let report = json(&output);
+    assert_eq!(
+        normal_valves(&report),
+        normal_valves(&judged_all).map(|n| n - 3),
+        "{report}"
+    );
+    // The refitted valve profile says what it expects of healthy clips; the shipped one, calibrated
+    // before profiles checked themselves, says nothing.
+    let check = |report: &serde_json::Value| {
+        report["machine_types"]
+            .as_array()
+            .and_then(|types| types.iter().find(|t| t["machine_type"] == "valve"))
+            .map(|valve| valve["false_alarm_check"].clone())
+            .unwrap_or_default()
+    };
+    assert!(check(&judged_all).is_null(), "{judged_all}");
+    let refitted = check(&report);
+    assert!(
+        refitted["clips"].as_u64().is_some_and(|clips| clips > 3)
+            && refitted["flagged"].as_u64() <= refitted["clips"].as_u64(),
+        "{refitted}"
+    );
+    let clips = report["clips"].as_array().expect("clips");
+    assert!(
+        clips.iter().all(|c| enrolled
+            .iter()
+            .all(|name| !c["file"].as_str().unwrap_or_default().ends_with(name))),
+        "an enrolled recording was judged: {report}"
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ use crate::dataset::{Clip, MachineKey};
 use crate::detector::Detector;
 use crate::features::{ClipStatistic, ClipStatistics, TwoSided};
 use crate::metrics::{self, Interval};
-use crate::profile::Scope;
+use crate::profile::{FalseAlarmCheck, Scope};
 
 /// One judged recording.
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ pub struct Judged {
     pub relative_score: f64,
     pub verdict: Verdict,
     pub scope: Scope,
+    /// The profile that judged it, and that profile's own false-alarm check.
+    pub profile: MachineKey,
+    pub false_alarm_check: Option<FalseAlarmCheck>,
     /// The clip score's parts ([`crate::profile::ClipParts`]), each in units of normal: the
     /// embedding's (or band detector's) mean window score, the band spectrum's departure, the band
     /// peaks' and the impulsiveness's.
@@ -78,6 +81,8 @@ pub fn judge(detector: &Detector, clip: &Clip) -> Result<Judged, crate::ModelErr
         relative_score: assessment.anomaly_score / assessment.threshold.max(f64::MIN_POSITIVE),
         verdict: assessment.verdict,
         scope: assessment.scope,
+        profile: profile.key(),
+        false_alarm_check: profile.false_alarm_check,
         windows_part: windows_part.unwrap_or(f64::NAN),
         bands_part,
         band_peaks_part,
@@ -113,9 +118,9 @@ impl Reference {
             ));
     }
 
-    /// The normal recordings among `clips` that `detector` learned from.
+    /// The normal recordings among `clips` that `detector` learned or enrolled its machines from.
     pub fn learned(detector: &Detector, clips: &[Clip]) -> Self {
-        let learned = detector.info.training.learned();
+        let learned = detector.info.heard();
         let mut reference = Self::default();
         for clip in clips
             .iter()
@@ -153,6 +158,11 @@ pub struct TypeReport {
     /// The most general profile any of its recordings was judged by (`machine` or
     /// `machine_type`).
     pub profile_scope: Scope,
+    /// What the profiles that judged its clips expected of healthy ones: their false-alarm
+    /// checks added up, to set beside [`Self::false_alarm_rate`]. `None` when one of them has
+    /// none (a threshold set by fault labels, or a profile written before checks).
+    #[serde(default)]
+    pub false_alarm_check: Option<FalseAlarmCheck>,
     /// AUC of each part of the clip score alone.
     pub windows_part_auc: Option<Interval>,
     pub bands_part_auc: Option<Interval>,
@@ -272,6 +282,7 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
             .map(|j| j.scope)
             .max()
             .unwrap_or(Scope::Machine),
+        false_alarm_check: expected_false_alarms(items),
         windows_part_auc: auc_of(&|j| Some(j.windows_part), 5),
         bands_part_auc: auc_of(&|j| j.bands_part, 6),
         band_peaks_part_auc: auc_of(&|j| j.band_peaks_part, 8),
@@ -279,6 +290,31 @@ fn type_report(machine_type: &str, items: &[&Judged], reference: &Reference) -> 
         baselines,
         class_accuracy: share(items.iter().filter_map(|j| j.heard_as_itself)),
     }
+}
+
+/// The false-alarm checks of the profiles that judged the normal clips among `items`, each
+/// profile counted once.
+fn expected_false_alarms(items: &[&Judged]) -> Option<FalseAlarmCheck> {
+    let by_profile: BTreeMap<&MachineKey, Option<FalseAlarmCheck>> = items
+        .iter()
+        .filter(|j| !j.anomaly)
+        .map(|j| (&j.profile, j.false_alarm_check))
+        .collect();
+    if by_profile.is_empty() {
+        return None;
+    }
+    by_profile.into_values().try_fold(
+        FalseAlarmCheck {
+            flagged: 0,
+            clips: 0,
+        },
+        |sum, check| {
+            check.map(|c| FalseAlarmCheck {
+                flagged: sum.flagged + c.flagged,
+                clips: sum.clips + c.clips,
+            })
+        },
+    )
 }
 
 /// The share of `true` among the answers; `None` without any.

@@ -119,6 +119,19 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// The content hashes of every recording the model has heard: those it was trained and
+    /// validated on, and those each profile was fitted from, enrolled ones included. Judging one
+    /// of them again would flatter the model, so evaluation leaves them out.
+    pub fn heard(&self) -> std::collections::BTreeSet<&str> {
+        let mut heard = self.training.learned();
+        heard.extend(
+            self.profiles
+                .iter()
+                .flat_map(|p| p.fitted_from.iter().map(String::as_str)),
+        );
+        heard
+    }
+
     /// Lists the machines of machine-type profiles written before profiles listed them, so that
     /// they judge the machines they judged then and no other: a trained one was fitted from the
     /// machines of its type the network was trained on, an enrolled one from those of its type

@@ -20,8 +20,8 @@ pub struct Args {
     /// First fit profiles for new machines from the normal recordings of these dataset folders.
     #[arg(long, value_name = "DIR")]
     enroll: Vec<PathBuf>,
-    /// Also score recordings the model was trained or validated on (skipped by default: their
-    /// figures say nothing about recordings the model has never heard).
+    /// Also score recordings the model was trained, validated or enrolled on (skipped by default:
+    /// their figures say nothing about recordings the model has never heard).
     #[arg(long)]
     include_training_files: bool,
     /// Recorded channel to listen to (default: the model's).
@@ -265,13 +265,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let listed = recordings::discover(&args.data)?;
     let clips = recordings::load(&listed, channel, rate, args.json)?;
-    let seen = detector.info.training.learned();
+    let seen = detector.info.heard();
     let (judge_these, skipped): (Vec<_>, Vec<_>) = clips
         .iter()
         .partition(|c| args.include_training_files || !seen.contains(c.content_sha256.as_str()));
     if !skipped.is_empty() {
         eprintln!(
-            "skipped {} recordings the model was trained or validated on (--include-training-files scores them)",
+            "skipped {} recordings the model was trained, validated or enrolled on (--include-training-files scores them)",
             skipped.len()
         );
     }
@@ -332,6 +332,7 @@ pub fn type_json(t: &TypeReport) -> serde_json::Value {
         "recall": round(t.recall, 4),
         "f1": interval(t.f1),
         "false_alarm_rate": interval(t.false_alarm_rate),
+        "false_alarm_check": recordings::false_alarm_check_json(t.false_alarm_check),
         "profile_scope": t.profile_scope,
         "class_accuracy": t.class_accuracy.map(|v| round(v, 4)),
         "parts": {
@@ -395,7 +396,7 @@ pub fn shown(i: Option<Interval>) -> String {
 
 pub fn print_types(report: &EvaluationReport) {
     println!(
-        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:>9}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
+        "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20} {:>8}  {:>9}  {:<20} {:<20} {:<20} {:<20}  best statistic (AUC)",
         "machine",
         "normal",
         "anomaly",
@@ -403,6 +404,7 @@ pub fn print_types(report: &EvaluationReport) {
         "pAUC",
         "F1",
         "false alarms",
+        "expected",
         "own class",
         "windows part",
         "spectrum part",
@@ -414,7 +416,7 @@ pub fn print_types(report: &EvaluationReport) {
             .best_baseline()
             .map_or("n/a".to_owned(), |(s, auc)| format!("{s:?} {auc:.3}"));
         println!(
-            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20}  {:>9}  {:<20} {:<20} {:<20} {:<20}  {best}",
+            "{:<12} {:>6} {:>7}  {:<20} {:<20} {:<20} {:<20} {:>8}  {:>9}  {:<20} {:<20} {:<20} {:<20}  {best}",
             t.machine_type,
             t.n_normal,
             t.n_anomaly,
@@ -422,6 +424,9 @@ pub fn print_types(report: &EvaluationReport) {
             shown(t.pauc),
             shown(t.f1),
             shown(t.false_alarm_rate),
+            // What the profiles' own checks expected of healthy clips.
+            t.false_alarm_check
+                .map_or("n/a".to_owned(), |c| format!("{:.3}", c.rate())),
             t.class_accuracy
                 .map_or("n/a".to_owned(), |v| format!("{:.0} %", 100.0 * v)),
             shown(t.windows_part_auc),
