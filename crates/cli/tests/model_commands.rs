@@ -677,47 +677,62 @@ fn the_shipped_model_hears_faults_in_recordings_it_never_heard() {
 
 #[test]
 fn a_folder_is_judged_file_by_file_in_name_order() {
-    // A plant files recordings by hall: a folder named to `score` is every WAV below it, the
-    // machine of each from the manifest at the folder's root.
+    // A plant files recordings by hall: a folder named to `score` is every WAV below it, in name
+    // order, the machine of each from the manifest at the folder's root. The halls are made out
+    // of order, so that the order judged is the names', not the disk's.
     let dir = tempfile::tempdir().expect("tempdir");
     let plant = dir.path().join("plant");
-    let faulty = "section_00_source_test_anomaly_0028_pat_00.wav";
-    let healthy = "section_00_source_test_normal_0010_pat_00.wav";
-    for (hall, sample) in [("hall_b", faulty), ("hall_a", healthy)] {
+    let halls = [
+        ("hall_c", "section_00_source_test_anomaly_0024_pat_00.wav"),
+        ("hall_a", "section_00_source_test_normal_0010_pat_00.wav"),
+        ("hall_d", "section_00_source_test_normal_0016_pat_00.wav"),
+        ("hall_b", "section_00_source_test_anomaly_0028_pat_00.wav"),
+    ];
+    let mut manifest = String::from("path,machine_type,machine_id,label\n");
+    for (hall, sample) in halls {
         std::fs::create_dir_all(plant.join(hall)).expect("mkdir");
         std::fs::copy(samples().join(sample), plant.join(hall).join(sample)).expect("copy");
+        let label = if sample.contains("anomaly") {
+            "anomaly"
+        } else {
+            "normal"
+        };
+        manifest += &format!("{hall}/{sample},valve,section_00,{label}\n");
     }
+    std::fs::write(plant.join("manifest.csv"), manifest).expect("write manifest");
+    // Beside them: notes, a Mac's hidden metadata file, and a recording no manifest lists.
     std::fs::write(plant.join("hall_a").join("notes.txt"), "not a recording").expect("write");
-    std::fs::write(
-        plant.join("manifest.csv"),
-        format!(
-            "path,machine_type,machine_id,label\n\
-             hall_b/{faulty},valve,section_00,anomaly\n\
-             hall_a/{healthy},valve,section_00,normal\n"
-        ),
+    std::fs::write(plant.join("hall_a").join("._x.wav"), b"\0\x05\x16\x07").expect("write");
+    std::fs::copy(
+        samples().join("section_00_source_test_normal_0033_pat_00.wav"),
+        plant.join("hall_d").join("unlisted.wav"),
     )
-    .expect("write manifest");
+    .expect("copy");
+    let named_twice = plant.join("hall_a").join(halls[1].1);
 
-    let judged = json(&auscult(&["score", path(&plant), "--json"]));
-    let files: Vec<&str> = judged
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter_map(|j| j["file"].as_str())
-        .collect();
-    assert_eq!(files.len(), 2, "the two WAVs, not the notes: {judged}");
+    let output = auscult(&["score", path(&plant), path(&named_twice), "--json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        files[0].ends_with(&format!("hall_a/{healthy}"))
-            && files[1].ends_with(&format!("hall_b/{faulty}")),
-        "{files:?}"
+        !output.status.success()
+            && stderr.contains("unlisted.wav: no verdict: which machine is this?")
+            && stderr.contains("1 of 5 files could not be scored"),
+        "the unlisted recording is named, and the run fails: {stderr}"
     );
+    let judged: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let judged = judged.as_array().expect("an array");
+    let files: Vec<&str> = judged.iter().filter_map(|j| j["file"].as_str()).collect();
+    let mut expected: Vec<String> = halls.iter().map(|(h, s)| format!("{h}/{s}")).collect();
+    expected.sort();
+    assert_eq!(files.len(), expected.len(), "{files:?}");
+    for (file, expected) in files.iter().zip(&expected) {
+        assert!(file.ends_with(expected.as_str()), "{files:?}");
+    }
     // Each judged as it is when named alone.
-    for (entry, sample) in judged
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip([healthy, faulty])
-    {
+    for entry in judged {
+        let sample = entry["file"]
+            .as_str()
+            .and_then(|f| f.rsplit('/').next())
+            .expect("file name");
         let alone = json(&auscult(&[
             "score",
             path(&samples().join(sample)),
@@ -730,25 +745,22 @@ fn a_folder_is_judged_file_by_file_in_name_order() {
         assert_eq!(entry["verdict"], alone[0]["verdict"], "{sample}");
     }
     let anomalous = judged
-        .as_array()
-        .into_iter()
-        .flatten()
+        .iter()
         .filter(|j| j["verdict"] == "anomalous")
         .count();
     let text = auscult(&["score", path(&plant)]);
-    assert!(text.status.success());
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.lines().any(|line| line
             == format!(
-                "2 recordings: {anomalous} anomalous, {} normal",
-                2 - anomalous
+                "5 recordings: {anomalous} anomalous, {} normal, 1 not scored",
+                4 - anomalous
             )),
         "{text}"
     );
 
     let empty = dir.path().join("empty");
-    std::fs::create_dir_all(empty.join("hall_c")).expect("mkdir");
+    std::fs::create_dir_all(empty.join("hall_e")).expect("mkdir");
     let refused = auscult(&["score", path(&empty)]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(

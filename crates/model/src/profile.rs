@@ -503,7 +503,7 @@ impl MachineProfile {
         waveform: &Waveform,
     ) -> (ClipParts, Option<Side>) {
         let (impulsiveness, side) = self.impulsiveness_departure(waveform).unzip();
-        let [windows, spectrum, peaks, _] =
+        let [windows, spectrum, peaks] =
             self.raw_parts_of_the_spectra(window_scores, clip_features);
         ([windows, spectrum, peaks, impulsiveness], side.flatten())
     }
@@ -511,33 +511,44 @@ impl MachineProfile {
     /// The raw parts, and the impulsiveness departure split by side (towards duller, towards
     /// sharper), from one measurement of it: what calibrating a profile needs of each held-out
     /// clip.
-    pub(super) fn raw_parts_by_side(
+    fn raw_parts_by_side(
         &self,
         window_scores: &[f64],
         clip_features: &[f32],
         waveform: &Waveform,
     ) -> (ClipParts, Option<(f64, f64)>) {
-        let by_side = self.impulsiveness_by_side(waveform);
-        let impulsiveness = match by_side {
-            Some((duller, sharper)) => Some(self.impulsiveness_part(duller, sharper)),
-            // A legacy crest-factor profile has no sides to measure by.
-            None => self.impulsiveness_departure(waveform).map(|(part, _)| part),
+        let (impulsiveness, by_side) = match &self.impulsiveness {
+            Some(_) => {
+                let by_side = self.impulsiveness_by_side(waveform);
+                let part =
+                    by_side.map(|(duller, sharper)| self.impulsiveness_part(duller, sharper));
+                (part, by_side)
+            }
+            // A legacy crest-factor profile judges no sides.
+            None => (
+                self.impulsiveness_departure(waveform).map(|(part, _)| part),
+                None,
+            ),
         };
-        let [windows, spectrum, peaks, _] =
+        let [windows, spectrum, peaks] =
             self.raw_parts_of_the_spectra(window_scores, clip_features);
         ([windows, spectrum, peaks, impulsiveness], by_side)
     }
 
     /// The raw parts heard in the spectrogram — the mean window score, the band spectrum and
-    /// the band peaks — with no impulsiveness, which the waveform gives.
-    fn raw_parts_of_the_spectra(&self, window_scores: &[f64], clip_features: &[f32]) -> ClipParts {
+    /// the band peaks — beside the impulsiveness, which the waveform gives.
+    fn raw_parts_of_the_spectra(
+        &self,
+        window_scores: &[f64],
+        clip_features: &[f32],
+    ) -> [Option<f64>; 3] {
         let mean = window_scores.iter().sum::<f64>() / window_scores.len().max(1) as f64;
         // The clip's features are its band means, then its band peaks (`clip_features`).
         let (spectrum, peaks) = self.clip_bands.as_ref().map_or((None, None), |clip_bands| {
             let groups = clip_bands.group_scores(clip_features, BANDS);
             (groups.first().copied(), groups.get(1).copied())
         });
-        [Some(mean), spectrum, peaks, None]
+        [Some(mean), spectrum, peaks]
     }
 
     /// Raw parts in units of normal.

@@ -146,12 +146,24 @@ pub fn check_saved_objects(ndjson: &str) -> Result<Vec<SavedObject>, Vec<String>
     }
     // A visualization no dashboard shows is one an operator never sees: a chart added to the
     // file and forgotten on the dashboard is as broken as a dangling reference.
+    // What a dashboard shows is its panels; a reference no panel names shows nothing.
     let on_a_dashboard: BTreeSet<&str> = objects
         .iter()
         .filter(|o| o.kind == "dashboard")
-        .flat_map(|d| &d.references)
-        .filter(|(_, kind, _)| kind == "visualization")
-        .map(|(_, _, id)| id.as_str())
+        .flat_map(|dashboard| {
+            let panels: Vec<Value> = dashboard.attributes["panelsJSON"]
+                .as_str()
+                .and_then(|p| serde_json::from_str(p).ok())
+                .unwrap_or_default();
+            dashboard
+                .references
+                .iter()
+                .filter(move |(name, kind, _)| {
+                    kind == "visualization"
+                        && panels.iter().any(|p| p["panelRefName"] == name.as_str())
+                })
+                .map(|(_, _, id)| id.as_str())
+        })
         .collect();
     for object in objects.iter().filter(|o| o.kind == "visualization") {
         if !on_a_dashboard.contains(object.id.as_str()) {
@@ -256,36 +268,42 @@ mod tests {
             .iter()
             .find(|(_, kind, _)| kind == "visualization")
             .expect("a visualization on the dashboard");
-        // The same file with that one panel and its reference taken off the dashboard.
-        let edited: Vec<String> = SAVED_OBJECTS
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                let mut value: Value = serde_json::from_str(line).expect("shipped line is JSON");
-                if value["type"] == "dashboard" {
-                    let panels: Vec<Value> = serde_json::from_str(
-                        value["attributes"]["panelsJSON"].as_str().expect("panels"),
-                    )
-                    .expect("panels are JSON");
-                    let kept: Vec<Value> = panels
-                        .into_iter()
-                        .filter(|p| p["panelRefName"] != panel.as_str())
-                        .collect();
-                    value["attributes"]["panelsJSON"] =
-                        Value::String(Value::Array(kept).to_string());
-                    if let Some(refs) = value["references"].as_array_mut() {
-                        refs.retain(|r| r["name"] != panel.as_str());
+        // The same file with that one panel taken off the dashboard, its reference left behind
+        // or removed too.
+        for drop_reference in [false, true] {
+            let edited: Vec<String> = SAVED_OBJECTS
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|line| {
+                    let mut value: Value =
+                        serde_json::from_str(line).expect("shipped line is JSON");
+                    if value["type"] == "dashboard" {
+                        let panels: Vec<Value> = serde_json::from_str(
+                            value["attributes"]["panelsJSON"].as_str().expect("panels"),
+                        )
+                        .expect("panels are JSON");
+                        let kept: Vec<Value> = panels
+                            .into_iter()
+                            .filter(|p| p["panelRefName"] != panel.as_str())
+                            .collect();
+                        value["attributes"]["panelsJSON"] =
+                            Value::String(Value::Array(kept).to_string());
+                        if let Some(refs) = value["references"].as_array_mut()
+                            && drop_reference
+                        {
+                            refs.retain(|r| r["name"] != panel.as_str());
+                        }
                     }
-                }
-                value.to_string()
-            })
-            .collect();
-        let problems = check_saved_objects(&edited.join("\n")).expect_err("a problem");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].contains(&format!("visualization {dropped:?}"))
-                && problems[0].ends_with("is on no dashboard"),
-            "{problems:?}"
-        );
+                    value.to_string()
+                })
+                .collect();
+            let problems = check_saved_objects(&edited.join("\n")).expect_err("a problem");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains(&format!("visualization {dropped:?}"))
+                    && problems[0].ends_with("is on no dashboard"),
+                "{problems:?}"
+            );
+        }
     }
 }

@@ -10,8 +10,9 @@ use crate::commands::recordings::{self, ModelArg, round};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// WAV files to judge, or folders: every `.wav` in them and their subfolders, in name order.
-    #[arg(required = true, value_name = "FILE")]
+    /// WAV files to judge, or folders: every `.wav` in them and their subfolders, in name order
+    /// (hidden files left out).
+    #[arg(required = true, value_name = "PATH")]
     files: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArg,
@@ -137,6 +138,9 @@ fn wav_files(named: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             files.push(path.clone());
         }
     }
+    // A file named twice (itself and its folder) is judged once, where it first came.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
     Ok(files)
 }
 
@@ -153,6 +157,14 @@ fn wavs_under(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         .map_err(cannot_list)?;
     entries.sort();
     for (entry, is_folder) in entries {
+        // Hidden files are not recordings: a copy from a Mac brings a `._name.wav` of metadata
+        // beside every WAV.
+        if entry
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
         if is_folder {
             wavs_under(&entry, out)?;
         } else if entry
@@ -200,7 +212,8 @@ fn known_machines(detector: &auscult_model::Detector) -> String {
 
 fn json(path: &Path, a: &Assessment, version: &str) -> serde_json::Value {
     serde_json::json!({
-        "file": path,
+        // A file name that is not UTF-8 is shown as near as it can be, never refused.
+        "file": path.to_string_lossy(),
         "verdict": a.verdict,
         "class": a.class,
         "class_probability": round(f64::from(a.class_probability), 4),

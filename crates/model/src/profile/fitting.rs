@@ -167,7 +167,9 @@ pub fn fit_statistics(
 /// Sets a profile's scales and thresholds from held-out clips. Each part's scale is its normal
 /// range: the point a gamma fitted to the held-out normal clips' values of that part puts at the
 /// target rate, the rate shared among the parts and the impulsiveness's two sides (a clip is
-/// flagged when any one is out of range). With anomalies among the clips, the clip threshold is the one of maximum F1 instead.
+/// flagged when any one is out of range), and [`MachineProfile::false_alarm_check`] says how
+/// often unseen healthy clips go beyond them. With anomalies among the clips, the clip threshold
+/// is the one of maximum F1 instead, and there is no check.
 pub fn calibrate_profile(
     profile: &mut MachineProfile,
     held_out: &[HeldOutClip],
@@ -280,8 +282,6 @@ pub fn calibrate_profile(
     Ok(())
 }
 
-/// Where a gamma fitted to held-out normal `values` puts `percentile`; with no spread to fit
-/// (fewer than two positive values), the furthest of them.
 /// How a profile's part ranges are fitted on held-out normal clips: which parts are judged,
 /// whether the impulsiveness has a range on each side, and the percentile each range is set at.
 struct RangeFitting {
@@ -293,12 +293,14 @@ struct RangeFitting {
 /// Ranges fitted on some held-out normal clips.
 struct FittedRanges {
     sides: Option<SideRanges>,
-    /// Each part's range ([`ClipParts`] order); the impulsiveness's is 1 when judged by sides,
-    /// whose ranges already put it in units of normal.
+    /// Each part's range ([`ClipParts`] order); 1 for a part the profile does not keep, and for
+    /// the impulsiveness when judged by sides, whose ranges already put it in units of normal.
     scales: [f64; 4],
 }
 
 impl RangeFitting {
+    /// The ranges `normal` reach: the impulsiveness's sides first, since the part they judge is
+    /// then in units of them.
     fn fit(&self, normal: &[&HeldOutClip]) -> FittedRanges {
         let sides = self.sided.then(|| {
             let side = |pick: fn((f64, f64)) -> f64| {
@@ -367,6 +369,8 @@ impl RangeFitting {
     }
 }
 
+/// Where a gamma fitted to held-out normal `values` puts `percentile`; with no spread to fit
+/// (fewer than two positive values), the furthest of them.
 fn normal_range(values: &[f64], percentile: f64) -> f64 {
     calibrate::gamma_threshold(values, percentile)
         .map(|(range, _)| range)
