@@ -142,10 +142,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             if let Some(check) = e.false_alarm_check {
                 println!(
-                    "    false alarms: {} of its {} normal recordings are out of the ranges fitted without each ({:.1} %): expect about that share of its healthy clips flagged",
-                    check.flagged,
-                    check.clips,
-                    check.rate() * 100.0
+                    "    false alarms: {}: expect about that share of its healthy clips flagged",
+                    recordings::false_alarm_check_text(check)
                 );
             }
         }

@@ -251,10 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             auscult_model::enroll::Enrolment::Add,
         )? {
             let check = enrolled.false_alarm_check.map_or(String::new(), |c| {
-                format!(
-                    "; {} of its {} normal recordings out of the ranges fitted without each",
-                    c.flagged, c.clips
-                )
+                format!("; {}", recordings::false_alarm_check_text(c))
             });
             eprintln!(
                 "enrolled {} from {} new normal recordings and {} it already knew ({:?} detector){check}",

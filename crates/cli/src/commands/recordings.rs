@@ -116,3 +116,13 @@ pub fn false_alarm_check_json(
         })
     })
 }
+
+/// A profile's false-alarm check in words, as `enroll` and `evaluate --enroll` report it.
+pub fn false_alarm_check_text(check: auscult_model::profile::FalseAlarmCheck) -> String {
+    format!(
+        "{} of its {} normal recordings are out of the ranges fitted without each ({:.1} %)",
+        check.flagged,
+        check.clips,
+        check.rate() * 100.0
+    )
+}

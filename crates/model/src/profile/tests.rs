@@ -453,6 +453,15 @@ fn each_side_is_named_alike_by_its_text_and_its_serialised_form() {
     }
 }
 
+/// Whether a calibrated profile's verdict flags a held-out clip: its impulsiveness judged by
+/// the profile's sides, its parts scaled, weighed and set against the clip threshold.
+fn flags(profile: &MachineProfile, clip: &HeldOutClip) -> bool {
+    let mut parts = clip.raw_parts;
+    let (duller, sharper) = clip.impulsiveness_by_side.expect("sides");
+    parts[3] = Some(profile.impulsiveness_part(duller, sharper));
+    profile.weigh(profile.scale(parts)) > profile.clip_threshold
+}
+
 #[test]
 fn the_false_alarm_check_judges_each_healthy_clip_by_ranges_fitted_without_it() {
     // Thirty healthy clips as statistics fitted without each saw them, spread a little in every
@@ -498,11 +507,7 @@ fn the_false_alarm_check_judges_each_healthy_clip_by_ranges_fitted_without_it() 
                 .collect();
             let mut without = fan_statistics();
             calibrate_profile(&mut without, &others, 99.0).expect("calibrated without it");
-            let c = &healthy[left_out];
-            let mut parts = c.raw_parts;
-            let (duller, sharper) = c.impulsiveness_by_side.expect("sides");
-            parts[3] = Some(without.impulsiveness_part(duller, sharper));
-            without.weigh(without.scale(parts)) > without.clip_threshold
+            flags(&without, &healthy[left_out])
         })
         .collect();
     assert!(
@@ -513,15 +518,7 @@ fn the_false_alarm_check_judges_each_healthy_clip_by_ranges_fitted_without_it() 
     assert!((check.rate() - flagged.len() as f64 / 30.0).abs() < 1e-12);
     // Judged by the ranges fitted with them, the knocks are inside: a check that let each clip
     // help fit the range it is judged by would count fewer than the check does.
-    let in_own_ranges = healthy
-        .iter()
-        .filter(|c| {
-            let mut parts = c.raw_parts;
-            let (duller, sharper) = c.impulsiveness_by_side.expect("sides");
-            parts[3] = Some(profile.impulsiveness_part(duller, sharper));
-            profile.weigh(profile.scale(parts)) > profile.clip_threshold
-        })
-        .count();
+    let in_own_ranges = healthy.iter().filter(|c| flags(&profile, c)).count();
     assert!(
         in_own_ranges < check.flagged,
         "{in_own_ranges} flagged by the ranges fitted with them, {} by the check",
