@@ -3,6 +3,9 @@
 //! Required columns: `path` (relative to the manifest's folder), `machine_type`, `machine_id`,
 //! `label` (`normal` or `anomaly`). `domain` and `attribute` (the operating pattern) may be empty
 //! or absent; other columns (sample rate, md5, provenance…) are carried by the file and ignored.
+//!
+//! A manifest read only to find which machine a recording is of ([`Listings`]) needs no `label`:
+//! a plant scoring today's recordings does not know yet whether they are faulty.
 
 use std::path::{Path, PathBuf};
 
@@ -28,15 +31,51 @@ impl Label {
     }
 }
 
-/// One labelled recording.
+/// One recording as its manifest lists it: labelled (`Recording`, what training and evaluation
+/// read) or perhaps not ([`Listing`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recording {
+pub struct Recording<L = Label> {
     pub path: PathBuf,
     pub machine_type: String,
     pub machine_id: String,
     pub domain: String,
     pub attribute: String,
-    pub label: Label,
+    pub label: L,
+}
+
+/// A recording whose manifest may leave its label out.
+pub type Listing = Recording<Option<Label>>;
+
+/// How a manifest's `label` field is read into a recording's label.
+trait LabelField: Sized {
+    /// Whether a manifest without a `label` column is refused.
+    const COLUMN_REQUIRED: bool;
+    /// The label of a field, absent or empty; the problem with it otherwise.
+    fn from_field(value: Option<&str>) -> Result<Self, String>;
+}
+
+impl LabelField for Label {
+    const COLUMN_REQUIRED: bool = true;
+
+    fn from_field(value: Option<&str>) -> Result<Self, String> {
+        match value.unwrap_or_default().to_ascii_lowercase().as_str() {
+            "normal" => Ok(Label::Normal),
+            "anomaly" | "anomalous" | "abnormal" => Ok(Label::Anomaly),
+            "" => Err("empty".into()),
+            other => Err(format!("`{other}` is neither `normal` nor `anomaly`")),
+        }
+    }
+}
+
+impl LabelField for Option<Label> {
+    const COLUMN_REQUIRED: bool = false;
+
+    fn from_field(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None | Some("") => Ok(None),
+            given => Label::from_field(given).map(Some),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,18 +131,18 @@ pub fn discover(dir: &Path) -> Result<Vec<Recording>, ManifestError> {
 /// datasets keep one manifest at their root and recordings in subfolders (`valve/test/…`), so a
 /// file's own folder often has none. A manifest that does not list the file is passed over; one
 /// that cannot be read is an error, named, since it may be the one meant to list it.
-pub fn listing_of(recording: &Path) -> Result<Option<Recording>, ManifestError> {
+pub fn listing_of(recording: &Path) -> Result<Option<Listing>, ManifestError> {
     Listings::default().listing_of(recording)
 }
 
 /// [`listing_of`] for many recordings, each manifest read once.
 #[derive(Debug, Default)]
 pub struct Listings {
-    manifests: std::collections::HashMap<PathBuf, Vec<Recording>>,
+    manifests: std::collections::HashMap<PathBuf, Vec<Listing>>,
 }
 
 impl Listings {
-    pub fn listing_of(&mut self, recording: &Path) -> Result<Option<Recording>, ManifestError> {
+    pub fn listing_of(&mut self, recording: &Path) -> Result<Option<Listing>, ManifestError> {
         let unreadable = |source| ManifestError::Read {
             path: recording.to_owned(),
             source,
@@ -122,7 +161,7 @@ impl Listings {
             let rows = match self.manifests.entry(manifest) {
                 std::collections::hash_map::Entry::Occupied(rows) => rows.into_mut(),
                 std::collections::hash_map::Entry::Vacant(entry) => {
-                    let rows = read(entry.key())?;
+                    let rows = parse(entry.key())?;
                     entry.insert(rows)
                 }
             };
@@ -158,6 +197,10 @@ fn lexically_normal(path: &Path) -> PathBuf {
 
 /// Reads one manifest; paths in it become paths relative to the current directory.
 pub fn read(manifest: &Path) -> Result<Vec<Recording>, ManifestError> {
+    parse(manifest)
+}
+
+fn parse<L: LabelField>(manifest: &Path) -> Result<Vec<Recording<L>>, ManifestError> {
     let base = manifest.parent().unwrap_or(Path::new("."));
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -171,12 +214,16 @@ pub fn read(manifest: &Path) -> Result<Vec<Recording>, ManifestError> {
             problem: format!("missing column `{name}`"),
         })
     };
-    let (path, machine_type, machine_id, label) = (
+    let (path, machine_type, machine_id) = (
         required("path")?,
         required("machine_type")?,
         required("machine_id")?,
-        required("label")?,
     );
+    let label = if L::COLUMN_REQUIRED {
+        Some(required("label")?)
+    } else {
+        column("label")
+    };
     let (domain, attribute) = (column("domain"), column("attribute"));
 
     let mut recordings = Vec::new();
@@ -206,18 +253,14 @@ pub fn read(manifest: &Path) -> Result<Vec<Recording>, ManifestError> {
                 .unwrap_or_default()
                 .to_owned()
         };
-        let label = match field(label, "label")?.to_ascii_lowercase().as_str() {
-            "normal" => Label::Normal,
-            "anomaly" | "anomalous" | "abnormal" => Label::Anomaly,
-            other => {
-                return Err(ManifestError::Field {
-                    path: manifest.to_owned(),
-                    line,
-                    field: "label",
-                    problem: format!("`{other}` is neither `normal` nor `anomaly`"),
-                });
+        let label = L::from_field(label.and_then(|i| row.get(i))).map_err(|problem| {
+            ManifestError::Field {
+                path: manifest.to_owned(),
+                line,
+                field: "label",
+                problem,
             }
-        };
+        })?;
         recordings.push(Recording {
             path: base.join(field(path, "path")?),
             machine_type: field(machine_type, "machine_type")?,
@@ -301,12 +344,12 @@ mod tests {
             .expect("listed");
         assert_eq!(
             (test.label, test.attribute.as_str()),
-            (Label::Anomaly, "pat_00")
+            (Some(Label::Anomaly), "pat_00")
         );
         let train = listing_of(&valve.join("test/../train/a.wav"))
             .expect("readable")
             .expect("listed");
-        assert_eq!(train.label, Label::Normal);
+        assert_eq!(train.label, Some(Label::Normal));
         // `test/..` is not above the file: a broken manifest there is not read.
         std::fs::write(valve.join("test").join(MANIFEST), "not,a\nmanifest\n").expect("write");
         let mut listings = Listings::default();
@@ -315,7 +358,7 @@ mod tests {
                 .listing_of(&valve.join("test/../train/a.wav"))
                 .expect("readable")
                 .expect("listed");
-            assert_eq!(train.label, Label::Normal);
+            assert_eq!(train.label, Some(Label::Normal));
         }
         std::fs::remove_file(valve.join("test").join(MANIFEST)).expect("remove");
         assert_eq!(
@@ -355,9 +398,68 @@ mod tests {
                 .expect("listed where it is linked");
             assert_eq!(
                 (row.machine_id.as_str(), row.label),
-                ("id_06", Label::Anomaly)
+                ("id_06", Some(Label::Anomaly))
             );
         }
+    }
+
+    #[test]
+    fn a_manifest_that_only_names_machines_lists_recordings_without_labels() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let hall = root.path().join("hall");
+        std::fs::create_dir_all(&hall).expect("mkdir");
+        for file in ["a.wav", "b.wav", "c.wav"] {
+            std::fs::write(hall.join(file), b"RIFF").expect("write");
+        }
+        std::fs::write(
+            hall.join(MANIFEST),
+            "path,machine_type,machine_id\na.wav,fan,id_00\nb.wav,valve,s00\n",
+        )
+        .expect("write");
+        let mut listings = Listings::default();
+        let a = listings
+            .listing_of(&hall.join("a.wav"))
+            .expect("readable")
+            .expect("listed");
+        assert_eq!(
+            (a.machine_type.as_str(), a.machine_id.as_str(), a.label),
+            ("fan", "id_00", None)
+        );
+        // Training and evaluation need the label: the same manifest is refused there.
+        let error = discover(&hall).expect_err("no label column").to_string();
+        assert!(error.contains("missing column `label`"), "{error}");
+
+        // A label column may be left empty where the state is not known, but a label that is
+        // given must be one.
+        std::fs::write(
+            hall.join(MANIFEST),
+            "path,machine_type,machine_id,label\na.wav,fan,id_00,\nb.wav,valve,s00,anomaly\n",
+        )
+        .expect("write");
+        let mut listings = Listings::default();
+        let labels: Vec<_> = ["a.wav", "b.wav"]
+            .iter()
+            .map(|file| {
+                listings
+                    .listing_of(&hall.join(file))
+                    .expect("readable")
+                    .expect("listed")
+                    .label
+            })
+            .collect();
+        assert_eq!(labels, [None, Some(Label::Anomaly)]);
+        let error = discover(&hall).expect_err("empty label").to_string();
+        assert!(error.contains("line 2, field `label`: empty"), "{error}");
+        std::fs::write(
+            hall.join(MANIFEST),
+            "path,machine_type,machine_id,label\na.wav,fan,id_00,\nb.wav,valve,s00,anomaly\nc.wav,valve,s00,broken\n",
+        )
+        .expect("write");
+        let error = listing_of(&hall.join("a.wav"))
+            .expect_err("bad label")
+            .to_string();
+        assert!(error.contains("line 4, field `label`"), "{error}");
+        assert!(error.contains("`broken`"), "{error}");
     }
 
     #[test]
