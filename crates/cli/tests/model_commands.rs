@@ -447,6 +447,15 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
         check["rate"].as_f64(),
         Some(((flagged as f64 / 6.0) * 1e4).round() / 1e4)
     );
+    // …and what that costs a pager under the rule the deployments run, 40 of 60.
+    let pages = |rule: auscult_store::AlertRule| {
+        (rule.live_false_alerts_per_day(flagged as f64 / 6.0) * 1e6).round() / 1e6
+    };
+    assert_eq!(
+        machine["false_alerts_per_day"],
+        serde_json::json!({"fire_at": 40, "window": 60, "expected": pages(auscult_store::AlertRule::DEPLOYED)}),
+        "{machine}"
+    );
     // The pump type's profile is fitted from one pump, says so, and judges no other.
     let pump_type = enrolled
         .as_array()
@@ -487,8 +496,59 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     assert!(
         told.contains(&format!(
             "false alarms: {flagged} of its 6 normal recordings are out of the ranges fitted without each"
-        )),
+        )) && told.contains("under the alert rule 40 of 60"),
         "{told}"
+    );
+    // Under a demo's rule, 3 of 5, every false clip pages: the user is warned when that is more
+    // than once a day.
+    let quick = auscult(&[
+        "enroll",
+        "--data",
+        path(&pumps),
+        "--model",
+        path(&model),
+        "--out",
+        path(&dir.path().join("quick.model")),
+        "--alert-rule",
+        "3/5",
+        "--json",
+    ]);
+    let quick_rule = auscult_store::AlertRule {
+        fire_at: 3,
+        window: 5,
+        clear_at: 0,
+    };
+    let quick_report = json(&quick);
+    let quick_machine = quick_report
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["machine"] == "pump/id_01"))
+        .expect("pump/id_01 enrolled");
+    assert_eq!(
+        quick_machine["false_alerts_per_day"],
+        serde_json::json!({"fire_at": 3, "window": 5, "expected": pages(quick_rule)}),
+    );
+    let quick_warnings = String::from_utf8_lossy(&quick.stderr);
+    assert_eq!(
+        quick_warnings.contains("pump/id_01: ")
+            && quick_warnings.contains("under the alert rule 3 of 5 that is about"),
+        pages(quick_rule) > 1.0,
+        "{quick_warnings}"
+    );
+    let refused = auscult(&[
+        "enroll",
+        "--data",
+        path(&pumps),
+        "--model",
+        path(&model),
+        "--out",
+        path(&dir.path().join("refused.model")),
+        "--alert-rule",
+        "70/60",
+    ]);
+    let refused = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        refused.contains("`70/60`: the window must hold 1 to 3600 verdicts"),
+        "{refused}"
     );
 
     // Enrolling a known machine again adds to the recordings its profile kept, unless told to

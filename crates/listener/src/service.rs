@@ -60,8 +60,8 @@ pub async fn run(
     // more of the healthy clips they never heard (rare healthy transients no range covers).
     let target_rate = 0.01;
     let measured_rate = auscult_store::MEASURED_FALSE_ALARM_RATE;
-    let at_target = rule.expected_false_alerts_per_day(target_rate, 10.0, 1.0);
-    let as_measured = rule.expected_false_alerts_per_day(measured_rate, 10.0, 1.0);
+    let at_target = rule.live_false_alerts_per_day(target_rate);
+    let as_measured = rule.live_false_alerts_per_day(measured_rate);
     info!(
         fire_at = rule.fire_at,
         window = rule.window,

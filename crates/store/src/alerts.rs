@@ -39,6 +39,22 @@ impl Default for AlertRule {
 pub const MEASURED_FALSE_ALARM_RATE: f64 = 0.05;
 
 impl AlertRule {
+    /// The rule the Helm chart and docker compose run (`listener.alerts`, `ALERT_FIRE_AT` /
+    /// `ALERT_WINDOW`): about one false alert per healthy sensor a week at the measured rate, a
+    /// continuous fault heard after 40 s.
+    pub const DEPLOYED: AlertRule = AlertRule {
+        fire_at: 40,
+        window: 60,
+        clear_at: 0,
+    };
+
+    /// [`Self::expected_false_alerts_per_day`] for a live stream as the services judge it: a
+    /// verdict for every one-second frame, each on the last ten seconds (the frame and
+    /// `jobs.history_frames`, nine, before it).
+    pub fn live_false_alerts_per_day(&self, false_alarm_rate: f64) -> f64 {
+        self.expected_false_alerts_per_day(false_alarm_rate, 10.0, 1.0)
+    }
+
     /// How many false alerts a healthy sensor raises per day under this rule, when each clip
     /// verdict is a false alarm with probability `false_alarm_rate` (the threshold's target) and a
     /// verdict arrives every `verdict_seconds`, each judging the last `clip_seconds` of sound.
@@ -414,14 +430,8 @@ mod tests {
 
     #[test]
     fn at_the_measured_rate_the_deployed_rule_pages_weekly_and_the_demo_rule_constantly() {
-        let per_day = |rule: AlertRule| {
-            rule.expected_false_alerts_per_day(MEASURED_FALSE_ALARM_RATE, 10.0, 1.0)
-        };
-        let plant = per_day(AlertRule {
-            fire_at: 40,
-            window: 60,
-            clear_at: 0,
-        });
+        let per_day = |rule: AlertRule| rule.live_false_alerts_per_day(MEASURED_FALSE_ALARM_RATE);
+        let plant = per_day(AlertRule::DEPLOYED);
         // Four of six independent clips flagged, 1,440 windows a day.
         let p = MEASURED_FALSE_ALARM_RATE;
         let expected = 1_440.0
