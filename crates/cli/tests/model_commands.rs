@@ -456,6 +456,53 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
         serde_json::json!({"fire_at": 40, "window": 60, "expected": pages(auscult_store::AlertRule::DEPLOYED)}),
         "{machine}"
     );
+    // `model show` reads the same back from the file, under the rule it is asked about.
+    let shown = json(&auscult(&[
+        "model",
+        "show",
+        "--model",
+        path(&enrolled_model),
+        "--alert-rule",
+        "3/5",
+        "--json",
+    ]));
+    let pump = shown["profiles"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["machine"] == "pump/id_01"))
+        .expect("pump/id_01 shown");
+    assert_eq!(pump["false_alarm_check"], machine["false_alarm_check"]);
+    assert_eq!(pump["fitted_from"], 6);
+    assert_eq!(
+        pump["false_alerts_per_day"]["expected"].as_f64(),
+        Some(
+            (auscult_store::AlertRule {
+                fire_at: 3,
+                window: 5,
+                clear_at: 0
+            }
+            .live_false_alerts_per_day(flagged as f64 / 6.0)
+                * 1e6)
+                .round()
+                / 1e6
+        ),
+        "{pump}"
+    );
+    assert_eq!(
+        shown["alert_rule"],
+        serde_json::json!({"fire_at": 3, "window": 5})
+    );
+    // The shipped model's profiles were calibrated before profiles checked themselves, and say so
+    // rather than promise a rate.
+    let shipped = auscult(&["model", "show"]);
+    let shipped = String::from_utf8_lossy(&shipped.stdout);
+    assert!(
+        shipped.contains("false alerts per healthy sensor, 40 of 60")
+            && shipped
+                .lines()
+                .any(|line| line.trim_start().starts_with("fan/id_00")
+                    && line.contains("none: calibrated before checks")),
+        "{shipped}"
+    );
     // The pump type's profile is fitted from one pump, says so, and judges no other.
     let pump_type = enrolled
         .as_array()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use auscult_audio::ChannelChoice;
 use auscult_model::enroll::Enrolment;
-use auscult_model::profile::{FalseAlarmCheck, RELIABLE_RANGE_CLIPS, Scope};
+use auscult_model::profile::{RELIABLE_RANGE_CLIPS, Scope};
 use auscult_store::AlertRule;
 
 use crate::commands::recordings::{self, ModelArg, round};
@@ -36,46 +36,11 @@ pub struct Args {
     /// The alert rule the listener pages by, FIRE_AT/WINDOW (e.g. 40/60: 40 of a sensor's last 60
     /// verdicts anomalous), to turn each profile's false-alarm check into false alerts per healthy
     /// sensor a day (default: the rule the Helm chart and docker compose run, 40/60).
-    #[arg(long, value_parser = alert_rule, value_name = "FIRE_AT/WINDOW")]
+    #[arg(long, value_parser = recordings::alert_rule, value_name = "FIRE_AT/WINDOW")]
     alert_rule: Option<AlertRule>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
-}
-
-fn alert_rule(text: &str) -> Result<AlertRule, String> {
-    let (fire_at, window) = text
-        .split_once('/')
-        .and_then(|(f, w)| Some((f.trim().parse::<i64>().ok()?, w.trim().parse::<i64>().ok()?)))
-        .ok_or_else(|| format!("`{text}` is not FIRE_AT/WINDOW, e.g. 40/60"))?;
-    if !(1..=3600).contains(&window) || !(1..=window).contains(&fire_at) {
-        return Err(format!(
-            "`{text}`: the window must hold 1 to 3600 verdicts, and FIRE_AT be between 1 and it"
-        ));
-    }
-    Ok(AlertRule {
-        fire_at,
-        window,
-        clear_at: 0,
-    })
-}
-
-/// What a profile's false-alarm check costs under `rule`: false alerts per healthy sensor a day.
-fn false_alerts_per_day(rule: &AlertRule, check: FalseAlarmCheck) -> f64 {
-    rule.live_false_alerts_per_day(check.rate())
-}
-
-fn false_alerts_in_words(per_day: f64) -> String {
-    if per_day >= 1.0 {
-        format!("about {per_day:.0} false alerts a day per healthy sensor")
-    } else if per_day >= 1.0 / 365.0 {
-        format!(
-            "about one false alert every {:.0} days per healthy sensor",
-            1.0 / per_day
-        )
-    } else {
-        "fewer than one false alert a year per healthy sensor".into()
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -118,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // A type's profile pages only where it judges machines without one of their own.
         let pages = e.scope == Scope::Machine || e.judges_any_machine;
         if let Some(check) = e.false_alarm_check.filter(|_| pages) {
-            let per_day = false_alerts_per_day(&rule, check);
+            let per_day = recordings::false_alerts_per_day(&rule, check);
             if per_day > 1.0 {
                 eprintln!(
                     "warning: {}: {}; under the alert rule {} of {} that is {}: enrol more of its \
@@ -127,7 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     recordings::false_alarm_check_text(check),
                     rule.fire_at,
                     rule.window,
-                    false_alerts_in_words(per_day),
+                    recordings::false_alerts_in_words(per_day),
                 );
             }
         }
@@ -156,13 +121,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "window_threshold": round(e.window_threshold, 3),
                     "clip_threshold": round(e.clip_threshold, 3),
                     "false_alarm_check": recordings::false_alarm_check_json(e.false_alarm_check),
-                    "false_alerts_per_day": e.false_alarm_check.map_or(serde_json::Value::Null, |check| {
-                        serde_json::json!({
-                            "fire_at": rule.fire_at,
-                            "window": rule.window,
-                            "expected": round(false_alerts_per_day(&rule, check), 6),
-                        })
-                    }),
+                    "false_alerts_per_day": recordings::false_alerts_json(&rule, e.false_alarm_check),
                 });
                 if e.scope != Scope::Machine {
                     entry["machines"] = serde_json::json!(e.machines);
@@ -212,7 +171,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     recordings::false_alarm_check_text(check),
                     rule.fire_at,
                     rule.window,
-                    false_alerts_in_words(false_alerts_per_day(&rule, check))
+                    recordings::false_alerts_in_words(recordings::false_alerts_per_day(
+                        &rule, check
+                    ))
                 );
             }
         }

@@ -1,9 +1,13 @@
-//! `auscult model …`: the model registry in PostgreSQL. The analysis service follows the active version.
+//! `auscult model …`: the model registry in PostgreSQL (the analysis service follows the active
+//! version), and what a model file holds.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use auscult_model::profile::{MachineProfile, Scope};
+use auscult_store::AlertRule;
 
+use crate::commands::recordings::{self, ModelArg};
 use crate::database::{self, DatabaseArgs};
 
 #[derive(Debug, clap::Subcommand)]
@@ -41,6 +45,19 @@ pub enum Command {
         version: String,
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// What a model file holds: how it was trained, the machines it judges, and how often each
+    /// machine's profile may be expected to flag healthy sound, and to page.
+    Show {
+        #[command(flatten)]
+        model: ModelArg,
+        /// The alert rule the listener pages by, FIRE_AT/WINDOW (default: the rule the Helm chart
+        /// and docker compose run, 40/60).
+        #[arg(long, value_parser = recordings::alert_rule, value_name = "FIRE_AT/WINDOW")]
+        alert_rule: Option<AlertRule>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -149,6 +166,122 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             auscult_store::activate_model(&mut client, &version).await?;
             println!("activated {version}");
         }
+        Command::Show {
+            model,
+            alert_rule,
+            json,
+        } => show(&model, alert_rule.unwrap_or(AlertRule::DEPLOYED), json)?,
     }
     Ok(())
+}
+
+fn show(model: &ModelArg, rule: AlertRule, json: bool) -> anyhow::Result<()> {
+    let detector = model.load()?;
+    let info = &detector.info;
+    let training = &info.training;
+    let target = 1.0 - info.threshold_percentile / 100.0;
+    if json {
+        let profiles: Vec<_> = info
+            .profiles
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "machine": p.key().to_string(),
+                    "scope": p.scope,
+                    "detector": p.detector,
+                    "threshold_method": p.threshold_method,
+                    "fitted_from": p.fitted_from.len(),
+                    "machines": p.machines,
+                    "judges_any_machine": p.judges_any_machine(),
+                    "false_alarm_check": recordings::false_alarm_check_json(p.false_alarm_check),
+                    "false_alerts_per_day": recordings::false_alerts_json(&rule, p.false_alarm_check),
+                })
+            })
+            .collect();
+        let shown = serde_json::json!({
+            "version": info.version,
+            "created_at": info.created_at,
+            "channel": info.channel,
+            "false_alarm_target": recordings::round(target, 6),
+            "training": {
+                "data_fingerprint": training.data_fingerprint,
+                "seed": training.seed,
+                "training_files": training.training_files,
+                "validation_files": training.validation_files,
+                "fault_labels": training.fault_labels,
+                "held_out_attributes": training.held_out_attributes,
+            },
+            "alert_rule": {"fire_at": rule.fire_at, "window": rule.window},
+            "profiles": profiles,
+        });
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    println!("model {} (created {})", info.version, info.created_at);
+    println!(
+        "  trained on {} recordings ({} for validation), seed {}, {}; data fingerprint {}",
+        training.training_files + training.validation_files,
+        training.validation_files,
+        training.seed,
+        if training.fault_labels {
+            "with fault labels"
+        } else {
+            "no fault heard"
+        },
+        training.data_fingerprint
+    );
+    println!(
+        "  listens to channel {}; thresholds target {:.1} % of a healthy machine's clips",
+        info.channel,
+        target * 100.0
+    );
+    println!(
+        "  {:<22} {:<28} {:<10} {:>10}  {:<32} false alerts per healthy sensor, {} of {}",
+        "machine",
+        "profile",
+        "detector",
+        "recordings",
+        "false-alarm check",
+        rule.fire_at,
+        rule.window
+    );
+    for p in &info.profiles {
+        println!(
+            "  {:<22} {:<28} {:<10} {:>10}  {:<32} {}",
+            p.key().to_string(),
+            scope_text(p),
+            format!("{:?}", p.detector).to_lowercase(),
+            p.fitted_from.len(),
+            p.false_alarm_check.map_or_else(
+                || unchecked(p).to_owned(),
+                recordings::false_alarm_check_brief
+            ),
+            p.false_alarm_check.map_or_else(
+                || "—".to_owned(),
+                |check| recordings::false_alerts_brief(recordings::false_alerts_per_day(
+                    &rule, check
+                ))
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn scope_text(profile: &MachineProfile) -> String {
+    match profile.scope {
+        Scope::Machine => "machine".into(),
+        Scope::MachineType if profile.judges_any_machine() => {
+            format!("type: any {} without one", profile.machine_type)
+        }
+        Scope::MachineType => format!("type: {} only", profile.machines.join(", ")),
+        Scope::Global => "any machine".into(),
+    }
+}
+
+/// Why a profile has no false-alarm check.
+fn unchecked(profile: &MachineProfile) -> &'static str {
+    match profile.threshold_method {
+        auscult_model::calibrate::ThresholdMethod::MaxF1 { .. } => "none: set by fault labels",
+        _ => "none: calibrated before checks",
+    }
 }

@@ -1,11 +1,14 @@
-//! What the model commands share: loading labelled recordings with progress, and finding the model.
+//! What the model commands share: loading labelled recordings with progress, finding the model,
+//! and putting a profile's false-alarm check in figures and words.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use auscult_audio::ChannelChoice;
 use auscult_audio::manifest::{self, Recording};
+use auscult_model::profile::FalseAlarmCheck;
 use auscult_model::{Clip, Detector};
+use auscult_store::AlertRule;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The model to use: `--model`, else the one built into this binary.
@@ -105,9 +108,7 @@ pub fn round(value: f64, digits: i32) -> f64 {
 
 /// A profile's false-alarm check for JSON: `{flagged, clips, rate}`, or null where the profile
 /// has none (a threshold set by fault labels).
-pub fn false_alarm_check_json(
-    check: Option<auscult_model::profile::FalseAlarmCheck>,
-) -> serde_json::Value {
+pub fn false_alarm_check_json(check: Option<FalseAlarmCheck>) -> serde_json::Value {
     check.map_or(serde_json::Value::Null, |c| {
         serde_json::json!({
             "flagged": c.flagged,
@@ -118,11 +119,81 @@ pub fn false_alarm_check_json(
 }
 
 /// A profile's false-alarm check in words, as `enroll` and `evaluate --enroll` report it.
-pub fn false_alarm_check_text(check: auscult_model::profile::FalseAlarmCheck) -> String {
+pub fn false_alarm_check_text(check: FalseAlarmCheck) -> String {
     format!(
         "{} of its {} normal recordings are out of the ranges fitted without each ({:.1} %)",
         check.flagged,
         check.clips,
         check.rate() * 100.0
     )
+}
+
+/// A profile's false-alarm check in a table's few words: `2 of 55 out of range (3.6 %)`.
+pub fn false_alarm_check_brief(check: FalseAlarmCheck) -> String {
+    format!(
+        "{} of {} out of range ({:.1} %)",
+        check.flagged,
+        check.clips,
+        check.rate() * 100.0
+    )
+}
+
+/// An alert rule given as FIRE_AT/WINDOW (`40/60`), within the bounds the listener accepts.
+pub fn alert_rule(text: &str) -> Result<AlertRule, String> {
+    let (fire_at, window) = text
+        .split_once('/')
+        .and_then(|(f, w)| Some((f.trim().parse::<i64>().ok()?, w.trim().parse::<i64>().ok()?)))
+        .ok_or_else(|| format!("`{text}` is not FIRE_AT/WINDOW, e.g. 40/60"))?;
+    if !(1..=3600).contains(&window) || !(1..=window).contains(&fire_at) {
+        return Err(format!(
+            "`{text}`: the window must hold 1 to 3600 verdicts, and FIRE_AT be between 1 and it"
+        ));
+    }
+    Ok(AlertRule {
+        fire_at,
+        window,
+        clear_at: 0,
+    })
+}
+
+/// What a profile's false-alarm check costs under `rule`: false alerts per healthy sensor a day.
+pub fn false_alerts_per_day(rule: &AlertRule, check: FalseAlarmCheck) -> f64 {
+    rule.live_false_alerts_per_day(check.rate())
+}
+
+/// [`false_alerts_per_day`] for JSON: `{fire_at, window, expected}`, or null without a check.
+pub fn false_alerts_json(rule: &AlertRule, check: Option<FalseAlarmCheck>) -> serde_json::Value {
+    check.map_or(serde_json::Value::Null, |check| {
+        serde_json::json!({
+            "fire_at": rule.fire_at,
+            "window": rule.window,
+            "expected": round(false_alerts_per_day(rule, check), 6),
+        })
+    })
+}
+
+/// False alerts a day in the words of a rota: so many a day, one every so many days, or hardly
+/// ever.
+pub fn false_alerts_in_words(per_day: f64) -> String {
+    if per_day >= 1.0 {
+        format!("about {per_day:.0} false alerts a day per healthy sensor")
+    } else if per_day >= 1.0 / 365.0 {
+        format!(
+            "about one false alert every {:.0} days per healthy sensor",
+            1.0 / per_day
+        )
+    } else {
+        "fewer than one false alert a year per healthy sensor".into()
+    }
+}
+
+/// [`false_alerts_in_words`] for a table whose heading says what is counted.
+pub fn false_alerts_brief(per_day: f64) -> String {
+    if per_day >= 1.0 {
+        format!("about {per_day:.0} a day")
+    } else if per_day >= 1.0 / 365.0 {
+        format!("one every {:.0} days", 1.0 / per_day)
+    } else {
+        "under one a year".into()
+    }
 }
