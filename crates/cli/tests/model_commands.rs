@@ -413,17 +413,22 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
         })
         .collect();
     std::fs::write(pumps.join("manifest.csv"), renamed).expect("write manifest");
+    let enrol_pumps = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "enroll",
+            "--data",
+            path(&pumps),
+            "--model",
+            path(&model),
+            "--out",
+            path(&out),
+        ];
+        args.extend_from_slice(extra);
+        auscult(&args)
+    };
     let enrolled_model = dir.path().join("enrolled.model");
-    let enrolling = auscult(&[
-        "enroll",
-        "--data",
-        path(&pumps),
-        "--model",
-        path(&model),
-        "--out",
-        path(&enrolled_model),
-        "--json",
-    ]);
+    let enrolling = enrol_pumps("enrolled.model", &["--json"]);
     let enrolled = json(&enrolling);
     let warnings = String::from_utf8_lossy(&enrolling.stderr);
     assert!(
@@ -451,6 +456,11 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     let pages = |rule: auscult_store::AlertRule| {
         (rule.live_false_alerts_per_day(flagged as f64 / 6.0) * 1e6).round() / 1e6
     };
+    let quick_rule = auscult_store::AlertRule {
+        fire_at: 3,
+        window: 5,
+        clear_at: 0,
+    };
     assert_eq!(
         machine["false_alerts_per_day"],
         serde_json::json!({"fire_at": 40, "window": 60, "expected": pages(auscult_store::AlertRule::DEPLOYED)}),
@@ -474,17 +484,7 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     assert_eq!(pump["fitted_from"], 6);
     assert_eq!(
         pump["false_alerts_per_day"]["expected"].as_f64(),
-        Some(
-            (auscult_store::AlertRule {
-                fire_at: 3,
-                window: 5,
-                clear_at: 0
-            }
-            .live_false_alerts_per_day(flagged as f64 / 6.0)
-                * 1e6)
-                .round()
-                / 1e6
-        ),
+        Some(pages(quick_rule)),
         "{pump}"
     );
     assert_eq!(
@@ -525,15 +525,7 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
             && refused.contains("only as pump/id_01"),
         "{refused}"
     );
-    let told = auscult(&[
-        "enroll",
-        "--data",
-        path(&pumps),
-        "--model",
-        path(&model),
-        "--out",
-        path(&dir.path().join("told.model")),
-    ]);
+    let told = enrol_pumps("told.model", &[]);
     let told = String::from_utf8_lossy(&told.stdout);
     assert!(
         told.contains("refitted pump/* from 6 recordings (6 new to it) of pump/id_01")
@@ -548,23 +540,7 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
     );
     // Under a demo's rule, 3 of 5, every false clip pages: the user is warned when that is more
     // than once a day.
-    let quick = auscult(&[
-        "enroll",
-        "--data",
-        path(&pumps),
-        "--model",
-        path(&model),
-        "--out",
-        path(&dir.path().join("quick.model")),
-        "--alert-rule",
-        "3/5",
-        "--json",
-    ]);
-    let quick_rule = auscult_store::AlertRule {
-        fire_at: 3,
-        window: 5,
-        clear_at: 0,
-    };
+    let quick = enrol_pumps("quick.model", &["--alert-rule", "3/5", "--json"]);
     let quick_report = json(&quick);
     let quick_machine = quick_report
         .as_array()
@@ -581,17 +557,7 @@ fn score_explains_its_verdict_and_enroll_onboards_a_machine() {
         pages(quick_rule) > 1.0,
         "{quick_warnings}"
     );
-    let refused = auscult(&[
-        "enroll",
-        "--data",
-        path(&pumps),
-        "--model",
-        path(&model),
-        "--out",
-        path(&dir.path().join("refused.model")),
-        "--alert-rule",
-        "70/60",
-    ]);
+    let refused = enrol_pumps("refused.model", &["--alert-rule", "70/60"]);
     let refused = String::from_utf8_lossy(&refused.stderr);
     assert!(
         refused.contains("`70/60`: the window must hold 1 to 3600 verdicts"),
